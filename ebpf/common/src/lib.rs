@@ -1,0 +1,206 @@
+//! Types and limits shared by the kernel programs (`credwatch-probes`) and the agent.
+//!
+//! Everything that crosses the kernel/user boundary is `#[repr(C)]`, fixed-size and has explicit
+//! padding, so both sides agree on the layout without trusting the compiler. Discriminants are
+//! plain integers: the agent maps them with `TryFrom` and never transmutes raw bytes into enums or
+//! `bool`s.
+#![no_std]
+
+/// Version of the wire records. Bump on any layout change.
+pub const WIRE_VERSION: u16 = 1;
+
+/// Record kinds (the `kind` field of [`RecordHeader`]).
+pub const KIND_FILE_OPEN: u16 = 1;
+
+/// Bytes kept of the path the process passed to the syscall.
+pub const RAW_PATH_BYTES: usize = 1024;
+/// Bytes kept of the resolved path (PATH_MAX).
+pub const PATH_BYTES: usize = 4096;
+/// Longest key an LPM trie accepts (the kernel's LPM_DATA_SIZE_MAX).
+pub const PATH_KEY_BYTES: usize = 256;
+/// How many dentries and mount crossings the kernel walks before it gives up and records the
+/// path as truncated (the tail it has is still reported).
+pub const MAX_PATH_STEPS: u32 = 40;
+
+/// Map names, shared so a rename cannot silently break the agent.
+pub mod maps {
+    pub const EVENTS: &str = "EVENTS";
+    pub const STATS: &str = "STATS";
+    pub const SECRET_INODES: &str = "SECRET_INODES";
+    pub const PATH_PREFIXES: &str = "PATH_PREFIXES";
+    pub const PATH_SUFFIXES: &str = "PATH_SUFFIXES";
+}
+
+/// Names of the load-time globals the agent sets.
+pub mod globals {
+    pub const OFFSETS: &str = "OFFSETS";
+    pub const AGENT_TGID: &str = "AGENT_TGID";
+}
+
+/// The file-open syscalls, in the order of the stats map rows.
+pub mod probe {
+    pub const OPEN: u32 = 0;
+    pub const OPENAT: u32 = 1;
+    pub const OPENAT2: u32 = 2;
+    pub const CREAT: u32 = 3;
+    pub const OPEN_BY_HANDLE_AT: u32 = 4;
+    pub const COUNT: u32 = 5;
+    /// Names as used in metrics and log records (`sys_` dropped).
+    pub const NAMES: [&str; COUNT as usize] =
+        ["open", "openat", "openat2", "creat", "open_by_handle_at"];
+}
+
+/// Columns of the per-CPU stats map: `STATS[probe * outcome::COUNT + outcome]`.
+pub mod outcome {
+    /// Every completed syscall the probe saw (the agent's own excluded).
+    pub const SEEN: u32 = 0;
+    /// Decided in the kernel that it cannot be credential access; never left the kernel.
+    pub const FILTERED: u32 = 1;
+    /// Written to the ring buffer.
+    pub const EMITTED: u32 = 2;
+    /// A match that could not be written (ring buffer full).
+    pub const LOST: u32 = 3;
+    /// The path walk hit its bound; the record carries the tail.
+    pub const TRUNCATED: u32 = 4;
+    /// A kernel or user memory read failed.
+    pub const READ_ERROR: u32 = 5;
+    /// An exit without a saved enter (e.g. the agent attached mid-syscall).
+    pub const UNMATCHED: u32 = 6;
+    pub const COUNT: u32 = 7;
+    pub const NAMES: [&str; COUNT as usize] = [
+        "seen",
+        "filtered",
+        "emitted",
+        "lost",
+        "truncated",
+        "read_error",
+        "unmatched",
+    ];
+}
+
+pub const STATS_ENTRIES: u32 = probe::COUNT * outcome::COUNT;
+
+/// Which in-kernel filter map(s) matched (bits of [`FileOpenRecord::matched`]).
+pub mod matched {
+    pub const INODE: u32 = 1;
+    pub const PREFIX: u32 = 2;
+    pub const SUFFIX: u32 = 4;
+}
+
+/// Bits of [`FileOpenRecord::path_flags`].
+pub mod path_flag {
+    /// The walk hit [`super::MAX_PATH_STEPS`] or filled the buffer: `path` is a tail.
+    pub const TRUNCATED: u32 = 1;
+    /// A kernel read failed during the walk: `path` may be incomplete.
+    pub const READ_ERROR: u32 = 2;
+    /// The raw path was longer than [`super::RAW_PATH_BYTES`].
+    pub const RAW_TRUNCATED: u32 = 4;
+    /// The raw path could not be read from user memory.
+    pub const RAW_READ_ERROR: u32 = 8;
+    /// The open failed, so there is no file: `path` is the base directory (root, cwd or dirfd)
+    /// joined with the raw path, not normalised and with symlinks unresolved.
+    pub const LEXICAL: u32 = 16;
+    /// The walk reached the top of a mount tree that is not the task's root (the file lives
+    /// outside the process' view, e.g. reached through a passed fd or another namespace).
+    pub const OUTSIDE_ROOT: u32 = 32;
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct RecordHeader {
+    pub kind: u16,
+    pub version: u16,
+    /// Size of the whole record in bytes.
+    pub size: u32,
+}
+
+/// One file-open syscall that the in-kernel filter let through.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct FileOpenRecord {
+    pub header: RecordHeader,
+    /// `bpf_ktime_get_boot_ns()` at syscall exit.
+    pub boot_ns: u64,
+    /// Thread-group id (the userspace pid) and thread id, as seen from the host.
+    pub pid: u32,
+    pub tid: u32,
+    pub uid: u32,
+    pub gid: u32,
+    /// cgroup v2 id (inode number of the cgroup directory).
+    pub cgroup_id: u64,
+    /// One of [`probe`].
+    pub probe: u32,
+    /// Open flags (for openat2 the low 32 bits of `open_how.flags`, which hold all O_* flags).
+    pub open_flags: u32,
+    /// Syscall return: the new fd, or `-errno`.
+    pub result: i64,
+    /// Inode number and kernel-encoded `dev_t` of the opened file (0 when the open failed).
+    pub ino: u64,
+    pub dev: u32,
+    /// The dirfd argument (`AT_FDCWD` = -100), or the mount fd for `open_by_handle_at`.
+    pub dirfd: i32,
+    /// Value from the secret-inode map, 0 when it did not match.
+    pub secret_id: u32,
+    /// Bits of [`matched`].
+    pub matched: u32,
+    /// Bits of [`path_flag`].
+    pub path_flags: u32,
+    /// Bytes used in `path` and `raw_path`.
+    pub path_len: u32,
+    pub raw_len: u32,
+    pub _pad: u32,
+    pub comm: [u8; 16],
+    pub raw_path: [u8; RAW_PATH_BYTES],
+    pub path: [u8; PATH_BYTES],
+}
+
+/// Key of the secret-inode map. `dev` is the kernel encoding (`MAJOR << 20 | MINOR`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct InodeKey {
+    pub dev: u64,
+    pub ino: u64,
+}
+
+/// Data of the path LPM tries (prefixes forwards, suffixes byte-reversed).
+pub type PathKeyData = [u8; PATH_KEY_BYTES];
+
+/// Byte offsets of the kernel struct fields the probes read, found in the running kernel's BTF
+/// at start-up (Rust eBPF has no CO-RE relocations, so nothing here is compiled in).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KernelOffsets {
+    pub task_files: u32,
+    pub task_fs: u32,
+    pub files_fdt: u32,
+    pub fdtable_max_fds: u32,
+    pub fdtable_fd: u32,
+    pub file_f_path: u32,
+    pub file_f_inode: u32,
+    pub file_f_flags: u32,
+    pub path_mnt: u32,
+    pub path_dentry: u32,
+    pub fs_root: u32,
+    pub fs_pwd: u32,
+    pub dentry_d_parent: u32,
+    pub dentry_d_name: u32,
+    pub qstr_len: u32,
+    pub qstr_name: u32,
+    pub inode_i_ino: u32,
+    pub inode_i_sb: u32,
+    pub sb_s_dev: u32,
+    pub mount_mnt: u32,
+    pub mount_mnt_parent: u32,
+    pub mount_mnt_mountpoint: u32,
+    pub vfsmount_mnt_root: u32,
+    /// Non-zero once the agent has filled the struct; the probes do nothing until then.
+    pub valid: u32,
+}
+
+#[cfg(feature = "user")]
+mod user {
+    // SAFETY: all are #[repr(C)] structs of integers and byte arrays with no implicit padding.
+    unsafe impl aya::Pod for super::FileOpenRecord {}
+    unsafe impl aya::Pod for super::InodeKey {}
+    unsafe impl aya::Pod for super::KernelOffsets {}
+}

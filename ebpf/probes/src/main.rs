@@ -1,0 +1,120 @@
+//! credwatch kernel programs: file-open syscall tracepoints with an in-kernel credential filter.
+//!
+//! `sys_enter_*` saves the arguments per thread; `sys_exit_*` goes from the new fd to the
+//! `struct file`, resolves (dev, ino) and the path as the task sees it, and asks three maps that
+//! the agent fills from the credential catalogue (secret inodes, path prefixes, reversed path
+//! suffixes). Only matches reach the ring buffer; everything is counted in `STATS`.
+#![no_std]
+#![no_main]
+
+mod filter;
+mod open;
+mod stats;
+mod vfs;
+
+use aya_ebpf::{
+    Global,
+    macros::{map, tracepoint},
+    maps::{HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
+    programs::TracePointContext,
+};
+use credwatch_common::{InodeKey, KernelOffsets, PathKeyData, STATS_ENTRIES, probe};
+
+/// Filled by the agent from `/sys/kernel/btf/vmlinux` before load.
+#[unsafe(no_mangle)]
+static OFFSETS: Global<KernelOffsets> = Global::new(unsafe { core::mem::zeroed() });
+/// The agent's own pid: its file opens are not reported.
+#[unsafe(no_mangle)]
+static AGENT_TGID: Global<u32> = Global::new(0);
+
+#[map(name = "EVENTS")]
+static EVENTS: RingBuf = RingBuf::with_byte_size(8 * 1024 * 1024, 0);
+#[map(name = "STATS")]
+static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(STATS_ENTRIES, 0);
+#[map(name = "SECRET_INODES")]
+static SECRET_INODES: HashMap<InodeKey, u32> = HashMap::with_max_entries(65536, 0);
+#[map(name = "PATH_PREFIXES")]
+static PATH_PREFIXES: LpmTrie<PathKeyData, u32> = LpmTrie::with_max_entries(4096, 0);
+#[map(name = "PATH_SUFFIXES")]
+static PATH_SUFFIXES: LpmTrie<PathKeyData, u32> = LpmTrie::with_max_entries(4096, 0);
+/// Arguments saved at syscall entry, keyed by pid_tgid. LRU so threads killed mid-syscall
+/// cannot fill it.
+#[map(name = "PENDING_OPENS")]
+static PENDING_OPENS: LruHashMap<u64, open::PendingOpen> = LruHashMap::with_max_entries(16384, 0);
+/// Per-CPU working memory: far too large for the 512-byte BPF stack.
+#[map(name = "SCRATCH")]
+static SCRATCH: PerCpuArray<open::Scratch> = PerCpuArray::with_max_entries(1, 0);
+
+// Syscall tracepoint layout: 8-byte common header, `int __syscall_nr` padded to 8, then each
+// argument (or the return value) as 8 bytes. The agent checks this against the tracepoint
+// `format` files before attaching.
+const ARG0: usize = 16;
+const ARG1: usize = 24;
+const ARG2: usize = 32;
+const RET: usize = 16;
+
+#[inline(always)]
+fn arg(ctx: &TracePointContext, offset: usize) -> u64 {
+    unsafe { ctx.read_at::<u64>(offset) }.unwrap_or(0)
+}
+
+#[tracepoint(category = "syscalls", name = "sys_enter_open")]
+pub fn sys_enter_open(ctx: TracePointContext) -> u32 {
+    open::enter(probe::OPEN, open::AT_FDCWD, arg(&ctx, ARG0), arg(&ctx, ARG1) as u32);
+    0
+}
+
+#[tracepoint(category = "syscalls", name = "sys_enter_openat")]
+pub fn sys_enter_openat(ctx: TracePointContext) -> u32 {
+    open::enter(probe::OPENAT, arg(&ctx, ARG0) as i32, arg(&ctx, ARG1), arg(&ctx, ARG2) as u32);
+    0
+}
+
+#[tracepoint(category = "syscalls", name = "sys_enter_openat2")]
+pub fn sys_enter_openat2(ctx: TracePointContext) -> u32 {
+    // `struct open_how` starts with `__u64 flags`; all O_* flags fit in its low 32 bits.
+    let how = arg(&ctx, ARG2);
+    let flags = unsafe { aya_ebpf::helpers::bpf_probe_read_user(how as *const u64) }.unwrap_or(0);
+    open::enter(probe::OPENAT2, arg(&ctx, ARG0) as i32, arg(&ctx, ARG1), flags as u32);
+    0
+}
+
+#[tracepoint(category = "syscalls", name = "sys_enter_creat")]
+pub fn sys_enter_creat(ctx: TracePointContext) -> u32 {
+    // creat(path, mode) == open(path, O_CREAT|O_WRONLY|O_TRUNC, mode)
+    open::enter(probe::CREAT, open::AT_FDCWD, arg(&ctx, ARG0), 0o1101);
+    0
+}
+
+#[tracepoint(category = "syscalls", name = "sys_enter_open_by_handle_at")]
+pub fn sys_enter_open_by_handle_at(ctx: TracePointContext) -> u32 {
+    // No path: the file is named by a handle relative to a mount fd.
+    open::enter(probe::OPEN_BY_HANDLE_AT, arg(&ctx, ARG0) as i32, 0, arg(&ctx, ARG2) as u32);
+    0
+}
+
+macro_rules! exit_program {
+    ($fn_name:ident, $tp:literal, $probe:expr) => {
+        #[tracepoint(category = "syscalls", name = $tp)]
+        pub fn $fn_name(ctx: TracePointContext) -> u32 {
+            open::exit($probe, arg(&ctx, RET) as i64);
+            0
+        }
+    };
+}
+
+exit_program!(sys_exit_open, "sys_exit_open", probe::OPEN);
+exit_program!(sys_exit_openat, "sys_exit_openat", probe::OPENAT);
+exit_program!(sys_exit_openat2, "sys_exit_openat2", probe::OPENAT2);
+exit_program!(sys_exit_creat, "sys_exit_creat", probe::CREAT);
+exit_program!(sys_exit_open_by_handle_at, "sys_exit_open_by_handle_at", probe::OPEN_BY_HANDLE_AT);
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 4] = *b"GPL\0";

@@ -1,0 +1,230 @@
+//! The file-open probes: save arguments at syscall entry, inspect and filter at exit.
+
+use aya_ebpf::{
+    helpers::{
+        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid,
+        generated::{
+            bpf_get_current_cgroup_id, bpf_get_current_task, bpf_ktime_get_boot_ns,
+            bpf_probe_read_kernel, bpf_probe_read_user_str,
+        },
+    },
+    maps::lpm_trie::Key,
+};
+use credwatch_common::{
+    FileOpenRecord, KIND_FILE_OPEN, KernelOffsets, PATH_BYTES, PathKeyData, RAW_PATH_BYTES,
+    RecordHeader, WIRE_VERSION, matched, outcome, path_flag,
+};
+
+use crate::{
+    AGENT_TGID, EVENTS, OFFSETS, PENDING_OPENS, SCRATCH, filter,
+    stats::count,
+    vfs::{self, KPath, PATH_MASK, WALK_BYTES},
+};
+
+pub const AT_FDCWD: i32 = -100;
+const RAW_MASK: usize = RAW_PATH_BYTES - 1;
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct PendingOpen {
+    path_ptr: u64,
+    dirfd: i32,
+    flags: u32,
+    probe: u32,
+    _pad: u32,
+}
+
+#[repr(C)]
+pub struct Scratch {
+    rec: FileOpenRecord,
+    walk: [u8; WALK_BYTES],
+    key: Key<PathKeyData>,
+}
+
+pub fn enter(probe: u32, dirfd: i32, path_ptr: u64, flags: u32) {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    if (pid_tgid >> 32) as u32 == AGENT_TGID.load() {
+        return;
+    }
+    let pending = PendingOpen { path_ptr, dirfd, flags, probe, _pad: 0 };
+    let _ = PENDING_OPENS.insert(&pid_tgid, &pending, 0);
+}
+
+pub fn exit(probe: u32, ret: i64) {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let Some(pending) = (unsafe { PENDING_OPENS.get(&pid_tgid) }).copied() else {
+        if (pid_tgid >> 32) as u32 != AGENT_TGID.load() {
+            count(probe, outcome::UNMATCHED);
+        }
+        return;
+    };
+    let _ = PENDING_OPENS.remove(&pid_tgid);
+    if pending.probe != probe {
+        count(probe, outcome::UNMATCHED);
+        return;
+    }
+    count(probe, outcome::SEEN);
+    let offsets = OFFSETS.load();
+    if offsets.valid == 0 {
+        return;
+    }
+    let Some(scratch) = SCRATCH.get_ptr_mut(0) else {
+        return;
+    };
+    let scratch = unsafe { &mut *scratch };
+    match unsafe { inspect(&offsets, scratch, &pending, ret) } {
+        Ok(true) => {
+            fill_record(&mut scratch.rec, probe, &pending, pid_tgid, ret);
+            if EVENTS.output::<FileOpenRecord>(&scratch.rec, 0).is_ok() {
+                count(probe, outcome::EMITTED);
+            } else {
+                count(probe, outcome::LOST);
+            }
+        }
+        Ok(false) => count(probe, outcome::FILTERED),
+        Err(_) => count(probe, outcome::READ_ERROR),
+    }
+    let flags = scratch.rec.path_flags;
+    if flags & path_flag::TRUNCATED != 0 {
+        count(probe, outcome::TRUNCATED);
+    }
+    if flags & path_flag::READ_ERROR != 0 {
+        count(probe, outcome::READ_ERROR);
+    }
+}
+
+/// Resolves the opened file (or, for a failed open, the lexical path) into `scratch` and runs
+/// the filter. Returns whether the open must be reported.
+unsafe fn inspect(
+    o: &KernelOffsets,
+    scratch: &mut Scratch,
+    pending: &PendingOpen,
+    ret: i64,
+) -> Result<bool, i32> {
+    let rec = &mut scratch.rec;
+    rec.path_flags = 0;
+    rec.secret_id = 0;
+    rec.dev = 0;
+    rec.ino = 0;
+    rec.raw_len = 0;
+    let buf = scratch.walk.as_mut_ptr();
+    unsafe {
+        let task = bpf_get_current_task();
+        let (root, pwd) = vfs::task_root_and_pwd(o, task)?;
+        let (mut pos, flags) = if ret >= 0 {
+            let file = vfs::fd_to_file(o, task, ret as u32)?;
+            let inode: u64 = vfs::read(file, o.file_f_inode)?;
+            rec.ino = vfs::read(inode, o.inode_i_ino)?;
+            let sb: u64 = vfs::read(inode, o.inode_i_sb)?;
+            rec.dev = vfs::read(sb, o.sb_s_dev)?;
+            rec.secret_id = filter::secret_inode(rec.dev, rec.ino);
+            let at = vfs::read_path(o, file + o.file_f_path as u64)?;
+            vfs::prepend_path(o, buf, PATH_BYTES, at, root)
+        } else {
+            // No file to look at: judge the path the process asked for, joined to its base.
+            read_raw_path(rec, pending);
+            let raw_len = rec.raw_len as usize & RAW_MASK;
+            if raw_len == 0 {
+                return Ok(false);
+            }
+            let pos = PATH_BYTES - raw_len;
+            bpf_probe_read_kernel(
+                buf.add(pos & PATH_MASK).cast(),
+                raw_len as u32,
+                rec.raw_path.as_ptr().cast(),
+            );
+            if rec.raw_path[0] == b'/' {
+                (pos, path_flag::LEXICAL)
+            } else {
+                let pos = pos - 1;
+                *buf.add(pos & PATH_MASK) = b'/';
+                let (pos, flags) = match base_dir(o, task, pending.dirfd, pwd) {
+                    Ok(base) => vfs::prepend_path(o, buf, pos, base, root),
+                    // Unknown base (bad dirfd): only the tail is known.
+                    Err(_) => (pos, path_flag::TRUNCATED | path_flag::READ_ERROR),
+                };
+                (pos, flags | path_flag::LEXICAL)
+            }
+        };
+        if pos >= PATH_BYTES {
+            // The file is the root itself.
+            pos = PATH_BYTES - 1;
+            *buf.add(pos & PATH_MASK) = b'/';
+        }
+        rec.path_flags |= flags;
+        rec.matched = if rec.secret_id != 0 {
+            matched::INODE
+        } else {
+            let truncated = flags & path_flag::TRUNCATED != 0;
+            filter::match_path(buf, pos, truncated, &mut scratch.key)
+        };
+        if rec.matched == 0 {
+            return Ok(false);
+        }
+        let len = (PATH_BYTES - pos) & PATH_MASK;
+        rec.path_len = len as u32;
+        bpf_probe_read_kernel(
+            rec.path.as_mut_ptr().cast(),
+            len as u32,
+            buf.add(pos & PATH_MASK).cast(),
+        );
+        if ret >= 0 {
+            read_raw_path(rec, pending);
+        }
+        Ok(true)
+    }
+}
+
+unsafe fn base_dir(o: &KernelOffsets, task: u64, dirfd: i32, pwd: KPath) -> Result<KPath, i32> {
+    if dirfd == AT_FDCWD {
+        return Ok(pwd);
+    }
+    unsafe {
+        let file = vfs::fd_to_file(o, task, dirfd as u32)?;
+        vfs::read_path(o, file + o.file_f_path as u64)
+    }
+}
+
+/// Copies the user's path string into the record (raw_len excludes the NUL).
+fn read_raw_path(rec: &mut FileOpenRecord, pending: &PendingOpen) {
+    if pending.path_ptr == 0 {
+        return;
+    }
+    let n = unsafe {
+        bpf_probe_read_user_str(
+            rec.raw_path.as_mut_ptr().cast(),
+            RAW_PATH_BYTES as u32,
+            pending.path_ptr as *const _,
+        )
+    };
+    if n <= 0 {
+        rec.path_flags |= path_flag::RAW_READ_ERROR;
+        return;
+    }
+    let n = n as u32 - 1;
+    if n as usize >= RAW_PATH_BYTES - 1 {
+        rec.path_flags |= path_flag::RAW_TRUNCATED;
+    }
+    rec.raw_len = n;
+}
+
+fn fill_record(rec: &mut FileOpenRecord, probe: u32, pending: &PendingOpen, pid_tgid: u64, ret: i64) {
+    let uid_gid = bpf_get_current_uid_gid();
+    rec.header = RecordHeader {
+        kind: KIND_FILE_OPEN,
+        version: WIRE_VERSION,
+        size: core::mem::size_of::<FileOpenRecord>() as u32,
+    };
+    rec.boot_ns = unsafe { bpf_ktime_get_boot_ns() };
+    rec.pid = (pid_tgid >> 32) as u32;
+    rec.tid = pid_tgid as u32;
+    rec.uid = uid_gid as u32;
+    rec.gid = (uid_gid >> 32) as u32;
+    rec.cgroup_id = unsafe { bpf_get_current_cgroup_id() };
+    rec.probe = probe;
+    rec.open_flags = pending.flags;
+    rec.result = ret;
+    rec.dirfd = pending.dirfd;
+    rec._pad = 0;
+    rec.comm = bpf_get_current_comm().unwrap_or([0; 16]);
+}
