@@ -46,7 +46,10 @@ fn build() -> anyhow::Result<()> {
         .iter()
         .find(|p| p.name.as_str() == "credwatch-probes")
         .ok_or_else(|| anyhow!("credwatch-probes package not found"))?;
-    let root_dir = probes.manifest_path.parent().ok_or_else(|| anyhow!("no probes dir"))?;
+    let root_dir = probes
+        .manifest_path
+        .parent()
+        .ok_or_else(|| anyhow!("no probes dir"))?;
     let package = aya_build::Package {
         name: probes.name.as_str(),
         root_dir: root_dir.as_str(),

@@ -24,7 +24,9 @@ pub struct EbpfToolchain {
 
 impl EbpfToolchain {
     pub fn has_rust_src(&self) -> bool {
-        self.sysroot.join("lib/rustlib/src/rust/library/core").is_dir()
+        self.sysroot
+            .join("lib/rustlib/src/rust/library/core")
+            .is_dir()
     }
 
     /// Where the bpf-linker linked against this toolchain's LLVM lives. Keyed by the LLVM
@@ -76,8 +78,10 @@ fn find_llvm_dylib(libdir: &Path) -> Option<String> {
 /// The toolchain to build with: the nightly when it has `rust-src`, else stable with
 /// RUSTC_BOOTSTRAP (both ship LLVM 22 here, DESIGN §2).
 pub fn select() -> Result<EbpfToolchain, String> {
-    let candidates: Vec<EbpfToolchain> =
-        ["nightly", "stable"].iter().filter_map(|name| probe_toolchain(name)).collect();
+    let candidates: Vec<EbpfToolchain> = ["nightly", "stable"]
+        .iter()
+        .filter_map(|name| probe_toolchain(name))
+        .collect();
     if candidates.is_empty() {
         return Err("no rustup toolchain found (need nightly, or stable as a fallback)".into());
     }
@@ -94,7 +98,11 @@ pub fn select() -> Result<EbpfToolchain, String> {
                         tc.name,
                         if tc.has_rust_src() { "yes" } else { "missing" },
                         tc.linker().display(),
-                        if tc.linker().is_file() { "yes" } else { "missing" }
+                        if tc.linker().is_file() {
+                            "yes"
+                        } else {
+                            "missing"
+                        }
                     )
                 })
                 .collect();

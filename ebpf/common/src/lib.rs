@@ -156,7 +156,7 @@ pub struct FileOpenRecord {
 
 /// Key of the secret-inode map. `dev` is the kernel encoding (`MAJOR << 20 | MINOR`).
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct InodeKey {
     pub dev: u64,
     pub ino: u64,

@@ -9,7 +9,10 @@ use crate::{PATH_PREFIXES, PATH_SUFFIXES, SECRET_INODES, vfs::PATH_MASK};
 /// Secret id for (dev, ino), or 0.
 #[inline(always)]
 pub fn secret_inode(dev: u32, ino: u64) -> u32 {
-    let key = InodeKey { dev: dev as u64, ino };
+    let key = InodeKey {
+        dev: dev as u64,
+        ino,
+    };
     unsafe { SECRET_INODES.get(&key) }.copied().unwrap_or(0)
 }
 
@@ -17,25 +20,37 @@ pub fn secret_inode(dev: u32, ino: u64) -> u32 {
 /// and suffix tries. `key` is scratch memory for the trie keys. A truncated path has no known
 /// start, so only its suffix is checked.
 #[inline(always)]
-pub unsafe fn match_path(buf: *const u8, pos: usize, truncated: bool, key: *mut Key<PathKeyData>) -> u32 {
+pub unsafe fn match_path(
+    buf: *const u8,
+    pos: usize,
+    truncated: bool,
+    key: *mut Key<PathKeyData>,
+) -> u32 {
     let len = PATH_BYTES - pos;
-    let n = if len > PATH_KEY_BYTES { PATH_KEY_BYTES } else { len };
+    let n = if len > PATH_KEY_BYTES {
+        PATH_KEY_BYTES
+    } else {
+        len
+    };
     let data = unsafe { core::ptr::addr_of_mut!((*key).data) as *mut u8 };
     let mut hits = 0;
     unsafe {
         if !truncated {
             (*key).prefix_len = (n * 8) as u32;
-            generated::bpf_probe_read_kernel(data.cast(), n as u32, buf.add(pos & PATH_MASK).cast());
+            generated::bpf_probe_read_kernel(
+                data.cast(),
+                n as u32,
+                buf.add(pos & PATH_MASK).cast(),
+            );
             if PATH_PREFIXES.get(&*key).is_some() {
                 hits |= matched::PREFIX;
             }
         }
         // The suffix trie holds byte-reversed suffixes ("/.aws/credentials" as
         // "slaitnederc/swa./"), so a longest-prefix match on the reversed path finds them.
+        // Always the full key width, without a data-dependent exit: bytes past `n` are ignored
+        // by the trie (prefix_len), and a branch-free loop keeps the verifier's work small.
         for i in 0..PATH_KEY_BYTES {
-            if i >= n {
-                break;
-            }
             *data.add(i) = *buf.add(PATH_BYTES - 1 - i);
         }
         (*key).prefix_len = (n * 8) as u32;

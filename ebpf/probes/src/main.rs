@@ -60,13 +60,23 @@ fn arg(ctx: &TracePointContext, offset: usize) -> u64 {
 
 #[tracepoint(category = "syscalls", name = "sys_enter_open")]
 pub fn sys_enter_open(ctx: TracePointContext) -> u32 {
-    open::enter(probe::OPEN, open::AT_FDCWD, arg(&ctx, ARG0), arg(&ctx, ARG1) as u32);
+    open::enter(
+        probe::OPEN,
+        open::AT_FDCWD,
+        arg(&ctx, ARG0),
+        arg(&ctx, ARG1) as u32,
+    );
     0
 }
 
 #[tracepoint(category = "syscalls", name = "sys_enter_openat")]
 pub fn sys_enter_openat(ctx: TracePointContext) -> u32 {
-    open::enter(probe::OPENAT, arg(&ctx, ARG0) as i32, arg(&ctx, ARG1), arg(&ctx, ARG2) as u32);
+    open::enter(
+        probe::OPENAT,
+        arg(&ctx, ARG0) as i32,
+        arg(&ctx, ARG1),
+        arg(&ctx, ARG2) as u32,
+    );
     0
 }
 
@@ -75,7 +85,12 @@ pub fn sys_enter_openat2(ctx: TracePointContext) -> u32 {
     // `struct open_how` starts with `__u64 flags`; all O_* flags fit in its low 32 bits.
     let how = arg(&ctx, ARG2);
     let flags = unsafe { aya_ebpf::helpers::bpf_probe_read_user(how as *const u64) }.unwrap_or(0);
-    open::enter(probe::OPENAT2, arg(&ctx, ARG0) as i32, arg(&ctx, ARG1), flags as u32);
+    open::enter(
+        probe::OPENAT2,
+        arg(&ctx, ARG0) as i32,
+        arg(&ctx, ARG1),
+        flags as u32,
+    );
     0
 }
 
@@ -89,7 +104,12 @@ pub fn sys_enter_creat(ctx: TracePointContext) -> u32 {
 #[tracepoint(category = "syscalls", name = "sys_enter_open_by_handle_at")]
 pub fn sys_enter_open_by_handle_at(ctx: TracePointContext) -> u32 {
     // No path: the file is named by a handle relative to a mount fd.
-    open::enter(probe::OPEN_BY_HANDLE_AT, arg(&ctx, ARG0) as i32, 0, arg(&ctx, ARG2) as u32);
+    open::enter(
+        probe::OPEN_BY_HANDLE_AT,
+        arg(&ctx, ARG0) as i32,
+        0,
+        arg(&ctx, ARG2) as u32,
+    );
     0
 }
 
@@ -107,7 +127,11 @@ exit_program!(sys_exit_open, "sys_exit_open", probe::OPEN);
 exit_program!(sys_exit_openat, "sys_exit_openat", probe::OPENAT);
 exit_program!(sys_exit_openat2, "sys_exit_openat2", probe::OPENAT2);
 exit_program!(sys_exit_creat, "sys_exit_creat", probe::CREAT);
-exit_program!(sys_exit_open_by_handle_at, "sys_exit_open_by_handle_at", probe::OPEN_BY_HANDLE_AT);
+exit_program!(
+    sys_exit_open_by_handle_at,
+    "sys_exit_open_by_handle_at",
+    probe::OPEN_BY_HANDLE_AT
+);
 
 #[cfg(not(test))]
 #[panic_handler]

@@ -34,6 +34,12 @@ pub struct PendingOpen {
     _pad: u32,
 }
 
+/// The walk buffer inside the per-CPU scratch value.
+#[inline(always)]
+pub unsafe fn walk_buffer(scratch: *mut Scratch) -> *mut u8 {
+    unsafe { core::ptr::addr_of_mut!((*scratch).walk) as *mut u8 }
+}
+
 #[repr(C)]
 pub struct Scratch {
     rec: FileOpenRecord,
@@ -46,7 +52,13 @@ pub fn enter(probe: u32, dirfd: i32, path_ptr: u64, flags: u32) {
     if (pid_tgid >> 32) as u32 == AGENT_TGID.load() {
         return;
     }
-    let pending = PendingOpen { path_ptr, dirfd, flags, probe, _pad: 0 };
+    let pending = PendingOpen {
+        path_ptr,
+        dirfd,
+        flags,
+        probe,
+        _pad: 0,
+    };
     let _ = PENDING_OPENS.insert(&pid_tgid, &pending, 0);
 }
 
@@ -119,7 +131,7 @@ unsafe fn inspect(
             rec.dev = vfs::read(sb, o.sb_s_dev)?;
             rec.secret_id = filter::secret_inode(rec.dev, rec.ino);
             let at = vfs::read_path(o, file + o.file_f_path as u64)?;
-            vfs::prepend_path(o, buf, PATH_BYTES, at, root)
+            vfs::prepend_path(o, PATH_BYTES, at, root)
         } else {
             // No file to look at: judge the path the process asked for, joined to its base.
             read_raw_path(rec, pending);
@@ -139,7 +151,7 @@ unsafe fn inspect(
                 let pos = pos - 1;
                 *buf.add(pos & PATH_MASK) = b'/';
                 let (pos, flags) = match base_dir(o, task, pending.dirfd, pwd) {
-                    Ok(base) => vfs::prepend_path(o, buf, pos, base, root),
+                    Ok(base) => vfs::prepend_path(o, pos, base, root),
                     // Unknown base (bad dirfd): only the tail is known.
                     Err(_) => (pos, path_flag::TRUNCATED | path_flag::READ_ERROR),
                 };
@@ -208,7 +220,13 @@ fn read_raw_path(rec: &mut FileOpenRecord, pending: &PendingOpen) {
     rec.raw_len = n;
 }
 
-fn fill_record(rec: &mut FileOpenRecord, probe: u32, pending: &PendingOpen, pid_tgid: u64, ret: i64) {
+fn fill_record(
+    rec: &mut FileOpenRecord,
+    probe: u32,
+    pending: &PendingOpen,
+    pid_tgid: u64,
+    ret: i64,
+) {
     let uid_gid = bpf_get_current_uid_gid();
     rec.header = RecordHeader {
         kind: KIND_FILE_OPEN,

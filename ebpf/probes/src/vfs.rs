@@ -58,37 +58,92 @@ pub unsafe fn fd_to_file(o: &KernelOffsets, task: u64, fd: u32) -> Result<u64, i
 pub unsafe fn task_root_and_pwd(o: &KernelOffsets, task: u64) -> Result<(KPath, KPath), i32> {
     unsafe {
         let fs: u64 = read(task, o.task_fs)?;
-        Ok((read_path(o, fs + o.fs_root as u64)?, read_path(o, fs + o.fs_pwd as u64)?))
+        Ok((
+            read_path(o, fs + o.fs_root as u64)?,
+            read_path(o, fs + o.fs_pwd as u64)?,
+        ))
     }
 }
 
-/// Prepends the path of `at` (up to `root`) to `buf`, whose current content starts at `pos` and
-/// ends at `PATH_BYTES`. Returns the new start and `path_flag` bits. Mount points are crossed
-/// the way `d_path` does; the number of steps is bounded and running out marks the result
-/// truncated (what was assembled, the tail, is kept).
+/// Prepends the path of `at` (up to `root`) to the scratch walk buffer, whose current content
+/// starts at `pos` and ends at `PATH_BYTES`. Returns the new start and `path_flag` bits. Mount
+/// points are crossed the way `d_path` does. The number of steps is bounded; running out marks
+/// the result truncated (what was assembled, the tail, is kept).
+///
+/// The loop runs under `bpf_loop`, so the verifier checks one step once instead of unrolling
+/// every iteration together with everything that follows the walk.
 #[inline(always)]
-pub unsafe fn prepend_path(
-    o: &KernelOffsets,
-    buf: *mut u8,
-    mut pos: usize,
-    at: KPath,
-    root: KPath,
-) -> (usize, u32) {
-    let mut vfsmnt = at.mnt;
-    let mut dentry = at.dentry;
-    let mut mount = vfsmnt.wrapping_sub(o.mount_mnt as u64);
-    for _ in 0..MAX_PATH_STEPS {
-        if dentry == root.dentry && vfsmnt == root.mnt {
-            return (pos, 0);
-        }
-        let step = unsafe { walk_step(o, buf, pos, &mut vfsmnt, &mut dentry, &mut mount) };
-        match step {
-            Step::Name(new_pos) => pos = new_pos,
-            Step::MountCrossed => {}
-            Step::Done(flags) => return (pos, flags),
-        }
+pub unsafe fn prepend_path(o: &KernelOffsets, pos: usize, at: KPath, root: KPath) -> (usize, u32) {
+    let mut state = WalkState {
+        pos: pos as u64,
+        vfsmnt: at.mnt,
+        dentry: at.dentry,
+        mount: at.mnt.wrapping_sub(o.mount_mnt as u64),
+        root_mnt: root.mnt,
+        root_dentry: root.dentry,
+        flags: 0,
+        done: 0,
+    };
+    unsafe {
+        generated::bpf_loop(
+            MAX_PATH_STEPS,
+            walk_callback as *mut core::ffi::c_void,
+            (&mut state as *mut WalkState).cast(),
+            0,
+        );
     }
-    (pos, path_flag::TRUNCATED)
+    if state.done == 0 {
+        state.flags |= path_flag::TRUNCATED;
+    }
+    (state.pos as usize, state.flags)
+}
+
+#[repr(C)]
+struct WalkState {
+    pos: u64,
+    vfsmnt: u64,
+    dentry: u64,
+    mount: u64,
+    root_mnt: u64,
+    root_dentry: u64,
+    flags: u32,
+    done: u32,
+}
+
+#[inline(never)]
+unsafe extern "C" fn walk_callback(_index: u64, ctx: *mut core::ffi::c_void) -> i64 {
+    let state = unsafe { &mut *(ctx as *mut WalkState) };
+    let stop = |state: &mut WalkState, flags: u32| {
+        state.flags |= flags;
+        state.done = 1;
+        1
+    };
+    if state.dentry == state.root_dentry && state.vfsmnt == state.root_mnt {
+        return stop(state, 0);
+    }
+    let Some(scratch) = crate::SCRATCH.get_ptr_mut(0) else {
+        return stop(state, path_flag::READ_ERROR);
+    };
+    let buf = unsafe { crate::open::walk_buffer(scratch) };
+    let o = crate::OFFSETS.load();
+    let step = unsafe {
+        walk_step(
+            &o,
+            buf,
+            state.pos as usize,
+            &mut state.vfsmnt,
+            &mut state.dentry,
+            &mut state.mount,
+        )
+    };
+    match step {
+        Step::Name(pos) => {
+            state.pos = pos as u64;
+            0
+        }
+        Step::MountCrossed => 0,
+        Step::Done(flags) => stop(state, flags),
+    }
 }
 
 enum Step {
@@ -130,8 +185,10 @@ unsafe fn walk_step(
             return Step::MountCrossed;
         }
         let name_at = *dentry + o.dentry_d_name as u64;
-        let (Ok(len), Ok(name)) = (read::<u32>(name_at, o.qstr_len), read::<u64>(name_at, o.qstr_name))
-        else {
+        let (Ok(len), Ok(name)) = (
+            read::<u32>(name_at, o.qstr_len),
+            read::<u64>(name_at, o.qstr_name),
+        ) else {
             return Step::Done(path_flag::READ_ERROR);
         };
         let len = (len & NAME_MAX_MASK) as usize;

@@ -1,0 +1,134 @@
+//! Command line (DESIGN §5). Exit codes: 0 ok, 1 runtime failure, 2 bad usage or invalid policies.
+
+use std::{net::SocketAddr, path::PathBuf, process::ExitCode};
+
+use clap::{Parser, Subcommand};
+
+use crate::{policy, run};
+
+#[derive(Parser)]
+#[command(
+    name = "credwatch",
+    version,
+    about = "Catches credential theft inside containers"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Attach the probes and report credential accesses.
+    Run {
+        #[arg(long, default_value = "./policies")]
+        policies: PathBuf,
+        /// Forensic log: a file path, or - for stdout.
+        #[arg(long, default_value = "-")]
+        log: String,
+        #[arg(long, default_value = "127.0.0.1:9750")]
+        metrics_addr: SocketAddr,
+        /// Node name in records (default: the host name).
+        #[arg(long)]
+        node_name: Option<String>,
+        /// CRI runtime socket (default: auto-detected).
+        #[arg(long)]
+        cri_socket: Option<PathBuf>,
+        #[arg(long, default_value_t = 100 * 1024 * 1024)]
+        log_max_bytes: u64,
+        #[arg(long, default_value_t = 5)]
+        log_keep: u32,
+    },
+    /// Validate a policy directory.
+    Check {
+        #[arg(long, default_value = "./policies")]
+        policies: PathBuf,
+    },
+    /// Print the version.
+    Version,
+}
+
+/// An error that is the user's to fix (exit code 2), as opposed to a runtime failure (1).
+#[derive(Debug)]
+pub struct UsageError(pub String);
+
+impl std::fmt::Display for UsageError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for UsageError {}
+
+pub fn main() -> ExitCode {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
+        .target(env_logger::Target::Stderr)
+        .init();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(err) => {
+            let _ = err.print();
+            return if err.use_stderr() {
+                ExitCode::from(2)
+            } else {
+                ExitCode::SUCCESS
+            };
+        }
+    };
+    let result = match cli.command {
+        Command::Run {
+            policies,
+            log,
+            metrics_addr,
+            node_name,
+            ..
+        } => run::run(run::RunOptions {
+            policies,
+            log,
+            metrics_addr,
+            node_name,
+        }),
+        Command::Check { policies } => check(&policies),
+        Command::Version => {
+            println!("credwatch {}", env!("CARGO_PKG_VERSION"));
+            Ok(())
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) if err.is::<UsageError>() => {
+            eprintln!("credwatch: {err}");
+            ExitCode::from(2)
+        }
+        Err(err) => {
+            eprintln!("credwatch: {err:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn check(dir: &std::path::Path) -> anyhow::Result<()> {
+    match policy::load_dir(dir) {
+        Ok(set) => {
+            println!(
+                "{}: ok: {} document(s) in {} file(s), {} catalogue file entries",
+                dir.display(),
+                set.documents,
+                set.files,
+                set.catalog.files.len()
+            );
+            Ok(())
+        }
+        Err(problems) => {
+            for p in &problems {
+                println!("{p}");
+            }
+            Err(UsageError(format!(
+                "{} problem(s) in {}",
+                problems.len(),
+                dir.display()
+            ))
+            .into())
+        }
+    }
+}

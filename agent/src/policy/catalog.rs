@@ -1,0 +1,341 @@
+//! The credential catalogue: which files count as credentials on this node, and the keys the
+//! in-kernel filter needs to let exactly those opens through.
+
+use std::{collections::BTreeMap, ffi::OsStr, os::unix::ffi::OsStrExt as _, path::Path};
+
+use globset::{Candidate, GlobBuilder, GlobSet, GlobSetBuilder};
+use serde::Deserialize;
+
+use super::{Metadata, Problem, Source};
+
+/// Shortest literal prefix or suffix the kernel filter accepts: anything shorter would let a
+/// large share of all opens out of the kernel.
+const MIN_FILTER_LITERAL: usize = 4;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct CatalogDocument {
+    #[allow(dead_code)]
+    api_version: String,
+    #[allow(dead_code)]
+    kind: String,
+    metadata: Metadata,
+    spec: CatalogSpec,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CatalogSpec {
+    #[serde(default)]
+    files: Vec<FileEntrySpec>,
+    /// Network endpoints are validated for shape here and used by the network stage.
+    #[serde(default)]
+    endpoints: Vec<EndpointSpec>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileEntrySpec {
+    name: String,
+    paths: Vec<String>,
+    #[serde(default)]
+    exclude: Vec<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)]
+struct EndpointSpec {
+    name: String,
+    #[serde(default)]
+    addresses: Vec<String>,
+    #[serde(default)]
+    hosts: Vec<String>,
+    #[serde(default)]
+    ports: Vec<u16>,
+}
+
+/// One `files` entry of the catalogue, compiled.
+#[derive(Debug)]
+pub struct FileRule {
+    pub name: String,
+    /// The catalogue document that defined it.
+    pub catalog: String,
+    pub paths: Vec<String>,
+    include: GlobSet,
+    exclude: GlobSet,
+}
+
+impl FileRule {
+    pub fn matches(&self, path: &[u8]) -> bool {
+        let candidate = Candidate::new(Path::new(OsStr::from_bytes(path)));
+        self.include.is_match_candidate(&candidate) && !self.exclude.is_match_candidate(&candidate)
+    }
+}
+
+#[derive(Debug, Default)]
+pub struct Catalog {
+    pub files: Vec<FileRule>,
+}
+
+/// What the in-kernel filter gets from the catalogue. Values are indices into `Catalog::files`
+/// (for diagnostics; userspace re-matches every record exactly).
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct PathKeys {
+    pub prefixes: BTreeMap<Vec<u8>, u32>,
+    /// Already byte-reversed.
+    pub suffixes: BTreeMap<Vec<u8>, u32>,
+}
+
+impl Catalog {
+    /// The first rule that matches `path`.
+    pub fn match_path(&self, path: &[u8]) -> Option<(usize, &FileRule)> {
+        self.files
+            .iter()
+            .enumerate()
+            .find(|(_, rule)| rule.matches(path))
+    }
+
+    pub fn path_keys(&self) -> PathKeys {
+        let mut keys = PathKeys::default();
+        for (index, rule) in self.files.iter().enumerate() {
+            for pattern in &rule.paths {
+                match filter_key(pattern) {
+                    Some(FilterKey::Prefix(p)) => {
+                        keys.prefixes.entry(p.into_bytes()).or_insert(index as u32);
+                    }
+                    Some(FilterKey::Suffix(s)) => {
+                        let reversed: Vec<u8> = s.bytes().rev().collect();
+                        keys.suffixes.entry(reversed).or_insert(index as u32);
+                    }
+                    None => {} // rejected when the catalogue was built
+                }
+            }
+        }
+        keys
+    }
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum FilterKey {
+    Prefix(String),
+    Suffix(String),
+}
+
+/// The in-kernel key for a glob: its literal prefix (up to the first wildcard) or literal
+/// suffix (after the last), whichever is longer; ties go to the suffix, which names the file.
+/// Keys are cut to what an LPM trie holds.
+pub fn filter_key(pattern: &str) -> Option<FilterKey> {
+    let is_meta = |c: char| matches!(c, '*' | '?' | '[' | ']' | '{' | '}' | '\\');
+    let first = pattern.find(is_meta);
+    let last = pattern.rfind(is_meta);
+    let (prefix, suffix) = match (first, last) {
+        (None, _) | (_, None) => (pattern, pattern),
+        (Some(first), Some(last)) => (&pattern[..first], &pattern[last + 1..]),
+    };
+    let cap = credwatch_common::PATH_KEY_BYTES;
+    let prefix = truncate_at_char(prefix, cap, false);
+    let suffix = truncate_at_char(suffix, cap, true);
+    if suffix.len() >= prefix.len() && suffix.len() >= MIN_FILTER_LITERAL {
+        Some(FilterKey::Suffix(suffix.to_string()))
+    } else if prefix.len() >= MIN_FILTER_LITERAL && prefix.starts_with('/') {
+        Some(FilterKey::Prefix(prefix.to_string()))
+    } else {
+        None
+    }
+}
+
+fn truncate_at_char(s: &str, max: usize, keep_end: bool) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    if keep_end {
+        let mut start = s.len() - max;
+        while !s.is_char_boundary(start) {
+            start += 1;
+        }
+        &s[start..]
+    } else {
+        let mut end = max;
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        &s[..end]
+    }
+}
+
+fn compile_glob(pattern: &str) -> Result<globset::Glob, String> {
+    if !pattern.starts_with('/') && !pattern.starts_with("**/") {
+        return Err(format!(
+            "path pattern {pattern:?} must be absolute or start with \"**/\" (paths are matched as the container sees them)"
+        ));
+    }
+    GlobBuilder::new(pattern)
+        // `*` stays within one path component; `**` crosses them.
+        .literal_separator(true)
+        .backslash_escape(true)
+        .build()
+        .map_err(|err| format!("bad glob {pattern:?}: {}", err.kind()))
+}
+
+#[derive(Default)]
+pub struct CatalogBuilder {
+    rules: Vec<FileRule>,
+    /// Where each entry name was defined, for duplicate reports.
+    seen: BTreeMap<String, String>,
+}
+
+impl CatalogBuilder {
+    pub fn add_document<'de>(
+        &mut self,
+        source: &Source,
+        line: usize,
+        body: serde_norway::Deserializer<'de>,
+        problems: &mut Vec<Problem>,
+    ) {
+        let doc = match CatalogDocument::deserialize(body) {
+            Ok(doc) => doc,
+            Err(err) => return problems.push(source.yaml_problem(&err)),
+        };
+        let catalog_name = doc.metadata.name;
+        for entry in doc.spec.files {
+            let here = format!("{}:{}", source.file.display(), line);
+            if let Some(first) = self.seen.insert(entry.name.clone(), here) {
+                problems.push(source.locate(
+                    line,
+                    &entry.name,
+                    format!(
+                        "duplicate catalogue entry {:?} (first defined at {first})",
+                        entry.name
+                    ),
+                ));
+                continue;
+            }
+            if entry.paths.is_empty() {
+                problems.push(source.locate(
+                    line,
+                    &entry.name,
+                    format!("entry {:?} has no paths", entry.name),
+                ));
+                continue;
+            }
+            let mut include = GlobSetBuilder::new();
+            let mut exclude = GlobSetBuilder::new();
+            let mut ok = true;
+            for (pattern, is_exclude) in entry
+                .paths
+                .iter()
+                .map(|p| (p, false))
+                .chain(entry.exclude.iter().map(|p| (p, true)))
+            {
+                match compile_glob(pattern) {
+                    Ok(glob) if is_exclude => {
+                        exclude.add(glob);
+                    }
+                    Ok(glob) => {
+                        if filter_key(pattern).is_none() {
+                            ok = false;
+                            problems.push(source.locate(line, pattern, format!(
+                                "path pattern {pattern:?} has no literal prefix or suffix of at least \
+                                 {MIN_FILTER_LITERAL} bytes for the in-kernel filter; name the file \
+                                 (e.g. \"**/.ssh/id_ed25519\") or an absolute directory"
+                            )));
+                        }
+                        include.add(glob);
+                    }
+                    Err(message) => {
+                        ok = false;
+                        problems.push(source.locate(line, pattern, message));
+                    }
+                }
+            }
+            if !ok {
+                continue;
+            }
+            match (include.build(), exclude.build()) {
+                (Ok(include), Ok(exclude)) => self.rules.push(FileRule {
+                    name: entry.name,
+                    catalog: catalog_name.clone(),
+                    paths: entry.paths,
+                    include,
+                    exclude,
+                }),
+                (Err(err), _) | (_, Err(err)) => {
+                    problems.push(source.locate(line, &entry.name, err.to_string()));
+                }
+            }
+        }
+        for endpoint in doc.spec.endpoints {
+            if endpoint.addresses.is_empty() && endpoint.hosts.is_empty() {
+                problems.push(source.locate(
+                    line,
+                    &endpoint.name,
+                    format!("endpoint {:?} needs addresses or hosts", endpoint.name),
+                ));
+            }
+        }
+    }
+
+    pub fn finish(self, _problems: &mut [Problem]) -> Catalog {
+        Catalog { files: self.rules }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn filter_keys_pick_the_longer_literal() {
+        assert_eq!(
+            filter_key("/run/secrets/**"),
+            Some(FilterKey::Prefix("/run/secrets/".into()))
+        );
+        assert_eq!(
+            filter_key("**/.aws/credentials"),
+            Some(FilterKey::Suffix("/.aws/credentials".into()))
+        );
+        assert_eq!(
+            filter_key("/proc/*/environ"),
+            Some(FilterKey::Suffix("/environ".into()))
+        );
+        assert_eq!(
+            filter_key("/etc/shadow"),
+            Some(FilterKey::Suffix("/etc/shadow".into()))
+        );
+        assert_eq!(filter_key("**/.ssh/id_*"), None);
+        assert_eq!(
+            filter_key("**/*.key"),
+            Some(FilterKey::Suffix(".key".into()))
+        );
+        assert_eq!(filter_key("**/id_*"), None);
+    }
+
+    #[test]
+    fn long_literals_are_cut_to_the_trie_key_size() {
+        let long = format!("/{}/**", "a".repeat(300));
+        let Some(FilterKey::Prefix(p)) = filter_key(&long) else {
+            panic!()
+        };
+        assert_eq!(p.len(), credwatch_common::PATH_KEY_BYTES);
+    }
+
+    #[test]
+    fn star_does_not_cross_directories() {
+        let glob = compile_glob("/proc/*/environ").unwrap().compile_matcher();
+        assert!(glob.is_match("/proc/12/environ"));
+        assert!(!glob.is_match("/proc/12/task/13/environ"));
+        let glob = compile_glob("**/.aws/credentials")
+            .unwrap()
+            .compile_matcher();
+        assert!(glob.is_match("/root/.aws/credentials"));
+        assert!(glob.is_match("/home/a/b/.aws/credentials"));
+        assert!(!glob.is_match("/root/.aws/credentials.bak"));
+    }
+
+    #[test]
+    fn relative_patterns_are_rejected() {
+        assert!(compile_glob("secrets/*").is_err());
+        assert!(compile_glob("/ok/[").is_err());
+    }
+}

@@ -1,0 +1,237 @@
+//! Loading, feature checks and attaching of the kernel programs, and access to their maps.
+
+pub mod offsets;
+mod tracefs;
+
+use std::{collections::BTreeMap, path::Path};
+
+use anyhow::{Context as _, Result, anyhow};
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{HashMap, LpmTrie, MapData, PerCpuArray, RingBuf, lpm_trie::Key},
+    programs::TracePoint,
+};
+use credwatch_common::{
+    InodeKey, PATH_KEY_BYTES, PathKeyData, STATS_ENTRIES, globals, maps, outcome, probe,
+};
+use log::{info, warn};
+
+use crate::policy::catalog::PathKeys;
+
+/// The kernel programs, built by `agent/build.rs`.
+static PROGRAMS: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/credwatch-probes"));
+
+/// How one probe (a syscall's enter+exit pair) ended up.
+#[derive(Debug, Clone)]
+pub struct ProbeStatus {
+    pub probe: &'static str,
+    /// The mechanism used ("tracepoint"), or None when it could not attach.
+    pub mode: Option<&'static str>,
+    pub detail: String,
+}
+
+pub struct Probes {
+    ebpf: Ebpf,
+    pub status: Vec<ProbeStatus>,
+    /// (dev, ino) currently in the kernel's secret-inode map.
+    inodes: BTreeMap<InodeKey, u32>,
+    paths: PathKeys,
+}
+
+/// The entries the in-kernel filter should hold.
+#[derive(Debug, Default)]
+pub struct KernelFilter {
+    pub paths: PathKeys,
+    pub inodes: BTreeMap<InodeKey, u32>,
+}
+
+impl Probes {
+    /// Loads the programs with offsets from the running kernel and attaches every probe that
+    /// can be attached. Fails only when nothing useful can run.
+    pub fn load() -> Result<Self> {
+        tracefs::ensure_mounted()?;
+        if let Err(err) = raise_memlock_limit() {
+            // Kernels ≥ 5.11 account BPF memory to the cgroup instead; only older ones need it.
+            warn!("could not raise RLIMIT_MEMLOCK ({err}); continuing (memcg accounting)");
+        }
+        let offsets = offsets::from_btf_file(Path::new(offsets::VMLINUX_BTF))
+            .context("kernel struct offsets: the file probes cannot run without them")?;
+        let agent_tgid = std::process::id();
+        let ebpf = EbpfLoader::new()
+            .override_global(globals::OFFSETS, &offsets, true)
+            .override_global(globals::AGENT_TGID, &agent_tgid, true)
+            .load(PROGRAMS)
+            .context("loading the eBPF object")?;
+        let mut probes = Probes {
+            ebpf,
+            status: Vec::new(),
+            inodes: BTreeMap::new(),
+            paths: PathKeys::default(),
+        };
+        for (index, name) in probe::NAMES.iter().enumerate() {
+            let status = probes.attach_syscall(name);
+            match status.mode {
+                Some(mode) => info!("probe {name}: attached ({mode})"),
+                None => warn!("probe {name}: unavailable: {}", status.detail),
+            }
+            debug_assert_eq!(index, probes.status.len());
+            probes.status.push(status);
+        }
+        if probes.status.iter().all(|s| s.mode.is_none()) {
+            return Err(anyhow!("no file-open probe could be attached"));
+        }
+        Ok(probes)
+    }
+
+    fn attach_syscall(&mut self, name: &'static str) -> ProbeStatus {
+        let result = (|| -> Result<()> {
+            for phase in ["enter", "exit"] {
+                let tracepoint = format!("sys_{phase}_{name}");
+                tracefs::check_syscall_format(&tracepoint)?;
+                let program: &mut TracePoint = self
+                    .ebpf
+                    .program_mut(&tracepoint)
+                    .ok_or_else(|| anyhow!("program {tracepoint} missing from the object"))?
+                    .try_into()?;
+                program
+                    .load()
+                    .with_context(|| format!("loading {tracepoint}"))?;
+                program
+                    .attach("syscalls", &tracepoint)
+                    .with_context(|| format!("attaching {tracepoint}"))?;
+            }
+            Ok(())
+        })();
+        match result {
+            Ok(()) => ProbeStatus {
+                probe: name,
+                mode: Some("tracepoint"),
+                detail: String::new(),
+            },
+            Err(err) => ProbeStatus {
+                probe: name,
+                mode: None,
+                detail: format!("{err:#}"),
+            },
+        }
+    }
+
+    pub fn take_events(&mut self) -> Result<RingBuf<MapData>> {
+        let map = self
+            .ebpf
+            .take_map(maps::EVENTS)
+            .ok_or_else(|| anyhow!("EVENTS map missing"))?;
+        Ok(RingBuf::try_from(map)?)
+    }
+
+    pub fn take_stats(&mut self) -> Result<KernelStats> {
+        let map = self
+            .ebpf
+            .take_map(maps::STATS)
+            .ok_or_else(|| anyhow!("STATS map missing"))?;
+        Ok(KernelStats {
+            map: PerCpuArray::try_from(map)?,
+        })
+    }
+
+    /// Brings the kernel filter maps in line with `want`: new entries are added before stale
+    /// ones are removed, so no credential goes unwatched during the change.
+    pub fn sync_filter(&mut self, want: &KernelFilter) -> Result<()> {
+        {
+            let mut inodes: HashMap<_, InodeKey, u32> = HashMap::try_from(
+                self.ebpf
+                    .map_mut(maps::SECRET_INODES)
+                    .ok_or_else(|| anyhow!("inode map missing"))?,
+            )?;
+            for (key, id) in &want.inodes {
+                if self.inodes.get(key) != Some(id) {
+                    inodes
+                        .insert(key, id, 0)
+                        .context("inserting a secret inode")?;
+                }
+            }
+            for key in self.inodes.keys().filter(|k| !want.inodes.contains_key(k)) {
+                let _ = inodes.remove(key);
+            }
+        }
+        sync_trie(
+            &mut self.ebpf,
+            maps::PATH_PREFIXES,
+            &self.paths.prefixes,
+            &want.paths.prefixes,
+        )?;
+        sync_trie(
+            &mut self.ebpf,
+            maps::PATH_SUFFIXES,
+            &self.paths.suffixes,
+            &want.paths.suffixes,
+        )?;
+        self.inodes = want.inodes.clone();
+        self.paths = PathKeys {
+            prefixes: want.paths.prefixes.clone(),
+            suffixes: want.paths.suffixes.clone(),
+        };
+        Ok(())
+    }
+}
+
+fn trie_key(bytes: &[u8]) -> Key<PathKeyData> {
+    let mut data = [0u8; PATH_KEY_BYTES];
+    let n = bytes.len().min(PATH_KEY_BYTES);
+    data[..n].copy_from_slice(&bytes[..n]);
+    Key::new((n * 8) as u32, data)
+}
+
+fn sync_trie(
+    ebpf: &mut Ebpf,
+    name: &str,
+    have: &BTreeMap<Vec<u8>, u32>,
+    want: &BTreeMap<Vec<u8>, u32>,
+) -> Result<()> {
+    let mut trie: LpmTrie<_, PathKeyData, u32> = LpmTrie::try_from(
+        ebpf.map_mut(name)
+            .ok_or_else(|| anyhow!("{name} map missing"))?,
+    )?;
+    for (bytes, id) in want {
+        if have.get(bytes) != Some(id) {
+            trie.insert(&trie_key(bytes), id, 0)
+                .with_context(|| format!("inserting into {name}"))?;
+        }
+    }
+    for bytes in have.keys().filter(|k| !want.contains_key(*k)) {
+        let _ = trie.remove(&trie_key(bytes));
+    }
+    Ok(())
+}
+
+/// The per-CPU counters of the kernel programs.
+pub struct KernelStats {
+    map: PerCpuArray<MapData, u64>,
+}
+
+impl KernelStats {
+    /// Totals over all CPUs: `(probe name, outcome name, count)`.
+    pub fn read(&self) -> Vec<(&'static str, &'static str, u64)> {
+        let mut out = Vec::with_capacity(STATS_ENTRIES as usize);
+        for (p, probe_name) in probe::NAMES.iter().enumerate() {
+            for (o, outcome_name) in outcome::NAMES.iter().enumerate() {
+                let index = (p as u32) * outcome::COUNT + o as u32;
+                let total = self.map.get(&index, 0).map(|v| v.iter().sum()).unwrap_or(0);
+                out.push((*probe_name, *outcome_name, total));
+            }
+        }
+        out
+    }
+}
+
+fn raise_memlock_limit() -> std::io::Result<()> {
+    let limit = libc::rlimit {
+        rlim_cur: libc::RLIM_INFINITY,
+        rlim_max: libc::RLIM_INFINITY,
+    };
+    // SAFETY: plain syscall with a valid pointer.
+    if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &limit) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}

@@ -1,0 +1,164 @@
+//! Kernel struct field offsets for the probes, read from the running kernel's BTF.
+//!
+//! Rust eBPF has no CO-RE relocations, so the probes get every offset they use as a load-time
+//! global. A field that cannot be found (or has a different width than the probes read) is an
+//! error: attaching with a wrong offset would report garbage.
+
+use std::path::Path;
+
+use anyhow::{Context as _, Result, anyhow, bail};
+use btf_rs::{Btf, Struct, Type};
+use credwatch_common::KernelOffsets;
+
+pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
+
+/// (struct, field path, bytes the probes read or 0 for "embedded struct, any size").
+const FIELDS: [(&str, &str, usize); 23] = [
+    ("task_struct", "files", 8),
+    ("task_struct", "fs", 8),
+    ("files_struct", "fdt", 8),
+    ("fdtable", "max_fds", 4),
+    ("fdtable", "fd", 8),
+    ("file", "f_path", 0),
+    ("file", "f_inode", 8),
+    ("file", "f_flags", 4),
+    ("path", "mnt", 8),
+    ("path", "dentry", 8),
+    ("fs_struct", "root", 0),
+    ("fs_struct", "pwd", 0),
+    ("dentry", "d_parent", 8),
+    ("dentry", "d_name", 0),
+    ("qstr", "len", 4),
+    ("qstr", "name", 8),
+    ("inode", "i_ino", 8),
+    ("inode", "i_sb", 8),
+    ("super_block", "s_dev", 4),
+    ("mount", "mnt", 0),
+    ("mount", "mnt_parent", 8),
+    ("mount", "mnt_mountpoint", 8),
+    ("vfsmount", "mnt_root", 8),
+];
+
+pub fn from_btf_file(path: &Path) -> Result<KernelOffsets> {
+    let btf =
+        Btf::from_file(path).with_context(|| format!("reading kernel BTF {}", path.display()))?;
+    let mut found = [0u32; FIELDS.len()];
+    for (slot, (structure, field, width)) in found.iter_mut().zip(FIELDS) {
+        *slot = field_offset(&btf, structure, field, width)
+            .with_context(|| format!("kernel BTF: {structure}.{field}"))?;
+    }
+    let [
+        task_files,
+        task_fs,
+        files_fdt,
+        fdtable_max_fds,
+        fdtable_fd,
+        file_f_path,
+        file_f_inode,
+        file_f_flags,
+        path_mnt,
+        path_dentry,
+        fs_root,
+        fs_pwd,
+        dentry_d_parent,
+        dentry_d_name,
+        qstr_len,
+        qstr_name,
+        inode_i_ino,
+        inode_i_sb,
+        sb_s_dev,
+        mount_mnt,
+        mount_mnt_parent,
+        mount_mnt_mountpoint,
+        vfsmount_mnt_root,
+    ] = found;
+    Ok(KernelOffsets {
+        task_files,
+        task_fs,
+        files_fdt,
+        fdtable_max_fds,
+        fdtable_fd,
+        file_f_path,
+        file_f_inode,
+        file_f_flags,
+        path_mnt,
+        path_dentry,
+        fs_root,
+        fs_pwd,
+        dentry_d_parent,
+        dentry_d_name,
+        qstr_len,
+        qstr_name,
+        inode_i_ino,
+        inode_i_sb,
+        sb_s_dev,
+        mount_mnt,
+        mount_mnt_parent,
+        mount_mnt_mountpoint,
+        vfsmount_mnt_root,
+        valid: 1,
+    })
+}
+
+/// Byte offset of `field` in `struct structure`, looking through anonymous members.
+fn field_offset(btf: &Btf, structure: &str, field: &str, width: usize) -> Result<u32> {
+    let st = btf
+        .resolve_types_by_name(structure)?
+        .into_iter()
+        .find_map(|t| match t {
+            Type::Struct(s) if !s.members.is_empty() => Some(s),
+            _ => None,
+        })
+        .ok_or_else(|| anyhow!("struct {structure} not found"))?;
+    let (bits, ty) = find_member(btf, &st, field)?.ok_or_else(|| anyhow!("no such field"))?;
+    if bits % 8 != 0 {
+        bail!("field is a bitfield");
+    }
+    if width != 0 {
+        let size = type_size(btf, ty)?;
+        if size != width {
+            bail!("field is {size} bytes wide, the probes read {width}");
+        }
+    }
+    Ok(bits / 8)
+}
+
+fn find_member(btf: &Btf, st: &Struct, field: &str) -> Result<Option<(u32, Type)>> {
+    for member in &st.members {
+        let name = btf.resolve_name(member)?;
+        let ty = btf.resolve_chained_type(member)?;
+        if name == field {
+            return Ok(Some((member.bit_offset(), ty)));
+        }
+        if name.is_empty()
+            && let Type::Struct(inner) | Type::Union(inner) = strip_qualifiers(btf, ty)?
+            && let Some((bits, ty)) = find_member(btf, &inner, field)?
+        {
+            return Ok(Some((member.bit_offset() + bits, ty)));
+        }
+    }
+    Ok(None)
+}
+
+fn strip_qualifiers(btf: &Btf, mut ty: Type) -> Result<Type> {
+    loop {
+        ty = match &ty {
+            Type::Typedef(t) => btf.resolve_chained_type(t)?,
+            Type::Const(t) | Type::Volatile(t) | Type::Restrict(t) => {
+                btf.resolve_chained_type(t)?
+            }
+            Type::TypeTag(t) => btf.resolve_chained_type(t)?,
+            _ => return Ok(ty),
+        };
+    }
+}
+
+fn type_size(btf: &Btf, ty: Type) -> Result<usize> {
+    Ok(match strip_qualifiers(btf, ty)? {
+        Type::Int(i) => i.size(),
+        Type::Ptr(_) => 8,
+        Type::Enum(e) => e.size(),
+        Type::Struct(s) | Type::Union(s) => s.size(),
+        other => bail!("unexpected type {}", other.name()),
+    })
+}

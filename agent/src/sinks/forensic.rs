@@ -1,0 +1,192 @@
+//! The forensic log: one JSON object per line (DESIGN §6).
+//!
+//! Strings that come from the workload (paths, argv, comm) are untrusted bytes. They are kept
+//! verbatim where they are valid UTF-8; every byte that is not is written as `\xNN`, and a
+//! literal backslash as `\\`, so nothing is dropped and the escaping is unambiguous. JSON's
+//! own escaping (quotes, control characters) is done by serde_json on top.
+
+use std::{
+    fs::{File, OpenOptions},
+    io::Write as _,
+    os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _},
+    path::{Path, PathBuf},
+};
+
+use anyhow::{Context as _, Result};
+use serde::Serialize;
+
+pub const SCHEMA: u32 = 1;
+
+/// Escapes untrusted bytes into a string (see the module doc).
+pub fn escape_bytes(bytes: &[u8]) -> String {
+    let mut out = String::with_capacity(bytes.len());
+    for chunk in bytes.utf8_chunks() {
+        for c in chunk.valid().chars() {
+            if c == '\\' {
+                out.push_str("\\\\");
+            } else {
+                out.push(c);
+            }
+        }
+        for b in chunk.invalid() {
+            out.push_str(&format!("\\x{b:02x}"));
+        }
+    }
+    out
+}
+
+#[derive(Serialize, Debug)]
+pub struct Record {
+    pub schema: u32,
+    pub ts: String,
+    pub event_id: String,
+    pub node: String,
+    pub verdict: &'static str,
+    pub reason: String,
+    pub kind: &'static str,
+    pub secret: SecretSection,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub file: Option<FileSection>,
+    pub process: ProcessSection,
+}
+
+#[derive(Serialize, Debug)]
+pub struct SecretSection {
+    /// The catalogue entry that matched (also the `secret` metric label).
+    pub name: String,
+    /// `<CredentialCatalog name>/<entry name>`.
+    pub catalog_entry: String,
+}
+
+#[derive(Serialize, Debug, Default)]
+pub struct FileSection {
+    /// The credential's path: resolved by the kernel from the opened file; for a hit on a
+    /// known secret inode (e.g. through a hardlink), the path the secret is known by.
+    pub path: String,
+    /// The path the kernel resolved for this open when it differs from `path` (hardlinks).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub opened_path: Option<String>,
+    /// The string the process passed, as given (relative, with `..`, through symlinks).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub raw_path: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dev: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ino: Option<u64>,
+    pub flags: Vec<String>,
+    /// The new fd, or `-errno`.
+    pub result: i64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub errno: Option<String>,
+    pub syscall: &'static str,
+    /// `path` is only the tail of a path deeper than the kernel walks.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub path_truncated: bool,
+    /// The open failed, so `path` is the process' base directory joined with `raw_path`
+    /// (lexically normalised, symlinks not resolved).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub path_unresolved: bool,
+}
+
+#[derive(Serialize, Debug, Default)]
+pub struct ProcessSection {
+    pub pid: u32,
+    pub tid: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ppid: Option<u32>,
+    pub uid: u32,
+    pub gid: u32,
+    pub comm: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub exe: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub args: Option<Vec<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub start_time: Option<String>,
+    pub ancestors: Vec<AncestorSection>,
+}
+
+#[derive(Serialize, Debug, Default)]
+pub struct AncestorSection {
+    pub pid: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub exe: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub args: Option<Vec<String>>,
+}
+
+/// Where records go: stdout or a file created 0600.
+pub enum ForensicLog {
+    Stdout,
+    File { path: PathBuf, file: File },
+}
+
+impl ForensicLog {
+    pub fn open(target: &str) -> Result<Self> {
+        if target == "-" {
+            return Ok(ForensicLog::Stdout);
+        }
+        let path = PathBuf::from(target);
+        Ok(ForensicLog::File {
+            file: open_private(&path)?,
+            path,
+        })
+    }
+
+    /// Writes one record as one line with a single write, so lines never interleave.
+    pub fn write(&mut self, record: &Record) -> Result<()> {
+        let mut line = serde_json::to_vec(record)?;
+        line.push(b'\n');
+        match self {
+            ForensicLog::Stdout => std::io::stdout().lock().write_all(&line)?,
+            ForensicLog::File { file, path } => file
+                .write_all(&line)
+                .with_context(|| format!("writing {}", path.display()))?,
+        }
+        Ok(())
+    }
+}
+
+fn open_private(path: &Path) -> Result<File> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .with_context(|| format!("creating {}", dir.display()))?;
+    }
+    OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("opening forensic log {}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn escaping_keeps_every_byte() {
+        assert_eq!(escape_bytes(b"/run/secrets/db"), "/run/secrets/db");
+        assert_eq!(escape_bytes(b"a\xffb"), "a\\xffb");
+        assert_eq!(escape_bytes(b"back\\slash"), "back\\\\slash");
+        assert_eq!(escape_bytes("caf\u{e9}".as_bytes()), "caf\u{e9}");
+        // A literal "\xff" text and a raw 0xff byte stay distinguishable.
+        assert_ne!(escape_bytes(b"\\xff"), escape_bytes(b"\xff"));
+    }
+
+    #[test]
+    fn hostile_strings_round_trip_through_json() {
+        let hostile = b"x\n\"}{\x1b[31m\x00\xfe\r\t".to_vec();
+        let record = ProcessSection {
+            comm: escape_bytes(&hostile),
+            ..Default::default()
+        };
+        let line = serde_json::to_string(&record).unwrap();
+        assert!(!line.contains('\n'));
+        let back: serde_json::Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(back["comm"].as_str().unwrap(), escape_bytes(&hostile));
+    }
+}
