@@ -1,0 +1,173 @@
+//! Test helper: performs file opens exactly the way a test asks, through each open syscall.
+//!
+//! Usage: credwatch-opener [--uid N] [--hold] OP ARGS [xN] [--next OP ARGS [xN]]...
+//!   open PATH | openat PATH | openat2 PATH | creat PATH | by-handle PATH
+//!   openat-dir DIR REL      (openat relative to a directory fd)
+//!   chdir-open DIR REL      (chdir, then open a relative path)
+//! A trailing `xN` repeats the op N times. Prints `pid=P` then one `result=R` (fd or -errno)
+//! per op; with --hold it then waits for stdin to close, so the test can read /proc/P.
+
+use std::{
+    ffi::CString,
+    io::{Read as _, Write as _},
+};
+
+fn c(s: &str) -> CString {
+    CString::new(s).expect("no NUL in argument")
+}
+
+fn ret(r: i64) -> i64 {
+    if r < 0 {
+        -(std::io::Error::last_os_error().raw_os_error().unwrap_or(0) as i64)
+    } else {
+        r
+    }
+}
+
+fn run(op: &str, args: &[String]) -> i64 {
+    let a = |i: usize| c(&args[i]);
+    // SAFETY: raw syscalls with valid C strings and structs; fds are closed after use.
+    unsafe {
+        let fd = match op {
+            "open" => ret(libc::syscall(libc::SYS_open, a(0).as_ptr(), libc::O_RDONLY)),
+            "openat" => ret(libc::syscall(
+                libc::SYS_openat,
+                libc::AT_FDCWD,
+                a(0).as_ptr(),
+                libc::O_RDONLY,
+            )),
+            "openat2" => {
+                // struct open_how { u64 flags, mode, resolve; }
+                let how: [u64; 3] = [libc::O_RDONLY as u64, 0, 0];
+                ret(libc::syscall(
+                    libc::SYS_openat2,
+                    libc::AT_FDCWD,
+                    a(0).as_ptr(),
+                    how.as_ptr(),
+                    24usize,
+                ))
+            }
+            "creat" => ret(libc::syscall(libc::SYS_creat, a(0).as_ptr(), 0o600)),
+            "openat-dir" => {
+                let dir = libc::open(a(0).as_ptr(), libc::O_RDONLY | libc::O_DIRECTORY);
+                assert!(dir >= 0, "open dir");
+                let r = ret(libc::syscall(
+                    libc::SYS_openat,
+                    dir,
+                    a(1).as_ptr(),
+                    libc::O_RDONLY,
+                ));
+                libc::close(dir);
+                r
+            }
+            "chdir-open" => {
+                assert_eq!(libc::chdir(a(0).as_ptr()), 0, "chdir");
+                ret(libc::syscall(
+                    libc::SYS_openat,
+                    libc::AT_FDCWD,
+                    a(1).as_ptr(),
+                    libc::O_RDONLY,
+                ))
+            }
+            "by-handle" => by_handle(&a(0)),
+            other => panic!("unknown op {other}"),
+        };
+        if fd >= 0 {
+            libc::close(fd as i32);
+        }
+        fd
+    }
+}
+
+/// name_to_handle_at + open_by_handle_at (needs CAP_DAC_READ_SEARCH).
+unsafe fn by_handle(path: &CString) -> i64 {
+    #[repr(C)]
+    struct Handle {
+        bytes: u32,
+        kind: i32,
+        data: [u8; 128],
+    }
+    let mut handle = Handle {
+        bytes: 128,
+        kind: 0,
+        data: [0; 128],
+    };
+    let mut mount_id = 0i32;
+    unsafe {
+        let r = libc::syscall(
+            libc::SYS_name_to_handle_at,
+            libc::AT_FDCWD,
+            path.as_ptr(),
+            &mut handle as *mut Handle,
+            &mut mount_id as *mut i32,
+            0,
+        );
+        assert_eq!(
+            r,
+            0,
+            "name_to_handle_at: {}",
+            std::io::Error::last_os_error()
+        );
+        let mount_fd = libc::open(c("/").as_ptr(), libc::O_RDONLY | libc::O_DIRECTORY);
+        let r = ret(libc::syscall(
+            libc::SYS_open_by_handle_at,
+            mount_fd,
+            &mut handle as *mut Handle,
+            libc::O_RDONLY,
+        ));
+        libc::close(mount_fd);
+        r
+    }
+}
+
+fn main() {
+    let mut args: Vec<String> = std::env::args().skip(1).collect();
+    let mut hold = false;
+    let mut uid = None;
+    loop {
+        match args.first().map(String::as_str) {
+            Some("--hold") => {
+                hold = true;
+                args.remove(0);
+            }
+            Some("--uid") => {
+                uid = Some(args[1].parse::<u32>().expect("uid"));
+                args.drain(..2);
+            }
+            _ => break,
+        }
+    }
+    if let Some(uid) = uid {
+        // SAFETY: dropping privileges; group first, while still allowed.
+        unsafe {
+            assert_eq!(libc::setgroups(0, std::ptr::null()), 0);
+            assert_eq!(libc::setgid(uid), 0);
+            assert_eq!(libc::setuid(uid), 0);
+        }
+    }
+    let mut out = std::io::stdout();
+    writeln!(out, "pid={}", std::process::id()).unwrap();
+    for op in args.split(|a| a == "--next") {
+        let (name, mut rest) = (op[0].as_str(), op[1..].to_vec());
+        let repeat = match rest
+            .last()
+            .and_then(|l| l.strip_prefix('x'))
+            .and_then(|n| n.parse().ok())
+        {
+            Some(n) => {
+                rest.pop();
+                n
+            }
+            None => 1,
+        };
+        let mut last = 0;
+        for _ in 0..repeat {
+            last = run(name, &rest);
+        }
+        writeln!(out, "result={last}").unwrap();
+    }
+    out.flush().unwrap();
+    if hold {
+        let _ = std::io::stdin().read_to_end(&mut Vec::new());
+    }
+}

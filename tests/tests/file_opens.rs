@@ -1,0 +1,265 @@
+//! File-open probes end to end: every way of naming a credential resolves to the same path and
+//! (dev, ino); non-credentials never leave the kernel; failures and deep paths are recorded.
+
+use std::{os::unix::fs::PermissionsExt as _, path::Path};
+
+use credwatch_tests::{Agent, Workload, agent, dev_ino};
+use serde_json::Value;
+
+/// Deeper than the kernel's walk bound (MAX_PATH_STEPS = 40).
+const DEEP_LEVELS: usize = 48;
+
+fn prepare(work: &Path) -> String {
+    let secrets = work.join("secrets");
+    std::fs::create_dir_all(&secrets).unwrap();
+    let secret = secrets.join("db_password");
+    std::fs::write(&secret, "not-a-real-password\n").unwrap();
+    std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600)).unwrap();
+    std::fs::create_dir_all(work.join("links")).unwrap();
+    std::os::unix::fs::symlink("../secrets/db_password", work.join("links/sym")).unwrap();
+    // A hardlink outside every catalogue path: only the inode names it as the secret.
+    std::fs::create_dir_all(work.join("elsewhere")).unwrap();
+    std::fs::hard_link(&secret, work.join("elsewhere/innocent.txt")).unwrap();
+    std::fs::create_dir_all(work.join("plain")).unwrap();
+    std::fs::write(work.join("plain/readme.txt"), "hello\n").unwrap();
+    let mut deep = work.join("deep");
+    for _ in 0..DEEP_LEVELS {
+        deep.push("d");
+    }
+    std::fs::create_dir_all(deep.join(".aws")).unwrap();
+    std::fs::write(deep.join(".aws/credentials"), "[default]\n").unwrap();
+    format!(
+        "    - name: e2e-secrets\n      paths: [\"{}/**\"]\n",
+        secrets.display()
+    )
+}
+
+fn setup() -> &'static Agent {
+    agent(prepare)
+}
+
+fn secret_path(agent: &Agent) -> String {
+    agent.work.join("secrets/db_password").display().to_string()
+}
+
+/// Opens through `args`, expects exactly one record, and checks it names the secret.
+fn assert_names_the_secret(args: &[&str]) -> Value {
+    let agent = setup();
+    let secret = secret_path(agent);
+    let (dev, ino) = dev_ino(Path::new(&secret));
+    let workload = Workload::run(args);
+    assert!(
+        workload.results[0] >= 0,
+        "{args:?} failed: {:?}",
+        workload.results
+    );
+    let records = agent.wait_records(workload.pid, 1);
+    assert_eq!(records.len(), 1, "{records:#?}");
+    let record = records.into_iter().next().unwrap();
+    assert_eq!(record["file"]["path"], secret.as_str(), "{record:#}");
+    assert_eq!(record["file"]["dev"], dev, "{record:#}");
+    assert_eq!(record["file"]["ino"], ino, "{record:#}");
+    assert_eq!(record["secret"]["name"], "e2e-secrets");
+    assert_eq!(record["kind"], "file");
+    assert_eq!(record["schema"], 1);
+    assert_eq!(record["node"], "e2e-node");
+    assert_eq!(record["process"]["pid"], workload.pid);
+    assert!(
+        record["process"]["exe"]
+            .as_str()
+            .unwrap()
+            .ends_with("credwatch-opener"),
+        "{record:#}"
+    );
+    assert_eq!(
+        record["process"]["args"][0]
+            .as_str()
+            .map(|a| a.ends_with("credwatch-opener")),
+        Some(true)
+    );
+    record
+}
+
+#[test]
+fn absolute_path() {
+    let secret = secret_path(setup());
+    let record = assert_names_the_secret(&["openat", &secret]);
+    assert_eq!(record["file"]["raw_path"], secret.as_str());
+    assert_eq!(record["file"]["syscall"], "openat");
+    assert_eq!(record["file"]["flags"][0], "O_RDONLY");
+}
+
+#[test]
+fn relative_path_after_chdir() {
+    let dir = setup().work.join("secrets").display().to_string();
+    let record = assert_names_the_secret(&["chdir-open", &dir, "db_password"]);
+    assert_eq!(record["file"]["raw_path"], "db_password");
+}
+
+#[test]
+fn openat_with_a_dirfd() {
+    let dir = setup().work.join("secrets").display().to_string();
+    let record = assert_names_the_secret(&["openat-dir", &dir, "db_password"]);
+    assert_eq!(record["file"]["raw_path"], "db_password");
+}
+
+#[test]
+fn through_a_symlink() {
+    let link = setup().work.join("links/sym").display().to_string();
+    let record = assert_names_the_secret(&["openat", &link]);
+    assert_eq!(record["file"]["raw_path"], link.as_str());
+}
+
+#[test]
+fn through_a_hardlink_made_elsewhere() {
+    let link = setup()
+        .work
+        .join("elsewhere/innocent.txt")
+        .display()
+        .to_string();
+    let record = assert_names_the_secret(&["openat", &link]);
+    assert_eq!(record["file"]["opened_path"], link.as_str(), "{record:#}");
+}
+
+#[test]
+fn through_dot_dot_segments() {
+    let path = setup()
+        .work
+        .join("secrets/../links/../secrets/./db_password")
+        .display()
+        .to_string();
+    let record = assert_names_the_secret(&["openat", &path]);
+    assert_eq!(record["file"]["raw_path"], path.as_str());
+}
+
+#[test]
+fn through_proc_self_root() {
+    let path = format!("/proc/self/root{}", secret_path(setup()));
+    assert_names_the_secret(&["openat", &path]);
+}
+
+#[test]
+fn every_open_syscall() {
+    let secret = secret_path(setup());
+    for syscall in ["open", "openat2", "by-handle"] {
+        let record = assert_names_the_secret(&[syscall, &secret]);
+        let expected = if syscall == "by-handle" {
+            "open_by_handle_at"
+        } else {
+            syscall
+        };
+        assert_eq!(record["file"]["syscall"], expected);
+    }
+    // creat makes a new file: a new inode, named by its path.
+    let agent = setup();
+    let created = agent
+        .work
+        .join("secrets/created_by_creat")
+        .display()
+        .to_string();
+    let workload = Workload::run(&["creat", &created]);
+    let records = agent.wait_records(workload.pid, 1);
+    let (dev, ino) = dev_ino(Path::new(&created));
+    assert_eq!(records[0]["file"]["path"], created.as_str());
+    assert_eq!(
+        (
+            records[0]["file"]["dev"].as_u64(),
+            records[0]["file"]["ino"].as_u64()
+        ),
+        (Some(dev), Some(ino))
+    );
+    assert_eq!(records[0]["file"]["syscall"], "creat");
+    let flags: Vec<&str> = records[0]["file"]["flags"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    assert_eq!(flags, ["O_WRONLY", "O_CREAT", "O_TRUNC"]);
+}
+
+#[test]
+fn non_credential_opens_stay_in_the_kernel() {
+    let agent = setup();
+    let series = r#"credwatch_kernel_events_total{outcome="filtered",probe="openat"}"#;
+    let before = agent.metric(series);
+    let plain = agent.work.join("plain/readme.txt").display().to_string();
+    let secret = secret_path(agent);
+    // 1000 plain opens, then one secret open from the same process as a positive control.
+    let workload = Workload::run(&["openat", &plain, "x1000", "--next", "openat", &secret]);
+    let records = agent.wait_records(workload.pid, 1);
+    assert_eq!(
+        records.len(),
+        1,
+        "only the secret is reported: {records:#?}"
+    );
+    assert_eq!(records[0]["file"]["path"], secret.as_str());
+    let after = agent.metric(series);
+    assert!(
+        after - before >= 1000.0,
+        "filtered counter rose by {} (before {before}, after {after})",
+        after - before
+    );
+}
+
+#[test]
+fn failed_opens_are_recorded_with_their_errno() {
+    let agent = setup();
+    let missing = agent
+        .work
+        .join("secrets/does/../not_there")
+        .display()
+        .to_string();
+    let workload = Workload::run(&["openat", &missing]);
+    assert_eq!(workload.results[0], -libc::ENOENT as i64);
+    let record = &agent.wait_records(workload.pid, 1)[0];
+    assert_eq!(record["file"]["errno"], "ENOENT", "{record:#}");
+    assert_eq!(record["file"]["result"], -libc::ENOENT as i64);
+    assert_eq!(record["file"]["raw_path"], missing.as_str());
+    assert_eq!(
+        record["file"]["path"],
+        agent.work.join("secrets/not_there").display().to_string()
+    );
+    assert_eq!(record["file"]["path_unresolved"], true);
+    assert!(record["file"].get("ino").is_none());
+
+    // The secret is 0600 root: an unprivileged reader gets EACCES, relative to its cwd.
+    let dir = agent.work.join("secrets").display().to_string();
+    let workload = Workload::run_as(65534, &["chdir-open", &dir, "db_password"]);
+    assert_eq!(workload.results[0], -libc::EACCES as i64);
+    let record = &agent.wait_records(workload.pid, 1)[0];
+    assert_eq!(record["file"]["errno"], "EACCES", "{record:#}");
+    assert_eq!(record["file"]["path"], secret_path(agent).as_str());
+    assert_eq!(record["process"]["uid"], 65534);
+}
+
+#[test]
+fn paths_deeper_than_the_walk_bound_are_recorded_as_truncated() {
+    let agent = setup();
+    let mut deep = agent.work.join("deep");
+    for _ in 0..DEEP_LEVELS {
+        deep.push("d");
+    }
+    let file = deep.join(".aws/credentials");
+    let (dev, ino) = dev_ino(&file);
+    let series = r#"credwatch_kernel_events_total{outcome="truncated",probe="openat"}"#;
+    let before = agent.metric(series);
+    let workload = Workload::run(&["openat", &file.display().to_string()]);
+    let record = &agent.wait_records(workload.pid, 1)[0];
+    assert_eq!(record["file"]["path_truncated"], true, "{record:#}");
+    assert_eq!(record["secret"]["name"], "aws-shared-credentials");
+    let path = record["file"]["path"].as_str().unwrap();
+    assert!(path.ends_with("/d/d/.aws/credentials"), "{path}");
+    assert!(
+        file.display().to_string().ends_with(path),
+        "{path} is a tail of the real path"
+    );
+    assert_eq!(
+        (
+            record["file"]["dev"].as_u64(),
+            record["file"]["ino"].as_u64()
+        ),
+        (Some(dev), Some(ino))
+    );
+    assert!(agent.metric(series) > before);
+}

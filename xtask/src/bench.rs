@@ -1,0 +1,205 @@
+//! `cargo xtask bench`: the cost of watching file opens, against no tracer and two common
+//! tracers, measured in one run with the configurations interleaved (these machines are noisy,
+//! so only ratios against the same run's baseline mean anything).
+
+use std::{
+    io::{BufRead as _, BufReader, Read},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, bail};
+
+use crate::{build_agent, cargo, is_root, setup, status, workspace_root};
+
+const CONFIGS: [&str; 4] = ["baseline", "credwatch", "opensnoop", "bpftrace"];
+const BPFTRACE_PROGRAM: &str = "tracepoint:syscalls:sys_enter_openat { @opens = count(); }";
+
+pub fn bench(iterations: u64, rounds: u32) -> Result<()> {
+    if !is_root() {
+        bail!("the benchmark loads eBPF programs: run it as root");
+    }
+    setup::setup()?;
+    ensure_debian_packages(&[("opensnoop", "libbpf-tools"), ("bpftrace", "bpftrace")])?;
+    let agent = build_agent(true)?;
+    status(cargo().args([
+        "build",
+        "--release",
+        "-p",
+        "credwatch-tests",
+        "--bin",
+        "credwatch-openloop",
+    ]))?;
+    let openloop = workspace_root().join("target/release/credwatch-openloop");
+    let dir = std::env::temp_dir().join("credwatch-bench");
+    std::fs::create_dir_all(&dir)?;
+    let target = dir.join("not-a-credential.txt");
+    std::fs::write(&target, b"benchmark\n")?;
+
+    let mut results: Vec<Vec<f64>> = vec![Vec::new(); CONFIGS.len()];
+    for round in 1..=rounds {
+        for (i, config) in CONFIGS.iter().enumerate() {
+            let tracer = start_tracer(config, &agent)?;
+            let ns = run_loop(&openloop, &target, iterations)?;
+            if let Some(tracer) = tracer {
+                stop(tracer);
+            }
+            println!("round {round}/{rounds}: {config:<10} {ns:>8.1} ns/open");
+            results[i].push(ns);
+        }
+    }
+
+    let medians: Vec<f64> = results.iter_mut().map(|r| median(r)).collect();
+    let baseline = medians[0];
+    println!();
+    println!(
+        "open+close of a non-credential file, {iterations} iterations, median of {rounds} interleaved rounds"
+    );
+    println!("| configuration | ns per open | vs baseline |");
+    println!("|---|---:|---:|");
+    for (config, ns) in CONFIGS.iter().zip(&medians) {
+        let ratio = ns / baseline;
+        println!(
+            "| {config} | {ns:.1} | {ratio:.2}x ({:+.1}%) |",
+            (ratio - 1.0) * 100.0
+        );
+    }
+    Ok(())
+}
+
+fn run_loop(openloop: &Path, target: &Path, iterations: u64) -> Result<f64> {
+    let out = Command::new(openloop)
+        .arg(target)
+        .arg(iterations.to_string())
+        .output()?;
+    if !out.status.success() {
+        bail!("open loop failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .context("parsing the open loop's result")
+}
+
+/// Starts a tracer and returns once it is attached.
+fn start_tracer(config: &str, agent: &Path) -> Result<Option<Child>> {
+    let (mut cmd, ready_marker, from_stderr) = match config {
+        "baseline" => return Ok(None),
+        "credwatch" => {
+            let mut cmd = Command::new(agent);
+            cmd.args(["run", "--log", "/dev/null", "--metrics-addr", "127.0.0.1:0"])
+                .current_dir(workspace_root())
+                .env("RUST_LOG", "warn");
+            (cmd, "credwatch: ready", true)
+        }
+        "opensnoop" => (Command::new("opensnoop"), "PID", false),
+        "bpftrace" => {
+            let mut cmd = Command::new("bpftrace");
+            cmd.args(["-e", BPFTRACE_PROGRAM]);
+            (cmd, "Attaching", false)
+        }
+        other => bail!("unknown configuration {other}"),
+    };
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("starting {config}"))?;
+    let (watched, other): (Box<dyn Read + Send>, Box<dyn Read + Send>) = if from_stderr {
+        (
+            Box::new(child.stderr.take().unwrap()),
+            Box::new(child.stdout.take().unwrap()),
+        )
+    } else {
+        (
+            Box::new(child.stdout.take().unwrap()),
+            Box::new(child.stderr.take().unwrap()),
+        )
+    };
+    drain(other);
+    let (tx, rx) = std::sync::mpsc::channel();
+    let marker = ready_marker.to_string();
+    thread::spawn(move || {
+        let mut reader = BufReader::new(watched);
+        let mut line = String::new();
+        let mut signalled = false;
+        // Keep reading to the end so the tracer never blocks on a full pipe.
+        while reader.read_line(&mut line).unwrap_or(0) > 0 {
+            if !signalled && line.contains(&marker) {
+                let _ = tx.send(());
+                signalled = true;
+            }
+            line.clear();
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < deadline {
+        if rx.recv_timeout(Duration::from_millis(200)).is_ok() {
+            // Give the tracer's reader a moment to settle into its poll loop.
+            thread::sleep(Duration::from_millis(500));
+            return Ok(Some(child));
+        }
+        if let Some(exit) = child.try_wait()? {
+            bail!("{config} exited before it was ready: {exit}");
+        }
+    }
+    stop(child);
+    bail!("{config} was not ready within 60 s")
+}
+
+fn drain(stream: Box<dyn Read + Send>) {
+    thread::spawn(move || {
+        let _ = std::io::copy(&mut BufReader::new(stream), &mut std::io::sink());
+    });
+}
+
+fn stop(mut child: Child) {
+    // SIGINT: each tracer's normal way to detach and exit.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        if let Ok(Some(_)) = child.try_wait() {
+            return;
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+fn median(values: &mut [f64]) -> f64 {
+    values.sort_by(|a, b| a.total_cmp(b));
+    values[values.len() / 2]
+}
+
+/// Installs missing Debian packages (the benchmark's comparison tracers).
+pub fn ensure_debian_packages(wanted: &[(&str, &str)]) -> Result<()> {
+    let missing: Vec<&str> = wanted
+        .iter()
+        .filter(|(binary, _)| !on_path(binary))
+        .map(|(_, package)| *package)
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    println!("xtask: installing Debian packages: {}", missing.join(" "));
+    status(Command::new("apt-get").arg("update").arg("-q"))?;
+    status(
+        Command::new("apt-get")
+            .args(["install", "-y", "-q", "--no-install-recommends"])
+            .args(&missing)
+            .env("DEBIAN_FRONTEND", "noninteractive"),
+    )
+}
+
+fn on_path(binary: &str) -> bool {
+    std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).any(|d| is_executable(&d.join(binary))))
+        .unwrap_or(false)
+}
+
+fn is_executable(path: &PathBuf) -> bool {
+    path.is_file()
+}
