@@ -85,6 +85,7 @@ pub fn run(opts: RunOptions) -> Result<()> {
         .build()?;
     runtime.block_on(async move {
         let listener = sinks::metrics::bind(opts.metrics_addr).await?;
+        let metrics_addr = listener.local_addr()?;
         let server = tokio::spawn(sinks::metrics::serve(listener, metrics));
         // SAFETY: the ring buffer owns its fd and is owned by the AsyncFd, so the fd stays open
         // for as long as it is registered.

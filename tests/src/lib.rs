@@ -264,3 +264,29 @@ pub fn helper_binary(name: &str) -> PathBuf {
     assert!(path.is_file(), "{} not built", path.display());
     path
 }
+
+/// Pins a running process to one CPU.
+pub fn pin_to_cpu(pid: u32, cpu: usize) {
+    // SAFETY: a zeroed cpu_set_t with one bit set.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        assert_eq!(
+            libc::sched_setaffinity(pid as i32, std::mem::size_of_val(&set), &set),
+            0
+        );
+    }
+}
+
+/// The pid of the newest process running `helper` with `arg` in its command line.
+pub fn find_process(arg: &str) -> Option<u32> {
+    std::fs::read_dir("/proc")
+        .ok()?
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|c| c.split(|&b| b == 0).any(|a| a == arg.as_bytes()))
+        })
+        .max()
+}

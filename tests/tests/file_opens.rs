@@ -263,3 +263,54 @@ fn paths_deeper_than_the_walk_bound_are_recorded_as_truncated() {
     );
     assert!(agent.metric(series) > before);
 }
+
+/// An open that blocks (a FIFO without a writer) while other opens run on its CPU, and that
+/// wakes up on another CPU, still gets its saved arguments back at exit. (Removing the spill
+/// makes the first case fail; the second is served by the spill or by the search of other
+/// CPUs' slots, depending on whether anything else opened a file on CPU 0 meanwhile.)
+#[test]
+fn blocked_opens_keep_their_arguments() {
+    let agent = setup();
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    for (name, migrate) in [("fifo_spill", false), ("fifo_migrate", true)] {
+        let fifo = agent.work.join("secrets").join(name);
+        let c_path = std::ffi::CString::new(fifo.display().to_string()).unwrap();
+        // SAFETY: valid C string.
+        assert_eq!(unsafe { libc::mkfifo(c_path.as_ptr(), 0o600) }, 0);
+        let fifo_arg = fifo.display().to_string();
+        let reader = {
+            let fifo_arg = fifo_arg.clone();
+            std::thread::spawn(move || Workload::run(&["--cpu", "0", "openat", &fifo_arg]))
+        };
+        // Wait until the reader is blocked inside open().
+        let pid = loop {
+            if let Some(pid) = credwatch_tests::find_process(&fifo_arg) {
+                let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+                if stat.split(' ').nth(2) == Some("S") {
+                    break pid;
+                }
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        };
+        if migrate && cpus > 1 {
+            credwatch_tests::pin_to_cpu(pid, 1);
+        } else {
+            // Other opens on the blocked reader's CPU take over its per-CPU slot.
+            let secret = secret_path(agent);
+            let other = Workload::run(&["--cpu", "0", "openat", &secret, "x20"]);
+            agent.wait_records(other.pid, 1);
+        }
+        let writer = std::fs::OpenOptions::new().write(true).open(&fifo).unwrap();
+        let reader = reader.join().unwrap();
+        drop(writer);
+        assert_eq!(reader.pid, pid);
+        assert!(reader.results[0] >= 0);
+        let record = &agent.wait_records(pid, 1)[0];
+        assert_eq!(record["file"]["path"], fifo_arg.as_str(), "{record:#}");
+        assert_eq!(
+            record["file"]["raw_path"],
+            fifo_arg.as_str(),
+            "arguments survived: {record:#}"
+        );
+    }
+}

@@ -94,7 +94,12 @@ fn start_tracer(config: &str, agent: &Path) -> Result<Option<Child>> {
                 .env("RUST_LOG", "warn");
             (cmd, "credwatch: ready", true)
         }
-        "opensnoop" => (Command::new("opensnoop"), "PID", false),
+        // stdbuf: opensnoop block-buffers stdout into a pipe, which would hide its ready header.
+        "opensnoop" => {
+            let mut cmd = Command::new("stdbuf");
+            cmd.args(["-oL", "opensnoop"]);
+            (cmd, "PID", false)
+        }
         "bpftrace" => {
             let mut cmd = Command::new("bpftrace");
             cmd.args(["-e", BPFTRACE_PROGRAM]);

@@ -57,9 +57,13 @@ impl Probes {
         let offsets = offsets::from_btf_file(Path::new(offsets::VMLINUX_BTF))
             .context("kernel struct offsets: the file probes cannot run without them")?;
         let agent_tgid = std::process::id();
+        let nr_cpus = aya::util::nr_cpus()
+            .map_err(|(_, e)| e)
+            .context("possible CPUs")? as u32;
         let ebpf = EbpfLoader::new()
             .override_global(globals::OFFSETS, &offsets, true)
             .override_global(globals::AGENT_TGID, &agent_tgid, true)
+            .override_global(globals::NR_CPUS, &nr_cpus, true)
             .load(PROGRAMS)
             .context("loading the eBPF object")?;
         let mut probes = Probes {

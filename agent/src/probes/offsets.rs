@@ -72,6 +72,25 @@ pub fn from_btf_file(path: &Path) -> Result<KernelOffsets> {
         mount_mnt_mountpoint,
         vfsmount_mnt_root,
     ] = found;
+    // The probes batch reads (one read per dentry step, one per `struct path`), which relies on
+    // these layout facts; refuse rather than misread on a kernel where they do not hold.
+    let layout = [
+        (
+            path_mnt == 0 && path_dentry == 8,
+            "struct path is not {mnt, dentry}",
+        ),
+        (
+            qstr_len == 4 && qstr_name == 8,
+            "struct qstr is not {hash, len, name}",
+        ),
+        (
+            dentry_d_name == dentry_d_parent + 8,
+            "dentry.d_name does not follow d_parent",
+        ),
+    ];
+    if let Some((_, what)) = layout.iter().find(|(ok, _)| !ok) {
+        bail!("kernel BTF: {what}; the file probes' batched reads would be wrong");
+    }
     Ok(KernelOffsets {
         task_files,
         task_fs,

@@ -35,6 +35,7 @@ pub mod maps {
 pub mod globals {
     pub const OFFSETS: &str = "OFFSETS";
     pub const AGENT_TGID: &str = "AGENT_TGID";
+    pub const NR_CPUS: &str = "NR_CPUS";
 }
 
 /// The file-open syscalls, in the order of the stats map rows.

@@ -48,10 +48,13 @@ pub unsafe fn match_path(
         }
         // The suffix trie holds byte-reversed suffixes ("/.aws/credentials" as
         // "slaitnederc/swa./"), so a longest-prefix match on the reversed path finds them.
-        // Always the full key width, without a data-dependent exit: bytes past `n` are ignored
-        // by the trie (prefix_len), and a branch-free loop keeps the verifier's work small.
-        for i in 0..PATH_KEY_BYTES {
-            *data.add(i) = *buf.add(PATH_BYTES - 1 - i);
+        // The path ends at PATH_BYTES (8-aligned), so the reversal is one byte swap per
+        // 8-byte word, over the full key width: bytes past `n` are ignored by the trie
+        // (prefix_len), and a fixed, branch-free loop is cheap and easy on the verifier.
+        let words = data as *mut u64;
+        let tail = buf.add(PATH_BYTES) as *const u64;
+        for i in 0..PATH_KEY_BYTES / 8 {
+            *words.add(i) = (*tail.sub(i + 1)).swap_bytes();
         }
         (*key).prefix_len = (n * 8) as u32;
         if PATH_SUFFIXES.get(&*key).is_some() {

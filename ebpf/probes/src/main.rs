@@ -15,7 +15,7 @@ mod vfs;
 use aya_ebpf::{
     Global,
     macros::{map, tracepoint},
-    maps::{HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
+    maps::{HashMap, LpmTrie, PerCpuArray, RingBuf},
     programs::TracePointContext,
 };
 use credwatch_common::{InodeKey, KernelOffsets, PathKeyData, STATS_ENTRIES, probe};
@@ -26,6 +26,9 @@ static OFFSETS: Global<KernelOffsets> = Global::new(unsafe { core::mem::zeroed()
 /// The agent's own pid: its file opens are not reported.
 #[unsafe(no_mangle)]
 static AGENT_TGID: Global<u32> = Global::new(0);
+/// Number of possible CPUs, for finding a slot left on another CPU.
+#[unsafe(no_mangle)]
+static NR_CPUS: Global<u32> = Global::new(1);
 
 #[map(name = "EVENTS")]
 static EVENTS: RingBuf = RingBuf::with_byte_size(8 * 1024 * 1024, 0);
@@ -37,10 +40,13 @@ static SECRET_INODES: HashMap<InodeKey, u32> = HashMap::with_max_entries(65536, 
 static PATH_PREFIXES: LpmTrie<PathKeyData, u32> = LpmTrie::with_max_entries(4096, 0);
 #[map(name = "PATH_SUFFIXES")]
 static PATH_SUFFIXES: LpmTrie<PathKeyData, u32> = LpmTrie::with_max_entries(4096, 0);
-/// Arguments saved at syscall entry, keyed by pid_tgid. LRU so threads killed mid-syscall
-/// cannot fill it.
-#[map(name = "PENDING_OPENS")]
-static PENDING_OPENS: LruHashMap<u64, open::PendingOpen> = LruHashMap::with_max_entries(16384, 0);
+/// Arguments saved at syscall entry (see `open::enter`): one slot per CPU, and a hash for the
+/// rare open that is still blocked when the next one on its CPU begins. The exit tracepoint
+/// runs even when a signal ends the syscall, so entries are always taken back out.
+#[map(name = "PENDING_SLOT")]
+static PENDING_SLOT: PerCpuArray<open::PendingOpen> = PerCpuArray::with_max_entries(1, 0);
+#[map(name = "PENDING_SPILL")]
+static PENDING_SPILL: HashMap<u64, open::PendingOpen> = HashMap::with_max_entries(16384, 0);
 /// Per-CPU working memory: far too large for the 512-byte BPF stack.
 #[map(name = "SCRATCH")]
 static SCRATCH: PerCpuArray<open::Scratch> = PerCpuArray::with_max_entries(1, 0);

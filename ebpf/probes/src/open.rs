@@ -4,8 +4,8 @@ use aya_ebpf::{
     helpers::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid,
         generated::{
-            bpf_get_current_cgroup_id, bpf_get_current_task, bpf_ktime_get_boot_ns,
-            bpf_probe_read_kernel, bpf_probe_read_user_str,
+            self as generated, bpf_get_current_cgroup_id, bpf_get_current_task,
+            bpf_ktime_get_boot_ns, bpf_probe_read_kernel, bpf_probe_read_user_str,
         },
     },
     maps::lpm_trie::Key,
@@ -16,7 +16,7 @@ use credwatch_common::{
 };
 
 use crate::{
-    AGENT_TGID, EVENTS, OFFSETS, PENDING_OPENS, SCRATCH, filter,
+    AGENT_TGID, EVENTS, OFFSETS, PENDING_SLOT, PENDING_SPILL, SCRATCH, filter,
     stats::count,
     vfs::{self, KPath, PATH_MASK, WALK_BYTES},
 };
@@ -24,9 +24,12 @@ use crate::{
 pub const AT_FDCWD: i32 = -100;
 const RAW_MASK: usize = RAW_PATH_BYTES - 1;
 
+/// Syscall arguments saved at entry for the exit program.
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct PendingOpen {
+    /// The owning thread; 0 marks a free slot.
+    pid_tgid: u64,
     path_ptr: u64,
     dirfd: i32,
     flags: u32,
@@ -34,47 +37,123 @@ pub struct PendingOpen {
     _pad: u32,
 }
 
-/// The walk buffer inside the per-CPU scratch value.
 #[inline(always)]
 pub unsafe fn walk_buffer(scratch: *mut Scratch) -> *mut u8 {
     unsafe { core::ptr::addr_of_mut!((*scratch).walk) as *mut u8 }
 }
 
+#[inline(always)]
+pub unsafe fn walk_pos(scratch: *mut Scratch) -> u64 {
+    unsafe { core::ptr::read_volatile(core::ptr::addr_of!((*scratch).walk_pos)) }
+}
+
+#[inline(always)]
+pub unsafe fn set_walk_pos(scratch: *mut Scratch, pos: u64) {
+    unsafe { core::ptr::write_volatile(core::ptr::addr_of_mut!((*scratch).walk_pos), pos) }
+}
+
 #[repr(C)]
 pub struct Scratch {
+    /// Start of the path being assembled in `walk` (see `vfs::prepend_path`).
+    walk_pos: u64,
     rec: FileOpenRecord,
     walk: [u8; WALK_BYTES],
     key: Key<PathKeyData>,
 }
 
+/// Saves the arguments in this CPU's slot. Nearly every open enters and exits on one CPU with
+/// no other open in between, so the slot is all the exit needs, at the cost of a memory write
+/// (a hash update here cost ~100 ns per open). When the slot still holds another thread's open
+/// (that thread is blocked inside its open), those arguments move to the spill hash first.
 pub fn enter(probe: u32, dirfd: i32, path_ptr: u64, flags: u32) {
     let pid_tgid = bpf_get_current_pid_tgid();
     if (pid_tgid >> 32) as u32 == AGENT_TGID.load() {
         return;
     }
-    let pending = PendingOpen {
+    let Some(slot) = PENDING_SLOT.get_ptr_mut(0) else {
+        return;
+    };
+    let slot = unsafe { &mut *slot };
+    if slot.pid_tgid != 0 && slot.pid_tgid != pid_tgid {
+        let _ = PENDING_SPILL.insert(&slot.pid_tgid, &*slot, 0);
+    }
+    *slot = PendingOpen {
+        pid_tgid,
         path_ptr,
         dirfd,
         flags,
         probe,
         _pad: 0,
     };
-    let _ = PENDING_OPENS.insert(&pid_tgid, &pending, 0);
+}
+
+/// Finds and removes this thread's saved arguments: this CPU's slot, the spill hash, or (the
+/// thread slept and woke up elsewhere) another CPU's slot.
+fn take_pending(pid_tgid: u64) -> Option<PendingOpen> {
+    if let Some(slot) = PENDING_SLOT.get_ptr_mut(0) {
+        let slot = unsafe { &mut *slot };
+        if slot.pid_tgid == pid_tgid {
+            slot.pid_tgid = 0;
+            return Some(*slot);
+        }
+    }
+    if let Some(spilled) = unsafe { PENDING_SPILL.get(&pid_tgid) }.copied() {
+        let _ = PENDING_SPILL.remove(&pid_tgid);
+        return Some(spilled);
+    }
+    let mut search = SlotSearch {
+        pid_tgid,
+        found: None,
+    };
+    unsafe {
+        generated::bpf_loop(
+            crate::NR_CPUS.load(),
+            search_slot as *mut core::ffi::c_void,
+            (&mut search as *mut SlotSearch).cast(),
+            0,
+        );
+    }
+    search.found
+}
+
+struct SlotSearch {
+    pid_tgid: u64,
+    found: Option<PendingOpen>,
+}
+
+#[inline(never)]
+unsafe extern "C" fn search_slot(cpu: u64, ctx: *mut core::ffi::c_void) -> i64 {
+    let search = unsafe { &mut *(ctx as *mut SlotSearch) };
+    let key = 0u32;
+    let slot = unsafe {
+        generated::bpf_map_lookup_percpu_elem(
+            core::ptr::addr_of!(PENDING_SLOT) as *mut _,
+            (&key as *const u32).cast(),
+            cpu as u32,
+        )
+    } as *mut PendingOpen;
+    if slot.is_null() {
+        return 1;
+    }
+    let slot = unsafe { &mut *slot };
+    if slot.pid_tgid != search.pid_tgid {
+        return 0;
+    }
+    slot.pid_tgid = 0;
+    search.found = Some(*slot);
+    1
 }
 
 pub fn exit(probe: u32, ret: i64) {
     let pid_tgid = bpf_get_current_pid_tgid();
-    let Some(pending) = (unsafe { PENDING_OPENS.get(&pid_tgid) }).copied() else {
-        if (pid_tgid >> 32) as u32 != AGENT_TGID.load() {
-            count(probe, outcome::UNMATCHED);
-        }
-        return;
-    };
-    let _ = PENDING_OPENS.remove(&pid_tgid);
-    if pending.probe != probe {
-        count(probe, outcome::UNMATCHED);
+    if (pid_tgid >> 32) as u32 == AGENT_TGID.load() {
         return;
     }
+    let pending = match take_pending(pid_tgid) {
+        Some(p) if p.probe == probe => p,
+        // Entered before the probes attached, or the arguments were lost: count, don't guess.
+        _ => return count(probe, outcome::UNMATCHED),
+    };
     count(probe, outcome::SEEN);
     let offsets = OFFSETS.load();
     if offsets.valid == 0 {
@@ -122,15 +201,16 @@ unsafe fn inspect(
     let buf = scratch.walk.as_mut_ptr();
     unsafe {
         let task = bpf_get_current_task();
-        let (root, pwd) = vfs::task_root_and_pwd(o, task)?;
+        let (fs, files) = vfs::task_fs_files(o, task)?;
+        let root = vfs::read_path(fs + o.fs_root as u64)?;
         let (mut pos, flags) = if ret >= 0 {
-            let file = vfs::fd_to_file(o, task, ret as u32)?;
+            let file = vfs::fd_to_file(o, files, ret as u32)?;
             let inode: u64 = vfs::read(file, o.file_f_inode)?;
             rec.ino = vfs::read(inode, o.inode_i_ino)?;
             let sb: u64 = vfs::read(inode, o.inode_i_sb)?;
             rec.dev = vfs::read(sb, o.sb_s_dev)?;
             rec.secret_id = filter::secret_inode(rec.dev, rec.ino);
-            let at = vfs::read_path(o, file + o.file_f_path as u64)?;
+            let at = vfs::read_path(file + o.file_f_path as u64)?;
             vfs::prepend_path(o, PATH_BYTES, at, root)
         } else {
             // No file to look at: judge the path the process asked for, joined to its base.
@@ -150,7 +230,7 @@ unsafe fn inspect(
             } else {
                 let pos = pos - 1;
                 *buf.add(pos & PATH_MASK) = b'/';
-                let (pos, flags) = match base_dir(o, task, pending.dirfd, pwd) {
+                let (pos, flags) = match base_dir(o, files, fs, pending.dirfd) {
                     Ok(base) => vfs::prepend_path(o, pos, base, root),
                     // Unknown base (bad dirfd): only the tail is known.
                     Err(_) => (pos, path_flag::TRUNCATED | path_flag::READ_ERROR),
@@ -187,13 +267,14 @@ unsafe fn inspect(
     }
 }
 
-unsafe fn base_dir(o: &KernelOffsets, task: u64, dirfd: i32, pwd: KPath) -> Result<KPath, i32> {
-    if dirfd == AT_FDCWD {
-        return Ok(pwd);
-    }
+/// The directory a relative path starts from: the working directory or the dirfd's file.
+unsafe fn base_dir(o: &KernelOffsets, files: u64, fs: u64, dirfd: i32) -> Result<KPath, i32> {
     unsafe {
-        let file = vfs::fd_to_file(o, task, dirfd as u32)?;
-        vfs::read_path(o, file + o.file_f_path as u64)
+        if dirfd == AT_FDCWD {
+            return vfs::read_path(fs + o.fs_pwd as u64);
+        }
+        let file = vfs::fd_to_file(o, files, dirfd as u32)?;
+        vfs::read_path(file + o.file_f_path as u64)
     }
 }
 

@@ -1,6 +1,10 @@
 //! Reads of kernel VFS structures: fd → `struct file`, and the dentry/mount walk that turns a
 //! (vfsmount, dentry) pair into a path as the task sees it. Field offsets come from the
-//! `OFFSETS` global that the agent fills from the running kernel's BTF.
+//! `OFFSETS` global that the agent fills from the running kernel's BTF; the agent also checks
+//! the layout facts this file relies on to batch reads (see `offsets.rs` in the agent):
+//! `struct path` is {mnt, dentry}, `struct qstr` is {hash, len, name} and `d_name` directly
+//! follows `d_parent`. Every `bpf_probe_read_kernel` costs tens of nanoseconds on every open,
+//! so reads are batched and per-mount values cached.
 
 use aya_ebpf::helpers::{bpf_probe_read_kernel, generated};
 use credwatch_common::{KernelOffsets, MAX_PATH_STEPS, PATH_BYTES, path_flag};
@@ -10,11 +14,28 @@ use credwatch_common::{KernelOffsets, MAX_PATH_STEPS, PATH_BYTES, path_flag};
 /// then never leave the buffer, which is what the verifier needs to see.
 pub const PATH_MASK: usize = PATH_BYTES - 1;
 pub const WALK_BYTES: usize = PATH_BYTES * 2;
-const NAME_MAX_MASK: u32 = 0xff;
+const NAME_MAX_MASK: u64 = 0xff;
 
 #[inline(always)]
 pub unsafe fn read<T>(base: u64, offset: u32) -> Result<T, i32> {
     unsafe { bpf_probe_read_kernel((base + offset as u64) as *const T) }
+}
+
+/// Two 8-byte fields of one struct with a single read when they are adjacent (the offsets are
+/// load-time constants, so the verifier keeps only the branch this kernel needs).
+#[inline(always)]
+pub unsafe fn read_pair(base: u64, a: u32, b: u32) -> Result<(u64, u64), i32> {
+    unsafe {
+        if b == a + 8 {
+            let [x, y] = read::<[u64; 2]>(base, a)?;
+            Ok((x, y))
+        } else if a == b + 8 {
+            let [y, x] = read::<[u64; 2]>(base, b)?;
+            Ok((x, y))
+        } else {
+            Ok((read(base, a)?, read(base, b)?))
+        }
+    }
 }
 
 /// A `struct path`: (vfsmount *, dentry *).
@@ -24,27 +45,23 @@ pub struct KPath {
     pub dentry: u64,
 }
 
+/// Reads a `struct path` (two pointers) in one go.
 #[inline(always)]
-pub unsafe fn read_path(o: &KernelOffsets, path_addr: u64) -> Result<KPath, i32> {
-    unsafe {
-        Ok(KPath {
-            mnt: read(path_addr, o.path_mnt)?,
-            dentry: read(path_addr, o.path_dentry)?,
-        })
-    }
+pub unsafe fn read_path(path_addr: u64) -> Result<KPath, i32> {
+    let [mnt, dentry] = unsafe { read::<[u64; 2]>(path_addr, 0)? };
+    Ok(KPath { mnt, dentry })
 }
 
 /// `current->files->fdt->fd[fd]`, bounds-checked against `max_fds`.
 #[inline(always)]
-pub unsafe fn fd_to_file(o: &KernelOffsets, task: u64, fd: u32) -> Result<u64, i32> {
+pub unsafe fn fd_to_file(o: &KernelOffsets, files: u64, fd: u32) -> Result<u64, i32> {
     unsafe {
-        let files: u64 = read(task, o.task_files)?;
         let fdt: u64 = read(files, o.files_fdt)?;
-        let max_fds: u32 = read(fdt, o.fdtable_max_fds)?;
-        if fd >= max_fds {
+        // `unsigned int max_fds` is read as the low half of an 8-byte word (little endian).
+        let (max_fds, fd_array) = read_pair(fdt, o.fdtable_max_fds, o.fdtable_fd)?;
+        if fd >= max_fds as u32 {
             return Err(-9);
         }
-        let fd_array: u64 = read(fdt, o.fdtable_fd)?;
         let file: u64 = read(fd_array, fd * 8)?;
         if file == 0 {
             return Err(-9);
@@ -53,16 +70,10 @@ pub unsafe fn fd_to_file(o: &KernelOffsets, task: u64, fd: u32) -> Result<u64, i
     }
 }
 
-/// The task's root and working directory (`current->fs->{root,pwd}`).
+/// `current->fs` and `current->files`.
 #[inline(always)]
-pub unsafe fn task_root_and_pwd(o: &KernelOffsets, task: u64) -> Result<(KPath, KPath), i32> {
-    unsafe {
-        let fs: u64 = read(task, o.task_fs)?;
-        Ok((
-            read_path(o, fs + o.fs_root as u64)?,
-            read_path(o, fs + o.fs_pwd as u64)?,
-        ))
-    }
+pub unsafe fn task_fs_files(o: &KernelOffsets, task: u64) -> Result<(u64, u64), i32> {
+    unsafe { read_pair(task, o.task_fs, o.task_files) }
 }
 
 /// Prepends the path of `at` (up to `root`) to the scratch walk buffer, whose current content
@@ -74,13 +85,25 @@ pub unsafe fn task_root_and_pwd(o: &KernelOffsets, task: u64) -> Result<(KPath, 
 /// every iteration together with everything that follows the walk.
 #[inline(always)]
 pub unsafe fn prepend_path(o: &KernelOffsets, pos: usize, at: KPath, root: KPath) -> (usize, u32) {
+    let Some(scratch) = crate::SCRATCH.get_ptr_mut(0) else {
+        return (pos, path_flag::READ_ERROR);
+    };
+    // The position lives in map memory, not in the loop state: the verifier then sees an
+    // unknown bounded value in every iteration and can prove the loop body once, instead of
+    // following a constant that shrinks by a different amount in each iteration.
+    unsafe { crate::open::set_walk_pos(scratch, pos as u64) };
     let mut state = WalkState {
-        pos: pos as u64,
         vfsmnt: at.mnt,
         dentry: at.dentry,
         mount: at.mnt.wrapping_sub(o.mount_mnt as u64),
+        mnt_root: unsafe { read(at.mnt, o.vfsmount_mnt_root).unwrap_or(0) },
         root_mnt: root.mnt,
         root_dentry: root.dentry,
+        d_parent: o.dentry_d_parent,
+        mount_mnt: o.mount_mnt,
+        mnt_parent: o.mount_mnt_parent,
+        mnt_mountpoint: o.mount_mnt_mountpoint,
+        vfsmount_mnt_root: o.vfsmount_mnt_root,
         flags: 0,
         done: 0,
     };
@@ -95,115 +118,96 @@ pub unsafe fn prepend_path(o: &KernelOffsets, pos: usize, at: KPath, root: KPath
     if state.done == 0 {
         state.flags |= path_flag::TRUNCATED;
     }
-    (state.pos as usize, state.flags)
+    (
+        unsafe { crate::open::walk_pos(scratch) } as usize,
+        state.flags,
+    )
 }
 
+/// Walk state on the caller's stack (bpf_loop's context). The offsets the step needs are
+/// copied in once so a step does not reload the whole offsets global.
 #[repr(C)]
 struct WalkState {
-    pos: u64,
     vfsmnt: u64,
     dentry: u64,
     mount: u64,
+    /// `vfsmnt->mnt_root`, cached until the walk crosses into another mount.
+    mnt_root: u64,
     root_mnt: u64,
     root_dentry: u64,
+    d_parent: u32,
+    mount_mnt: u32,
+    mnt_parent: u32,
+    mnt_mountpoint: u32,
+    vfsmount_mnt_root: u32,
     flags: u32,
     done: u32,
 }
 
 #[inline(never)]
 unsafe extern "C" fn walk_callback(_index: u64, ctx: *mut core::ffi::c_void) -> i64 {
-    let state = unsafe { &mut *(ctx as *mut WalkState) };
-    let stop = |state: &mut WalkState, flags: u32| {
-        state.flags |= flags;
-        state.done = 1;
-        1
-    };
-    if state.dentry == state.root_dentry && state.vfsmnt == state.root_mnt {
-        return stop(state, 0);
+    let s = unsafe { &mut *(ctx as *mut WalkState) };
+    if s.dentry == s.root_dentry && s.vfsmnt == s.root_mnt {
+        return stop(s, 0);
     }
+    // d_parent, then d_name = {hash_len (len in the high half), name}: one read.
+    let Ok([parent, hash_len, name]) = (unsafe { read::<[u64; 3]>(s.dentry, s.d_parent) }) else {
+        return stop(s, path_flag::READ_ERROR);
+    };
+    if s.dentry == s.mnt_root || s.dentry == parent {
+        return unsafe { cross_mount(s) };
+    }
+    let len = ((hash_len >> 32) & NAME_MAX_MASK) as usize;
     let Some(scratch) = crate::SCRATCH.get_ptr_mut(0) else {
-        return stop(state, path_flag::READ_ERROR);
+        return stop(s, path_flag::READ_ERROR);
     };
-    let buf = unsafe { crate::open::walk_buffer(scratch) };
-    let o = crate::OFFSETS.load();
-    let step = unsafe {
-        walk_step(
-            &o,
-            buf,
-            state.pos as usize,
-            &mut state.vfsmnt,
-            &mut state.dentry,
-            &mut state.mount,
-        )
-    };
-    match step {
-        Step::Name(pos) => {
-            state.pos = pos as u64;
-            0
-        }
-        Step::MountCrossed => 0,
-        Step::Done(flags) => stop(state, flags),
+    let pos = unsafe { crate::open::walk_pos(scratch) } as usize;
+    // Keep at least one byte free so the finished path is never longer than PATH_MASK.
+    if pos < len + 2 {
+        return stop(s, path_flag::TRUNCATED);
     }
-}
-
-enum Step {
-    Name(usize),
-    MountCrossed,
-    Done(u32),
-}
-
-#[inline(always)]
-unsafe fn walk_step(
-    o: &KernelOffsets,
-    buf: *mut u8,
-    pos: usize,
-    vfsmnt: &mut u64,
-    dentry: &mut u64,
-    mount: &mut u64,
-) -> Step {
     unsafe {
-        let Ok(mnt_root) = read::<u64>(*vfsmnt, o.vfsmount_mnt_root) else {
-            return Step::Done(path_flag::READ_ERROR);
-        };
-        let Ok(parent) = read::<u64>(*dentry, o.dentry_d_parent) else {
-            return Step::Done(path_flag::READ_ERROR);
-        };
-        if *dentry == mnt_root || *dentry == parent {
-            // Top of this mount: continue from its mount point in the parent mount.
-            let Ok(mnt_parent) = read::<u64>(*mount, o.mount_mnt_parent) else {
-                return Step::Done(path_flag::READ_ERROR);
-            };
-            if mnt_parent == *mount || mnt_parent == 0 {
-                return Step::Done(path_flag::OUTSIDE_ROOT);
-            }
-            let Ok(mountpoint) = read::<u64>(*mount, o.mount_mnt_mountpoint) else {
-                return Step::Done(path_flag::READ_ERROR);
-            };
-            *dentry = mountpoint;
-            *mount = mnt_parent;
-            *vfsmnt = mnt_parent + o.mount_mnt as u64;
-            return Step::MountCrossed;
-        }
-        let name_at = *dentry + o.dentry_d_name as u64;
-        let (Ok(len), Ok(name)) = (
-            read::<u32>(name_at, o.qstr_len),
-            read::<u64>(name_at, o.qstr_name),
-        ) else {
-            return Step::Done(path_flag::READ_ERROR);
-        };
-        let len = (len & NAME_MAX_MASK) as usize;
-        // Keep at least one byte free so the finished path is never longer than PATH_MASK.
-        if pos < len + 2 {
-            return Step::Done(path_flag::TRUNCATED);
-        }
+        let buf = crate::open::walk_buffer(scratch);
         let pos = pos - len;
-        let dst = buf.add(pos & PATH_MASK);
-        if generated::bpf_probe_read_kernel(dst.cast(), len as u32, name as *const _) != 0 {
-            return Step::Done(path_flag::READ_ERROR);
+        if generated::bpf_probe_read_kernel(
+            buf.add(pos & PATH_MASK).cast(),
+            len as u32,
+            name as *const _,
+        ) != 0
+        {
+            return stop(s, path_flag::READ_ERROR);
         }
         let pos = pos - 1;
         *buf.add(pos & PATH_MASK) = b'/';
-        *dentry = parent;
-        Step::Name(pos)
+        crate::open::set_walk_pos(scratch, pos as u64);
     }
+    s.dentry = parent;
+    0
+}
+
+/// At the top of a mount: continue from its mount point in the parent mount.
+#[inline(always)]
+unsafe fn cross_mount(s: &mut WalkState) -> i64 {
+    unsafe {
+        let Ok((mnt_parent, mountpoint)) = read_pair(s.mount, s.mnt_parent, s.mnt_mountpoint)
+        else {
+            return stop(s, path_flag::READ_ERROR);
+        };
+        if mnt_parent == s.mount || mnt_parent == 0 {
+            // The top of the mount tree without meeting the task's root.
+            return stop(s, path_flag::OUTSIDE_ROOT);
+        }
+        s.dentry = mountpoint;
+        s.mount = mnt_parent;
+        s.vfsmnt = mnt_parent + s.mount_mnt as u64;
+        s.mnt_root = read(s.vfsmnt, s.vfsmount_mnt_root).unwrap_or(0);
+    }
+    0
+}
+
+#[inline(always)]
+fn stop(s: &mut WalkState, flags: u32) -> i64 {
+    s.flags |= flags;
+    s.done = 1;
+    1
 }

@@ -1,6 +1,6 @@
 //! Test helper: performs file opens exactly the way a test asks, through each open syscall.
 //!
-//! Usage: credwatch-opener [--uid N] [--hold] OP ARGS [xN] [--next OP ARGS [xN]]...
+//! Usage: credwatch-opener [--cpu N] [--uid N] [--hold] OP ARGS [xN] [--next OP ARGS [xN]]...
 //!   open PATH | openat PATH | openat2 PATH | creat PATH | by-handle PATH
 //!   openat-dir DIR REL      (openat relative to a directory fd)
 //!   chdir-open DIR REL      (chdir, then open a relative path)
@@ -129,6 +129,20 @@ fn main() {
             Some("--hold") => {
                 hold = true;
                 args.remove(0);
+            }
+            Some("--cpu") => {
+                let cpu: usize = args[1].parse().expect("cpu");
+                // SAFETY: a zeroed cpu_set_t with one bit set, for this process.
+                unsafe {
+                    let mut set: libc::cpu_set_t = std::mem::zeroed();
+                    libc::CPU_SET(cpu, &mut set);
+                    assert_eq!(
+                        libc::sched_setaffinity(0, std::mem::size_of_val(&set), &set),
+                        0,
+                        "pin to cpu"
+                    );
+                }
+                args.drain(..2);
             }
             Some("--uid") => {
                 uid = Some(args[1].parse::<u32>().expect("uid"));
