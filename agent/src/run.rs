@@ -98,10 +98,7 @@ pub fn run(opts: RunOptions) -> Result<()> {
         refresh.tick().await;
         let mut terminate = tokio::signal::unix::signal(SignalKind::terminate())?;
         let mut interrupt = tokio::signal::unix::signal(SignalKind::interrupt())?;
-        eprintln!(
-            "credwatch: ready (metrics on http://{}/metrics)",
-            opts.metrics_addr
-        );
+        eprintln!("credwatch: ready (metrics on http://{metrics_addr}/metrics)");
         loop {
             tokio::select! {
                 guard = ring.readable_mut() => {
