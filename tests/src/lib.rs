@@ -32,11 +32,12 @@ static AGENT: OnceLock<Agent> = OnceLock::new();
 /// The agent for this test binary, started on first use. `prepare` runs once before it starts,
 /// with the scratch directory, to create files that must exist when the agent scans for secret
 /// inodes; it returns extra catalogue YAML (the `files:` entries) for this binary's tests.
-pub fn agent(prepare: fn(&Path) -> String) -> &'static Agent {
-    AGENT.get_or_init(|| start_agent(prepare))
+/// `probe_mode` is passed as CREDWATCH_PROBE_MODE ("auto" or "enter-exit").
+pub fn agent(prepare: fn(&Path) -> String, probe_mode: &str) -> &'static Agent {
+    AGENT.get_or_init(|| start_agent(prepare, probe_mode))
 }
 
-fn start_agent(prepare: fn(&Path) -> String) -> Agent {
+fn start_agent(prepare: fn(&Path) -> String, probe_mode: &str) -> Agent {
     // SAFETY: geteuid has no preconditions.
     assert_eq!(
         unsafe { libc::geteuid() },
@@ -81,6 +82,7 @@ fn start_agent(prepare: fn(&Path) -> String) -> Agent {
         .arg("--log")
         .arg(&log)
         .args(["--metrics-addr", &metrics_addr, "--node-name", "e2e-node"])
+        .env("CREDWATCH_PROBE_MODE", probe_mode)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(&stderr).unwrap());

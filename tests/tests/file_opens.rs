@@ -6,6 +6,11 @@ use std::{os::unix::fs::PermissionsExt as _, path::Path};
 use credwatch_tests::{Agent, Workload, agent, dev_ino};
 use serde_json::Value;
 
+/// The agent's probe mode for this test binary: the best this kernel offers.
+/// `file_opens_enter_exit.rs` runs these tests again with the fallback forced.
+#[allow(dead_code)]
+const PROBE_MODE: &str = "auto";
+
 /// Deeper than the kernel's walk bound (MAX_PATH_STEPS = 40).
 const DEEP_LEVELS: usize = 48;
 
@@ -35,7 +40,7 @@ fn prepare(work: &Path) -> String {
 }
 
 fn setup() -> &'static Agent {
-    agent(prepare)
+    agent(prepare, crate::PROBE_MODE)
 }
 
 fn secret_path(agent: &Agent) -> String {
@@ -78,6 +83,31 @@ fn assert_names_the_secret(args: &[&str]) -> Value {
         Some(true)
     );
     record
+}
+
+#[test]
+fn probe_mode_is_reported() {
+    let agent = setup();
+    let modes: &[&str] = match crate::PROBE_MODE {
+        "enter-exit" => &["tracepoint-enter-exit"],
+        _ => &["tracepoint-exit", "tracepoint-enter-exit"],
+    };
+    for probe in ["open", "openat", "openat2", "creat", "open_by_handle_at"] {
+        let attached: f64 = modes
+            .iter()
+            .map(|mode| {
+                agent.metric(&format!(
+                    "credwatch_probe_attached{{mode=\"{mode}\",probe=\"{probe}\"}}"
+                ))
+            })
+            .sum();
+        assert_eq!(
+            attached,
+            1.0,
+            "{probe} attached in one of {modes:?}:\n{}",
+            agent.metrics()
+        );
+    }
 }
 
 #[test]

@@ -54,8 +54,16 @@ impl Probes {
             // Kernels ≥ 5.11 account BPF memory to the cgroup instead; only older ones need it.
             warn!("could not raise RLIMIT_MEMLOCK ({err}); continuing (memcg accounting)");
         }
-        let offsets = offsets::from_btf_file(Path::new(offsets::VMLINUX_BTF))
+        let btf_path = Path::new(offsets::VMLINUX_BTF);
+        let mut offsets = offsets::from_btf_file(btf_path)
             .context("kernel struct offsets: the file probes cannot run without them")?;
+        let mode = choose_mode(btf_path)?;
+        if let ArgsMode::FromRegisters { base, words } = mode {
+            offsets.args_from_regs = 1;
+            offsets.regs_base = base;
+            offsets.regs_arg = words;
+        }
+        info!("file probes: {}", mode.describe());
         let agent_tgid = std::process::id();
         let nr_cpus = aya::util::nr_cpus()
             .map_err(|(_, e)| e)
@@ -73,7 +81,7 @@ impl Probes {
             paths: PathKeys::default(),
         };
         for (index, name) in probe::NAMES.iter().enumerate() {
-            let status = probes.attach_syscall(name);
+            let status = probes.attach_syscall(name, mode);
             match status.mode {
                 Some(mode) => info!("probe {name}: attached ({mode})"),
                 None => warn!("probe {name}: unavailable: {}", status.detail),
@@ -87,9 +95,13 @@ impl Probes {
         Ok(probes)
     }
 
-    fn attach_syscall(&mut self, name: &'static str) -> ProbeStatus {
+    fn attach_syscall(&mut self, name: &'static str, mode: ArgsMode) -> ProbeStatus {
+        let phases: &[&str] = match mode {
+            ArgsMode::FromRegisters { .. } => &["exit"],
+            ArgsMode::SavedAtEntry => &["enter", "exit"],
+        };
         let result = (|| -> Result<()> {
-            for phase in ["enter", "exit"] {
+            for phase in phases {
                 let tracepoint = format!("sys_{phase}_{name}");
                 tracefs::check_syscall_format(&tracepoint)?;
                 let program: &mut TracePoint = self
@@ -109,7 +121,7 @@ impl Probes {
         match result {
             Ok(()) => ProbeStatus {
                 probe: name,
-                mode: Some("tracepoint"),
+                mode: Some(mode.label()),
                 detail: String::new(),
             },
             Err(err) => ProbeStatus {
@@ -177,6 +189,67 @@ impl Probes {
         };
         Ok(())
     }
+}
+
+/// How the exit programs get the syscall's arguments.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ArgsMode {
+    /// From the task's saved user registers: one tracepoint per open.
+    FromRegisters { base: u32, words: [u32; 4] },
+    /// Saved by a `sys_enter` program: two tracepoints per open (the fallback).
+    SavedAtEntry,
+}
+
+impl ArgsMode {
+    /// The `mode` label of `credwatch_probe_attached`.
+    pub fn label(self) -> &'static str {
+        match self {
+            ArgsMode::FromRegisters { .. } => "tracepoint-exit",
+            ArgsMode::SavedAtEntry => "tracepoint-enter-exit",
+        }
+    }
+
+    fn describe(self) -> &'static str {
+        match self {
+            ArgsMode::FromRegisters { .. } => {
+                "syscall exit tracepoints, arguments from the saved registers (bpf_task_pt_regs)"
+            }
+            ArgsMode::SavedAtEntry => "syscall enter+exit tracepoints, arguments saved at entry",
+        }
+    }
+}
+
+/// The best argument source this kernel and architecture allow. `CREDWATCH_PROBE_MODE=
+/// enter-exit` forces the fallback (used by the test suite to cover both).
+fn choose_mode(btf: &Path) -> Result<ArgsMode> {
+    let forced = std::env::var("CREDWATCH_PROBE_MODE").unwrap_or_default();
+    match forced.as_str() {
+        "" | "auto" => {}
+        "enter-exit" => return Ok(ArgsMode::SavedAtEntry),
+        other => {
+            return Err(anyhow!(
+                "CREDWATCH_PROBE_MODE={other:?}: expected auto or enter-exit"
+            ));
+        }
+    }
+    Ok(match offsets::syscall_arg_registers(btf)? {
+        Some((base, words)) if task_pt_regs_supported() => ArgsMode::FromRegisters { base, words },
+        _ => ArgsMode::SavedAtEntry,
+    })
+}
+
+/// Whether tracepoint programs may call the helpers the exit-only mode needs.
+fn task_pt_regs_supported() -> bool {
+    use aya::{
+        programs::ProgramType,
+        sys::{BpfHelper, is_helper_supported},
+    };
+    [
+        BpfHelper::BPF_FUNC_get_current_task_btf,
+        BpfHelper::BPF_FUNC_task_pt_regs,
+    ]
+    .into_iter()
+    .all(|helper| is_helper_supported(ProgramType::TracePoint, helper).unwrap_or(false))
 }
 
 fn trie_key(bytes: &[u8]) -> Key<PathKeyData> {

@@ -115,8 +115,37 @@ pub fn from_btf_file(path: &Path) -> Result<KernelOffsets> {
         mount_mnt_parent,
         mount_mnt_mountpoint,
         vfsmount_mnt_root,
+        args_from_regs: 0,
+        regs_base: 0,
+        regs_arg: [0; 4],
         valid: 1,
     })
+}
+
+/// Where the first four syscall arguments sit in the saved user registers (`struct pt_regs`),
+/// as (offset of the first of 8 words, word index of each argument). None on architectures
+/// whose argument registers are not known here, or when they do not fit in 8 words; the
+/// probes then save the arguments at syscall entry instead.
+pub fn syscall_arg_registers(path: &Path) -> Result<Option<(u32, [u32; 4])>> {
+    // x86-64 syscall ABI: rdi, rsi, rdx, r10. (On arm64 x0 is overwritten by the return value.)
+    let names: [&str; 4] = match std::env::consts::ARCH {
+        "x86_64" => ["di", "si", "dx", "r10"],
+        _ => return Ok(None),
+    };
+    let btf = Btf::from_file(path)?;
+    let mut offsets = [0u32; 4];
+    for (slot, name) in offsets.iter_mut().zip(names) {
+        match field_offset(&btf, "pt_regs", name, 8) {
+            Ok(offset) => *slot = offset,
+            Err(_) => return Ok(None),
+        }
+    }
+    let base = *offsets.iter().min().unwrap();
+    let words = offsets.map(|o| (o - base) / 8);
+    if words.iter().any(|&w| w >= 8) || offsets.iter().any(|o| o % 8 != 0) {
+        return Ok(None);
+    }
+    Ok(Some((base, words)))
 }
 
 /// Byte offset of `field` in `struct structure`, looking through anonymous members.

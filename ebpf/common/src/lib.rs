@@ -194,6 +194,13 @@ pub struct KernelOffsets {
     pub mount_mnt_parent: u32,
     pub mount_mnt_mountpoint: u32,
     pub vfsmount_mnt_root: u32,
+    /// Non-zero when the exit programs read the syscall arguments from the task's saved user
+    /// registers (`bpf_task_pt_regs`), so no entry program is needed; 0 = saved at entry.
+    pub args_from_regs: u32,
+    /// Offset in `struct pt_regs` of the first of 8 words read at once, and the word index of
+    /// syscall arguments 0..3 in them.
+    pub regs_base: u32,
+    pub regs_arg: [u32; 4],
     /// Non-zero once the agent has filled the struct; the probes do nothing until then.
     pub valid: u32,
 }

@@ -1,6 +1,7 @@
 //! credwatch kernel programs: file-open syscall tracepoints with an in-kernel credential filter.
 //!
-//! `sys_enter_*` saves the arguments per thread; `sys_exit_*` goes from the new fd to the
+//! `sys_exit_*` reads the syscall's arguments from the task's saved registers (or, where that
+//! is not available, from what `sys_enter_*` saved per thread), goes from the new fd to the
 //! `struct file`, resolves (dev, ino) and the path as the task sees it, and asks three maps that
 //! the agent fills from the credential catalogue (secret inodes, path prefixes, reversed path
 //! suffixes). Only matches reach the ring buffer; everything is counted in `STATS`.
@@ -102,8 +103,12 @@ pub fn sys_enter_openat2(ctx: TracePointContext) -> u32 {
 
 #[tracepoint(category = "syscalls", name = "sys_enter_creat")]
 pub fn sys_enter_creat(ctx: TracePointContext) -> u32 {
-    // creat(path, mode) == open(path, O_CREAT|O_WRONLY|O_TRUNC, mode)
-    open::enter(probe::CREAT, open::AT_FDCWD, arg(&ctx, ARG0), 0o1101);
+    open::enter(
+        probe::CREAT,
+        open::AT_FDCWD,
+        arg(&ctx, ARG0),
+        open::CREAT_FLAGS,
+    );
     0
 }
 

@@ -3,6 +3,7 @@
 use aya_ebpf::{
     helpers::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid,
+        bpf_probe_read_user,
         generated::{
             self as generated, bpf_get_current_cgroup_id, bpf_get_current_task,
             bpf_ktime_get_boot_ns, bpf_probe_read_kernel, bpf_probe_read_user_str,
@@ -12,7 +13,7 @@ use aya_ebpf::{
 };
 use credwatch_common::{
     FileOpenRecord, KIND_FILE_OPEN, KernelOffsets, PATH_BYTES, PathKeyData, RAW_PATH_BYTES,
-    RecordHeader, WIRE_VERSION, matched, outcome, path_flag,
+    RecordHeader, WIRE_VERSION, matched, outcome, path_flag, probe,
 };
 
 use crate::{
@@ -22,6 +23,8 @@ use crate::{
 };
 
 pub const AT_FDCWD: i32 = -100;
+/// creat(path, mode) == open(path, O_CREAT|O_WRONLY|O_TRUNC, mode)
+pub const CREAT_FLAGS: u32 = 0o1101;
 const RAW_MASK: usize = RAW_PATH_BYTES - 1;
 
 /// Syscall arguments saved at entry for the exit program.
@@ -144,21 +147,58 @@ unsafe extern "C" fn search_slot(cpu: u64, ctx: *mut core::ffi::c_void) -> i64 {
     1
 }
 
+/// The syscall's arguments from the registers saved at syscall entry, which the kernel leaves
+/// intact for argument registers: one read, and no entry program at all.
+fn args_from_regs(o: &KernelOffsets, probe: u32, pid_tgid: u64) -> Option<PendingOpen> {
+    let words: [u64; 8] = unsafe {
+        let task = generated::bpf_get_current_task_btf();
+        let regs = generated::bpf_task_pt_regs(task) as u64;
+        vfs::read(regs, o.regs_base).ok()?
+    };
+    let arg = |i: usize| words[(o.regs_arg[i] & 7) as usize];
+    let (dirfd, path_ptr, flags) = match probe {
+        probe::OPEN => (AT_FDCWD, arg(0), arg(1) as u32),
+        probe::CREAT => (AT_FDCWD, arg(0), CREAT_FLAGS),
+        probe::OPENAT2 => {
+            let how = arg(2) as *const u64;
+            (
+                arg(0) as i32,
+                arg(1),
+                unsafe { bpf_probe_read_user(how) }.unwrap_or(0) as u32,
+            )
+        }
+        probe::OPEN_BY_HANDLE_AT => (arg(0) as i32, 0, arg(2) as u32),
+        _ => (arg(0) as i32, arg(1), arg(2) as u32),
+    };
+    Some(PendingOpen {
+        pid_tgid,
+        path_ptr,
+        dirfd,
+        flags,
+        probe,
+        _pad: 0,
+    })
+}
+
 pub fn exit(probe: u32, ret: i64) {
     let pid_tgid = bpf_get_current_pid_tgid();
     if (pid_tgid >> 32) as u32 == AGENT_TGID.load() {
         return;
     }
-    let pending = match take_pending(pid_tgid) {
-        Some(p) if p.probe == probe => p,
-        // Entered before the probes attached, or the arguments were lost: count, don't guess.
-        _ => return count(probe, outcome::UNMATCHED),
-    };
-    count(probe, outcome::SEEN);
     let offsets = OFFSETS.load();
     if offsets.valid == 0 {
         return;
     }
+    let pending = if offsets.args_from_regs != 0 {
+        args_from_regs(&offsets, probe, pid_tgid)
+    } else {
+        take_pending(pid_tgid).filter(|p| p.probe == probe)
+    };
+    // Entered before the probes attached, or the arguments were lost: count, don't guess.
+    let Some(pending) = pending else {
+        return count(probe, outcome::UNMATCHED);
+    };
+    count(probe, outcome::SEEN);
     let Some(scratch) = SCRATCH.get_ptr_mut(0) else {
         return;
     };
