@@ -12,114 +12,68 @@ use credwatch_common::KernelOffsets;
 
 pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
 
-/// (struct, field path, bytes the probes read or 0 for "embedded struct, any size").
-const FIELDS: [(&str, &str, usize); 23] = [
-    ("task_struct", "files", 8),
-    ("task_struct", "fs", 8),
-    ("files_struct", "fdt", 8),
-    ("fdtable", "max_fds", 4),
-    ("fdtable", "fd", 8),
-    ("file", "f_path", 0),
-    ("file", "f_inode", 8),
-    ("file", "f_flags", 4),
-    ("path", "mnt", 8),
-    ("path", "dentry", 8),
-    ("fs_struct", "root", 0),
-    ("fs_struct", "pwd", 0),
-    ("dentry", "d_parent", 8),
-    ("dentry", "d_name", 0),
-    ("qstr", "len", 4),
-    ("qstr", "name", 8),
-    ("inode", "i_ino", 8),
-    ("inode", "i_sb", 8),
-    ("super_block", "s_dev", 4),
-    ("mount", "mnt", 0),
-    ("mount", "mnt_parent", 8),
-    ("mount", "mnt_mountpoint", 8),
-    ("vfsmount", "mnt_root", 8),
+/// Where an offset goes in [`KernelOffsets`].
+type Slot = fn(&mut KernelOffsets) -> &mut u32;
+
+/// (struct, field, bytes the probes read or 0 for "embedded struct, any size", destination).
+const FIELDS: [(&str, &str, usize, Slot); 23] = [
+    ("task_struct", "files", 8, |o| &mut o.task_files),
+    ("task_struct", "fs", 8, |o| &mut o.task_fs),
+    ("files_struct", "fdt", 8, |o| &mut o.files_fdt),
+    ("fdtable", "max_fds", 4, |o| &mut o.fdtable_max_fds),
+    ("fdtable", "fd", 8, |o| &mut o.fdtable_fd),
+    ("file", "f_path", 0, |o| &mut o.file_f_path),
+    ("file", "f_inode", 8, |o| &mut o.file_f_inode),
+    ("file", "f_flags", 4, |o| &mut o.file_f_flags),
+    ("path", "mnt", 8, |o| &mut o.path_mnt),
+    ("path", "dentry", 8, |o| &mut o.path_dentry),
+    ("fs_struct", "root", 0, |o| &mut o.fs_root),
+    ("fs_struct", "pwd", 0, |o| &mut o.fs_pwd),
+    ("dentry", "d_parent", 8, |o| &mut o.dentry_d_parent),
+    ("dentry", "d_name", 0, |o| &mut o.dentry_d_name),
+    ("qstr", "len", 4, |o| &mut o.qstr_len),
+    ("qstr", "name", 8, |o| &mut o.qstr_name),
+    ("inode", "i_ino", 8, |o| &mut o.inode_i_ino),
+    ("inode", "i_sb", 8, |o| &mut o.inode_i_sb),
+    ("super_block", "s_dev", 4, |o| &mut o.sb_s_dev),
+    ("mount", "mnt", 0, |o| &mut o.mount_mnt),
+    ("mount", "mnt_parent", 8, |o| &mut o.mount_mnt_parent),
+    ("mount", "mnt_mountpoint", 8, |o| {
+        &mut o.mount_mnt_mountpoint
+    }),
+    ("vfsmount", "mnt_root", 8, |o| &mut o.vfsmount_mnt_root),
 ];
 
 pub fn from_btf_file(path: &Path) -> Result<KernelOffsets> {
     let btf =
         Btf::from_file(path).with_context(|| format!("reading kernel BTF {}", path.display()))?;
-    let mut found = [0u32; FIELDS.len()];
-    for (slot, (structure, field, width)) in found.iter_mut().zip(FIELDS) {
-        *slot = field_offset(&btf, structure, field, width)
+    let mut offsets = KernelOffsets::default();
+    for (structure, field, width, slot) in FIELDS {
+        *slot(&mut offsets) = field_offset(&btf, structure, field, width)
             .with_context(|| format!("kernel BTF: {structure}.{field}"))?;
     }
-    let [
-        task_files,
-        task_fs,
-        files_fdt,
-        fdtable_max_fds,
-        fdtable_fd,
-        file_f_path,
-        file_f_inode,
-        file_f_flags,
-        path_mnt,
-        path_dentry,
-        fs_root,
-        fs_pwd,
-        dentry_d_parent,
-        dentry_d_name,
-        qstr_len,
-        qstr_name,
-        inode_i_ino,
-        inode_i_sb,
-        sb_s_dev,
-        mount_mnt,
-        mount_mnt_parent,
-        mount_mnt_mountpoint,
-        vfsmount_mnt_root,
-    ] = found;
+    let o = &offsets;
     // The probes batch reads (one read per dentry step, one per `struct path`), which relies on
     // these layout facts; refuse rather than misread on a kernel where they do not hold.
     let layout = [
         (
-            path_mnt == 0 && path_dentry == 8,
+            o.path_mnt == 0 && o.path_dentry == 8,
             "struct path is not {mnt, dentry}",
         ),
         (
-            qstr_len == 4 && qstr_name == 8,
+            o.qstr_len == 4 && o.qstr_name == 8,
             "struct qstr is not {hash, len, name}",
         ),
         (
-            dentry_d_name == dentry_d_parent + 8,
+            o.dentry_d_name == o.dentry_d_parent + 8,
             "dentry.d_name does not follow d_parent",
         ),
     ];
     if let Some((_, what)) = layout.iter().find(|(ok, _)| !ok) {
         bail!("kernel BTF: {what}; the file probes' batched reads would be wrong");
     }
-    Ok(KernelOffsets {
-        task_files,
-        task_fs,
-        files_fdt,
-        fdtable_max_fds,
-        fdtable_fd,
-        file_f_path,
-        file_f_inode,
-        file_f_flags,
-        path_mnt,
-        path_dentry,
-        fs_root,
-        fs_pwd,
-        dentry_d_parent,
-        dentry_d_name,
-        qstr_len,
-        qstr_name,
-        inode_i_ino,
-        inode_i_sb,
-        sb_s_dev,
-        mount_mnt,
-        mount_mnt_parent,
-        mount_mnt_mountpoint,
-        vfsmount_mnt_root,
-        args_from_regs: 0,
-        regs_base: 0,
-        regs_arg: [0; 4],
-        valid: 1,
-    })
+    offsets.valid = 1;
+    Ok(offsets)
 }
 
 /// Where the first four syscall arguments sit in the saved user registers (`struct pt_regs`),
