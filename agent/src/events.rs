@@ -4,7 +4,8 @@
 use std::{fmt, mem::size_of};
 
 use credwatch_common::{
-    FileOpenRecord, KIND_FILE_OPEN, PATH_BYTES, RAW_PATH_BYTES, RecordHeader, WIRE_VERSION, probe,
+    ARGS_BYTES, FILENAME_BYTES, FileOpenRecord, KIND_FILE_OPEN, KIND_PROCESS, PATH_BYTES,
+    ProcessRecord, RAW_PATH_BYTES, RecordHeader, WIRE_VERSION, probe, process_event,
 };
 
 /// A file-open syscall, decoded.
@@ -24,6 +25,8 @@ pub struct FileOpen {
     pub dev: u64,
     pub ino: u64,
     pub dirfd: i32,
+    /// The opener's start time (ns since boot): with `pid`, its identity.
+    pub start_boottime: u64,
     pub secret_id: u32,
     pub matched: u32,
     pub path_flags: u32,
@@ -61,9 +64,49 @@ impl TryFrom<u32> for Syscall {
     }
 }
 
+/// A process lifecycle event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProcessEvent {
+    pub kind: ProcessEventKind,
+    pub boot_ns: u64,
+    pub pid: u32,
+    pub ppid: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub exit_code: i32,
+    pub start_boottime: u64,
+    pub cgroup_id: u64,
+    pub comm: Vec<u8>,
+    /// EXEC: the program path as given to execve.
+    pub filename: Option<Vec<u8>>,
+    /// EXEC: argv; None when it could not be read.
+    pub args: Option<Vec<Vec<u8>>>,
+    pub args_truncated: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProcessEventKind {
+    Exec,
+    Fork,
+    Exit,
+}
+
+impl TryFrom<u32> for ProcessEventKind {
+    type Error = DecodeError;
+    fn try_from(value: u32) -> Result<Self, DecodeError> {
+        Ok(match value {
+            process_event::EXEC => ProcessEventKind::Exec,
+            process_event::FORK => ProcessEventKind::Fork,
+            process_event::EXIT => ProcessEventKind::Exit,
+            other => return Err(DecodeError::BadField("event", other as u64)),
+        })
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {
     FileOpen(Box<FileOpen>),
+    Process(Box<ProcessEvent>),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -100,8 +143,58 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
     }
     match header.kind {
         KIND_FILE_OPEN => decode_file_open(bytes, header),
+        KIND_PROCESS => decode_process(bytes, header),
         other => Err(DecodeError::Kind(other)),
     }
+}
+
+fn decode_process(bytes: &[u8], header: RecordHeader) -> Result<Event, DecodeError> {
+    if header.size as usize != size_of::<ProcessRecord>() || bytes.len() < header.size as usize {
+        return Err(DecodeError::SizeMismatch {
+            header: header.size,
+            actual: bytes.len(),
+        });
+    }
+    let rec: ProcessRecord = read_pod(bytes)?;
+    let kind = ProcessEventKind::try_from(rec.event)?;
+    let filename_len = rec.filename_len as usize;
+    if filename_len > FILENAME_BYTES {
+        return Err(DecodeError::BadField("filename_len", filename_len as u64));
+    }
+    let args_len = rec.args_len as usize;
+    if args_len > ARGS_BYTES {
+        return Err(DecodeError::BadField("args_len", args_len as u64));
+    }
+    let is_exec = kind == ProcessEventKind::Exec;
+    let args_ok = rec.flags & credwatch_common::process_flag::ARGS_READ_ERROR == 0;
+    Ok(Event::Process(Box::new(ProcessEvent {
+        kind,
+        boot_ns: rec.boot_ns,
+        pid: rec.pid,
+        ppid: rec.ppid,
+        uid: rec.uid,
+        gid: rec.gid,
+        exit_code: rec.exit_code,
+        start_boottime: rec.start_boottime,
+        cgroup_id: rec.cgroup_id,
+        comm: until_nul(&rec.comm).to_vec(),
+        filename: is_exec.then(|| rec.filename[..filename_len].to_vec()),
+        args: (is_exec && args_ok).then(|| split_args(&rec.args[..args_len])),
+        args_truncated: rec.flags & credwatch_common::process_flag::ARGS_TRUNCATED != 0,
+    })))
+}
+
+/// argv as the kernel stores it: NUL-terminated strings back to back.
+pub fn split_args(raw: &[u8]) -> Vec<Vec<u8>> {
+    let raw = raw.strip_suffix(&[0]).unwrap_or(raw);
+    if raw.is_empty() {
+        return Vec::new();
+    }
+    raw.split(|&b| b == 0).map(<[u8]>::to_vec).collect()
+}
+
+fn until_nul(bytes: &[u8]) -> &[u8] {
+    &bytes[..bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len())]
 }
 
 fn decode_file_open(bytes: &[u8], header: RecordHeader) -> Result<Event, DecodeError> {
@@ -120,11 +213,6 @@ fn decode_file_open(bytes: &[u8], header: RecordHeader) -> Result<Event, DecodeE
     if raw_len > RAW_PATH_BYTES {
         return Err(DecodeError::BadField("raw_len", raw_len as u64));
     }
-    let comm_len = rec
-        .comm
-        .iter()
-        .position(|&b| b == 0)
-        .unwrap_or(rec.comm.len());
     let has_raw = rec.probe != probe::OPEN_BY_HANDLE_AT
         && rec.path_flags & credwatch_common::path_flag::RAW_READ_ERROR == 0;
     Ok(Event::FileOpen(Box::new(FileOpen {
@@ -144,10 +232,11 @@ fn decode_file_open(bytes: &[u8], header: RecordHeader) -> Result<Event, DecodeE
         },
         ino: rec.ino,
         dirfd: rec.dirfd,
+        start_boottime: rec.start_boottime,
         secret_id: rec.secret_id,
         matched: rec.matched,
         path_flags: rec.path_flags,
-        comm: rec.comm[..comm_len].to_vec(),
+        comm: until_nul(&rec.comm).to_vec(),
         raw_path: has_raw.then(|| rec.raw_path[..raw_len].to_vec()),
         path: rec.path[..path_len].to_vec(),
     })))
@@ -210,7 +299,9 @@ mod tests {
 
     #[test]
     fn decodes_a_file_open() {
-        let Event::FileOpen(open) = decode(&bytes(&record())).unwrap();
+        let Ok(Event::FileOpen(open)) = decode(&bytes(&record())) else {
+            panic!()
+        };
         assert_eq!(open.pid, 42);
         assert_eq!(open.syscall, Syscall::Openat);
         assert_eq!(open.comm, b"cat");
@@ -245,6 +336,48 @@ mod tests {
             decode(&bytes(&rec)),
             Err(DecodeError::BadField("probe", 99))
         );
+    }
+
+    #[test]
+    fn decodes_an_exec() {
+        // SAFETY: all-zero is a valid ProcessRecord.
+        let mut rec: ProcessRecord = unsafe { std::mem::zeroed() };
+        rec.header = RecordHeader {
+            kind: KIND_PROCESS,
+            version: WIRE_VERSION,
+            size: size_of::<ProcessRecord>() as u32,
+        };
+        rec.event = process_event::EXEC;
+        rec.pid = 7;
+        rec.filename[..7].copy_from_slice(b"/bin/sh");
+        rec.filename_len = 7;
+        rec.args[..10].copy_from_slice(b"sh\0-c\0id\xff\0");
+        rec.args_len = 10;
+        // SAFETY: reading the bytes of a plain struct.
+        let data = unsafe {
+            std::slice::from_raw_parts(
+                (&rec as *const ProcessRecord).cast::<u8>(),
+                size_of::<ProcessRecord>(),
+            )
+        };
+        let Ok(Event::Process(p)) = decode(data) else {
+            panic!()
+        };
+        assert_eq!(p.kind, ProcessEventKind::Exec);
+        assert_eq!(p.filename.as_deref(), Some(&b"/bin/sh"[..]));
+        assert_eq!(
+            p.args,
+            Some(vec![b"sh".to_vec(), b"-c".to_vec(), b"id\xff".to_vec()])
+        );
+        rec.event = 9;
+        // SAFETY: as above.
+        let data = unsafe {
+            std::slice::from_raw_parts(
+                (&rec as *const ProcessRecord).cast::<u8>(),
+                size_of::<ProcessRecord>(),
+            )
+        };
+        assert_eq!(decode(data), Err(DecodeError::BadField("event", 9)));
     }
 
     #[test]

@@ -1,15 +1,32 @@
-//! Process context for a record, read from procfs while the process is still there.
-//!
-//! What the kernel put in the record (pid, tid, uid, gid, comm) is always present; exe, args,
-//! parent chain and start time are added when `/proc/<pid>` still exists, and simply absent
-//! otherwise (the record says what is known).
+//! The process table: fed by the kernel's fork/exec/exit events and seeded from procfs at
+//! start-up, so a record names exe, argv and ancestors even of a process that exited before
+//! userspace looked (the usual case for `cat` or `curl`). A process is identified by (pid, start
+//! time), so a reused pid is never mistaken for the process that had it before.
 
-use std::{os::unix::ffi::OsStrExt as _, path::PathBuf};
+use std::{
+    collections::{HashMap, VecDeque},
+    os::unix::ffi::OsStrExt as _,
+    time::{Duration, Instant},
+};
 
-use crate::events::FileOpen;
+use crate::events::{FileOpen, ProcessEvent, ProcessEventKind, split_args};
 
 const MAX_ANCESTORS: usize = 8;
+/// How long an exited process stays known: records of its last opens may still be queued.
+pub const EXITED_GRACE: Duration = Duration::from_secs(30);
 
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Proc {
+    /// `task->start_boottime` in ns (procfs-seeded entries: clock-tick precision).
+    pub start_ns: u64,
+    pub ppid: u32,
+    pub exe: Option<Vec<u8>>,
+    pub args: Option<Vec<Vec<u8>>>,
+    pub cgroup_id: u64,
+    exited: Option<Instant>,
+}
+
+/// What a record says about the process that made an access.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ProcessInfo {
     pub pid: u32,
@@ -20,8 +37,8 @@ pub struct ProcessInfo {
     pub comm: Vec<u8>,
     pub exe: Option<Vec<u8>>,
     pub args: Option<Vec<Vec<u8>>>,
-    /// Seconds since the Unix epoch, nanosecond precision.
-    pub start_time_ns: Option<i128>,
+    /// ns since boot.
+    pub start_boottime: Option<u64>,
     /// The pid as the process' own pid namespace numbers it (innermost `NSpid`).
     pub ns_pid: Option<u32>,
     pub ancestors: Vec<Ancestor>,
@@ -34,66 +51,286 @@ pub struct Ancestor {
     pub args: Option<Vec<Vec<u8>>>,
 }
 
-pub fn describe(open: &FileOpen) -> ProcessInfo {
-    let mut info = ProcessInfo {
-        pid: open.pid,
-        tid: open.tid,
-        uid: open.uid,
-        gid: open.gid,
-        comm: open.comm.clone(),
-        exe: exe(open.pid),
-        args: args(open.pid),
-        ..Default::default()
-    };
-    if let Ok(process) = procfs::process::Process::new(open.pid as i32) {
-        if let Ok(stat) = process.stat() {
-            info.ppid = Some(stat.ppid as u32);
-            info.start_time_ns = start_time_ns(stat.starttime);
-        }
-        if let Ok(status) = process.status() {
-            info.ns_pid = status
-                .nspid
-                .and_then(|ns| ns.last().copied())
-                .map(|p| p as u32);
-        }
-    }
-    let mut next = info.ppid;
-    while let Some(pid) = next.filter(|&p| p > 0) {
-        if info.ancestors.len() >= MAX_ANCESTORS {
-            break;
-        }
-        info.ancestors.push(Ancestor {
-            pid,
-            exe: exe(pid),
-            args: args(pid),
-        });
-        next = procfs::process::Process::new(pid as i32)
-            .and_then(|p| p.stat())
-            .ok()
-            .map(|s| s.ppid as u32)
-            .filter(|&ppid| ppid != pid);
-    }
-    info
+pub struct ProcessTable {
+    procs: HashMap<u32, Proc>,
+    exited: VecDeque<(Instant, u32, u64)>,
+    /// ns per clock tick, for comparing procfs start times with the kernel's.
+    tick_ns: u64,
 }
 
-fn exe(pid: u32) -> Option<Vec<u8>> {
-    std::fs::read_link(PathBuf::from(format!("/proc/{pid}/exe")))
+impl Default for ProcessTable {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl ProcessTable {
+    pub fn new() -> Self {
+        ProcessTable {
+            procs: HashMap::new(),
+            exited: VecDeque::new(),
+            tick_ns: 1_000_000_000 / procfs::ticks_per_second().max(1),
+        }
+    }
+
+    /// Every process alive now, from procfs.
+    pub fn seed_from_procfs(&mut self) {
+        let Ok(all) = procfs::process::all_processes() else {
+            return;
+        };
+        for process in all.flatten() {
+            let pid = process.pid as u32;
+            let Ok(stat) = process.stat() else { continue };
+            self.procs.insert(
+                pid,
+                Proc {
+                    start_ns: stat.starttime * self.tick_ns,
+                    ppid: stat.ppid as u32,
+                    exe: read_exe(pid),
+                    args: read_args(pid),
+                    cgroup_id: 0,
+                    exited: None,
+                },
+            );
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.procs.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.procs.is_empty()
+    }
+
+    pub fn apply(&mut self, event: &ProcessEvent) {
+        match event.kind {
+            ProcessEventKind::Fork => {
+                // The child runs the parent's program until it execs.
+                let (exe, args) = self
+                    .procs
+                    .get(&event.ppid)
+                    .map(|p| (p.exe.clone(), p.args.clone()))
+                    .unwrap_or_default();
+                self.procs.insert(
+                    event.pid,
+                    Proc {
+                        start_ns: event.start_boottime,
+                        ppid: event.ppid,
+                        exe,
+                        args,
+                        cgroup_id: event.cgroup_id,
+                        exited: None,
+                    },
+                );
+            }
+            ProcessEventKind::Exec => {
+                let entry = self.procs.entry(event.pid).or_default();
+                entry.start_ns = event.start_boottime;
+                entry.ppid = event.ppid;
+                entry.cgroup_id = event.cgroup_id;
+                entry.exited = None;
+                entry.exe = event.filename.clone();
+                entry.args = event.args.clone();
+            }
+            ProcessEventKind::Exit => {
+                if let Some(entry) = self.procs.get_mut(&event.pid) {
+                    let now = Instant::now();
+                    entry.exited = Some(now);
+                    self.exited.push_back((now, event.pid, entry.start_ns));
+                }
+            }
+        }
+    }
+
+    /// Forgets processes that exited more than `EXITED_GRACE` ago.
+    pub fn expire(&mut self, now: Instant) {
+        while let Some(&(at, pid, start)) = self.exited.front() {
+            if now.duration_since(at) < EXITED_GRACE {
+                break;
+            }
+            self.exited.pop_front();
+            // Only if the pid still names that process (not a newer one that reused it).
+            if self
+                .procs
+                .get(&pid)
+                .is_some_and(|p| p.start_ns == start && p.exited.is_some())
+            {
+                self.procs.remove(&pid);
+            }
+        }
+    }
+
+    /// The entry for (pid, start time), if the table knows that process.
+    fn get(&self, pid: u32, start_ns: u64) -> Option<&Proc> {
+        let entry = self.procs.get(&pid)?;
+        // Seeded entries only have clock-tick precision.
+        let same =
+            entry.start_ns == start_ns || entry.start_ns / self.tick_ns == start_ns / self.tick_ns;
+        (same || start_ns == 0).then_some(entry)
+    }
+
+    /// The process behind a file open, from the table, falling back to procfs.
+    pub fn describe(&mut self, open: &FileOpen) -> ProcessInfo {
+        let mut info = ProcessInfo {
+            pid: open.pid,
+            tid: open.tid,
+            uid: open.uid,
+            gid: open.gid,
+            comm: open.comm.clone(),
+            start_boottime: (open.start_boottime != 0).then_some(open.start_boottime),
+            ns_pid: ns_pid(open.pid),
+            ..Default::default()
+        };
+        if self.get(open.pid, open.start_boottime).is_none() {
+            // Started before the agent saw it and not seeded (a race at start-up): ask procfs
+            // once and remember the answer.
+            if let Ok(stat) = procfs::process::Process::new(open.pid as i32).and_then(|p| p.stat())
+            {
+                self.procs.insert(
+                    open.pid,
+                    Proc {
+                        start_ns: open.start_boottime,
+                        ppid: stat.ppid as u32,
+                        exe: read_exe(open.pid),
+                        args: read_args(open.pid),
+                        cgroup_id: open.cgroup_id,
+                        exited: None,
+                    },
+                );
+            }
+        }
+        if let Some(entry) = self.get(open.pid, open.start_boottime) {
+            info.ppid = Some(entry.ppid);
+            info.exe = entry.exe.clone();
+            info.args = entry.args.clone();
+            let mut next = entry.ppid;
+            while next > 0 && info.ancestors.len() < MAX_ANCESTORS {
+                let Some(parent) = self.procs.get(&next) else {
+                    info.ancestors.push(Ancestor {
+                        pid: next,
+                        ..Default::default()
+                    });
+                    break;
+                };
+                info.ancestors.push(Ancestor {
+                    pid: next,
+                    exe: parent.exe.clone(),
+                    args: parent.args.clone(),
+                });
+                if parent.ppid == next {
+                    break;
+                }
+                next = parent.ppid;
+            }
+        }
+        info
+    }
+}
+
+fn read_exe(pid: u32) -> Option<Vec<u8>> {
+    std::fs::read_link(format!("/proc/{pid}/exe"))
         .ok()
         .map(|p| p.as_os_str().as_bytes().to_vec())
 }
 
 /// argv as raw bytes: procfs' String API would lose non-UTF-8 arguments.
-fn args(pid: u32) -> Option<Vec<Vec<u8>>> {
-    let raw = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
-    let raw = raw.strip_suffix(&[0]).unwrap_or(&raw);
-    if raw.is_empty() {
-        return Some(Vec::new());
-    }
-    Some(raw.split(|&b| b == 0).map(<[u8]>::to_vec).collect())
+fn read_args(pid: u32) -> Option<Vec<Vec<u8>>> {
+    std::fs::read(format!("/proc/{pid}/cmdline"))
+        .ok()
+        .map(|raw| split_args(&raw))
 }
 
-fn start_time_ns(ticks_since_boot: u64) -> Option<i128> {
-    let boot = procfs::boot_time_secs().ok()? as i128;
-    let hz = procfs::ticks_per_second() as i128;
-    Some(boot * 1_000_000_000 + ticks_since_boot as i128 * 1_000_000_000 / hz)
+fn ns_pid(pid: u32) -> Option<u32> {
+    let status = procfs::process::Process::new(pid as i32)
+        .ok()?
+        .status()
+        .ok()?;
+    status.nspid?.last().map(|&p| p as u32)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(kind: ProcessEventKind, pid: u32, ppid: u32, start: u64, exe: &str) -> ProcessEvent {
+        ProcessEvent {
+            kind,
+            boot_ns: 0,
+            pid,
+            ppid,
+            uid: 0,
+            gid: 0,
+            exit_code: 0,
+            start_boottime: start,
+            cgroup_id: 0,
+            comm: Vec::new(),
+            filename: (kind == ProcessEventKind::Exec).then(|| exe.as_bytes().to_vec()),
+            args: (kind == ProcessEventKind::Exec).then(|| vec![exe.as_bytes().to_vec()]),
+            args_truncated: false,
+        }
+    }
+
+    fn open(pid: u32, start: u64) -> FileOpen {
+        FileOpen {
+            boot_ns: 0,
+            pid,
+            tid: pid,
+            uid: 0,
+            gid: 0,
+            cgroup_id: 0,
+            syscall: crate::events::Syscall::Openat,
+            flags: 0,
+            result: 3,
+            dev: 0,
+            ino: 0,
+            dirfd: -100,
+            start_boottime: start,
+            secret_id: 0,
+            matched: 0,
+            path_flags: 0,
+            comm: Vec::new(),
+            raw_path: None,
+            path: Vec::new(),
+        }
+    }
+
+    /// Pids far above any real pid_max, so procfs never answers for them.
+    const SHELL: u32 = 40_000_001;
+    const CAT: u32 = 40_000_002;
+
+    #[test]
+    fn exited_processes_keep_their_story_until_they_expire() {
+        let mut table = ProcessTable::new();
+        table.apply(&event(ProcessEventKind::Exec, SHELL, 1, 100, "/bin/sh"));
+        table.apply(&event(ProcessEventKind::Fork, CAT, SHELL, 200, ""));
+        table.apply(&event(ProcessEventKind::Exec, CAT, SHELL, 200, "/bin/cat"));
+        table.apply(&event(ProcessEventKind::Exit, CAT, SHELL, 200, ""));
+        let info = table.describe(&open(CAT, 200));
+        assert_eq!(info.exe.as_deref(), Some(&b"/bin/cat"[..]));
+        assert_eq!(info.ppid, Some(SHELL));
+        assert_eq!(info.ancestors[0].exe.as_deref(), Some(&b"/bin/sh"[..]));
+        assert_eq!(info.ancestors[1].pid, 1);
+        table.expire(Instant::now() + EXITED_GRACE + Duration::from_secs(1));
+        assert!(table.describe(&open(CAT, 200)).exe.is_none());
+        assert!(table.describe(&open(SHELL, 100)).exe.is_some());
+    }
+
+    #[test]
+    fn a_reused_pid_is_not_the_old_process() {
+        let mut table = ProcessTable::new();
+        table.apply(&event(ProcessEventKind::Exec, CAT, 1, 200, "/bin/cat"));
+        assert!(table.describe(&open(CAT, 999_999_999_999)).exe.is_none());
+    }
+
+    #[test]
+    fn a_forked_child_runs_its_parents_program() {
+        let mut table = ProcessTable::new();
+        table.apply(&event(ProcessEventKind::Exec, SHELL, 1, 100, "/bin/sh"));
+        table.apply(&event(ProcessEventKind::Fork, CAT, SHELL, 200, ""));
+        assert_eq!(
+            table.describe(&open(CAT, 200)).exe.as_deref(),
+            Some(&b"/bin/sh"[..])
+        );
+    }
 }

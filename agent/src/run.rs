@@ -11,7 +11,7 @@ use crate::{
     events::{self, Event, FileOpen},
     policy::{self, Catalog},
     probes::Probes,
-    process,
+    process::ProcessTable,
     secrets::{self, SecretTable},
     sinks::{self, forensic, metrics::Metrics},
 };
@@ -30,6 +30,7 @@ pub struct RunOptions {
 struct Pipeline {
     catalog: Catalog,
     secrets: SecretTable,
+    processes: ProcessTable,
     log: forensic::ForensicLog,
     metrics: Arc<Metrics>,
     node: String,
@@ -56,6 +57,9 @@ pub fn run(opts: RunOptions) -> Result<()> {
         set.catalog.files.len()
     );
     let (secret_table, filter) = secrets::resolve(&set.catalog);
+    // Seeded before the probes attach: processes started later arrive as events.
+    let mut processes = ProcessTable::new();
+    processes.seed_from_procfs();
     let mut probes = Probes::load()?;
     probes.sync_filter(&filter)?;
     info!(
@@ -73,6 +77,7 @@ pub fn run(opts: RunOptions) -> Result<()> {
     let mut pipeline = Pipeline {
         catalog: set.catalog,
         secrets: secret_table,
+        processes,
         log: forensic::ForensicLog::open(&opts.log)?,
         metrics: metrics.clone(),
         node: opts.node_name.unwrap_or_else(hostname),
@@ -96,6 +101,7 @@ pub fn run(opts: RunOptions) -> Result<()> {
                 })?;
         let mut refresh = tokio::time::interval(SECRET_REFRESH);
         refresh.tick().await;
+        let mut housekeeping = tokio::time::interval(Duration::from_secs(5));
         let mut terminate = tokio::signal::unix::signal(SignalKind::terminate())?;
         let mut interrupt = tokio::signal::unix::signal(SignalKind::interrupt())?;
         eprintln!("credwatch: ready (metrics on http://{metrics_addr}/metrics)");
@@ -116,6 +122,10 @@ pub fn run(opts: RunOptions) -> Result<()> {
                         Err(err) => warn!("refreshing the secret inodes failed: {err:#}"),
                     }
                     pipeline.boot_to_unix_ns = boot_to_unix_ns();
+                }
+                _ = housekeeping.tick() => {
+                    pipeline.processes.expire(std::time::Instant::now());
+                    pipeline.metrics.processes.set(pipeline.processes.len() as i64);
                 }
                 _ = terminate.recv() => break,
                 _ = interrupt.recv() => break,
@@ -143,11 +153,12 @@ impl Pipeline {
         };
         match event {
             Event::FileOpen(open) => self.file_open(&open),
+            Event::Process(process) => self.processes.apply(&process),
         }
     }
 
     fn file_open(&mut self, open: &FileOpen) {
-        let process = process::describe(open);
+        let process = self.processes.describe(open);
         let Some(credential) = self.secrets.classify(&self.catalog, open, process.ns_pid) else {
             return; // the kernel keys are coarser than the globs
         };
@@ -166,7 +177,7 @@ impl Pipeline {
                 catalog_entry: format!("{}/{}", rule.catalog, rule.name),
             },
             file: Some(sinks::file_section(open, &credential)),
-            process: sinks::process_section(&process),
+            process: sinks::process_section(&process, self.boot_to_unix_ns),
         };
         self.metrics
             .credential_access

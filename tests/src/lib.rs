@@ -137,6 +137,27 @@ impl Agent {
             .collect()
     }
 
+    /// Waits for the first record whose `file.raw_path` is `raw_path`.
+    pub fn wait_record_for_path(&self, raw_path: &str) -> Value {
+        let deadline = Instant::now() + RECORD_TIMEOUT;
+        loop {
+            if let Some(found) = self
+                .records()
+                .into_iter()
+                .find(|r| r["file"]["raw_path"] == raw_path)
+            {
+                return found;
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "no record for {raw_path}; agent stderr:\n{}",
+                    std::fs::read_to_string(&self.stderr).unwrap_or_default()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     pub fn records_of(&self, pid: u32) -> Vec<Value> {
         self.records()
             .into_iter()

@@ -344,3 +344,33 @@ fn blocked_opens_keep_their_arguments() {
         );
     }
 }
+
+/// A reader that has exited long before the record is written (`sh -c 'cat …'`) is still named
+/// with its program, arguments and parent chain: the process table keeps them.
+#[test]
+fn short_lived_readers_keep_exe_args_and_ancestors() {
+    let agent = setup();
+    let secret = secret_path(agent);
+    // A unique raw path (through the symlink, with a marker) to find this test's record.
+    let raw = format!("{}/../links/./sym", agent.work.join("links").display());
+    let script = format!("/bin/cat '{raw}' > /dev/null; exit 0");
+    let status = std::process::Command::new("/bin/sh")
+        .args(["-c", &script])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let record = agent.wait_record_for_path(&raw);
+    assert_eq!(record["file"]["path"], secret.as_str(), "{record:#}");
+    assert_eq!(record["process"]["exe"], "/bin/cat", "{record:#}");
+    assert_eq!(record["process"]["args"][1], raw.as_str(), "{record:#}");
+    let parent = &record["process"]["ancestors"][0];
+    assert_eq!(parent["exe"], "/bin/sh", "{record:#}");
+    assert_eq!(parent["args"][1], "-c", "{record:#}");
+    assert_eq!(record["process"]["ppid"], parent["pid"]);
+    assert!(record["process"]["start_time"].is_string());
+    let pid = record["process"]["pid"].as_u64().unwrap();
+    assert!(
+        !Path::new(&format!("/proc/{pid}")).exists(),
+        "the reader has exited"
+    );
+}

@@ -80,19 +80,59 @@ impl Probes {
             inodes: BTreeMap::new(),
             paths: PathKeys::default(),
         };
-        for (index, name) in probe::NAMES.iter().enumerate() {
+        let file_probes = &probe::NAMES[..probe::FILE_OPEN_COUNT as usize];
+        for name in file_probes {
             let status = probes.attach_syscall(name, mode);
-            match status.mode {
-                Some(mode) => info!("probe {name}: attached ({mode})"),
-                None => warn!("probe {name}: unavailable: {}", status.detail),
-            }
-            debug_assert_eq!(index, probes.status.len());
-            probes.status.push(status);
+            probes.record(status);
         }
         if probes.status.iter().all(|s| s.mode.is_none()) {
             return Err(anyhow!("no file-open probe could be attached"));
         }
+        let btf = aya::Btf::from_sys_fs().context("kernel BTF for the process probes")?;
+        for name in &probe::NAMES[probe::FILE_OPEN_COUNT as usize..] {
+            let status = probes.attach_btf_tracepoint(name, &btf);
+            probes.record(status);
+        }
         Ok(probes)
+    }
+
+    fn record(&mut self, status: ProbeStatus) {
+        match status.mode {
+            Some(mode) => info!("probe {}: attached ({mode})", status.probe),
+            None => warn!("probe {}: unavailable: {}", status.probe, status.detail),
+        }
+        self.status.push(status);
+    }
+
+    /// The process lifecycle probes (`tp_btf`): without them records still have what procfs
+    /// knows while the process exists.
+    fn attach_btf_tracepoint(&mut self, name: &'static str, btf: &aya::Btf) -> ProbeStatus {
+        let result = (|| -> Result<()> {
+            let program: &mut aya::programs::BtfTracePoint = self
+                .ebpf
+                .program_mut(name)
+                .ok_or_else(|| anyhow!("program {name} missing from the object"))?
+                .try_into()?;
+            program
+                .load(name, btf)
+                .with_context(|| format!("loading {name}"))?;
+            program
+                .attach()
+                .with_context(|| format!("attaching {name}"))?;
+            Ok(())
+        })();
+        match result {
+            Ok(()) => ProbeStatus {
+                probe: name,
+                mode: Some("tp_btf"),
+                detail: String::new(),
+            },
+            Err(err) => ProbeStatus {
+                probe: name,
+                mode: None,
+                detail: format!("{err:#}"),
+            },
+        }
     }
 
     fn attach_syscall(&mut self, name: &'static str, mode: ArgsMode) -> ProbeStatus {

@@ -16,7 +16,7 @@ pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
 type Slot = fn(&mut KernelOffsets) -> &mut u32;
 
 /// (struct, field, bytes the probes read or 0 for "embedded struct, any size", destination).
-const FIELDS: [(&str, &str, usize, Slot); 23] = [
+const FIELDS: [(&str, &str, usize, Slot); 32] = [
     ("task_struct", "files", 8, |o| &mut o.task_files),
     ("task_struct", "fs", 8, |o| &mut o.task_fs),
     ("files_struct", "fdt", 8, |o| &mut o.files_fdt),
@@ -42,6 +42,17 @@ const FIELDS: [(&str, &str, usize, Slot); 23] = [
         &mut o.mount_mnt_mountpoint
     }),
     ("vfsmount", "mnt_root", 8, |o| &mut o.vfsmount_mnt_root),
+    ("task_struct", "pid", 4, |o| &mut o.task_pid),
+    ("task_struct", "tgid", 4, |o| &mut o.task_tgid),
+    ("task_struct", "real_parent", 8, |o| &mut o.task_real_parent),
+    ("task_struct", "start_boottime", 8, |o| {
+        &mut o.task_start_boottime
+    }),
+    ("task_struct", "mm", 8, |o| &mut o.task_mm),
+    ("task_struct", "exit_code", 4, |o| &mut o.task_exit_code),
+    ("mm_struct", "arg_start", 8, |o| &mut o.mm_arg_start),
+    ("mm_struct", "arg_end", 8, |o| &mut o.mm_arg_end),
+    ("linux_binprm", "filename", 8, |o| &mut o.binprm_filename),
 ];
 
 pub fn from_btf_file(path: &Path) -> Result<KernelOffsets> {

@@ -21,6 +21,8 @@ pub struct Metrics {
     pub events_lost: IntCounterVec,
     kernel_events: IntCounterVec,
     probe_attached: IntGaugeVec,
+    /// Processes in the process table (live, and exited within the grace period).
+    pub processes: prometheus::IntGauge,
     /// The kernel counters are cumulative in the kernel; we add the difference at each scrape.
     kernel: Mutex<Option<(KernelStats, HashMap<(&'static str, &'static str), u64>)>>,
 }
@@ -83,6 +85,17 @@ impl Metrics {
                 "1 when the probe is attached in the given mode.",
                 &["probe", "mode"],
             ),
+            processes: {
+                let g = prometheus::IntGauge::new(
+                    "credwatch_processes",
+                    "Processes in the agent's process table (live and recently exited).",
+                )
+                .expect("valid metric");
+                registry
+                    .register(Box::new(g.clone()))
+                    .expect("unique metric");
+                g
+            },
             kernel: Mutex::new(None),
             registry,
         }

@@ -24,7 +24,8 @@ pub fn file_section(open: &FileOpen, credential: &Credential) -> FileSection {
     }
 }
 
-pub fn process_section(info: &ProcessInfo) -> ProcessSection {
+/// `boot_to_unix_ns` turns the kernel's boot-time stamps into wall-clock time.
+pub fn process_section(info: &ProcessInfo, boot_to_unix_ns: i128) -> ProcessSection {
     let args = |a: &Option<Vec<Vec<u8>>>| {
         a.as_ref()
             .map(|v| v.iter().map(|s| escape_bytes(s)).collect())
@@ -38,7 +39,9 @@ pub fn process_section(info: &ProcessInfo) -> ProcessSection {
         comm: escape_bytes(&info.comm),
         exe: info.exe.as_deref().map(escape_bytes),
         args: args(&info.args),
-        start_time: info.start_time_ns.and_then(rfc3339),
+        start_time: info
+            .start_boottime
+            .and_then(|ns| rfc3339(boot_to_unix_ns + ns as i128)),
         ancestors: info
             .ancestors
             .iter()

@@ -11,6 +11,11 @@ pub const WIRE_VERSION: u16 = 1;
 
 /// Record kinds (the `kind` field of [`RecordHeader`]).
 pub const KIND_FILE_OPEN: u16 = 1;
+pub const KIND_PROCESS: u16 = 2;
+
+/// Bytes kept of a new program's path and of its argv (NUL-separated).
+pub const FILENAME_BYTES: usize = 256;
+pub const ARGS_BYTES: usize = 1024;
 
 /// Bytes kept of the path the process passed to the syscall.
 pub const RAW_PATH_BYTES: usize = 1024;
@@ -25,6 +30,7 @@ pub const MAX_PATH_STEPS: u32 = 40;
 /// Map names, shared so a rename cannot silently break the agent.
 pub mod maps {
     pub const EVENTS: &str = "EVENTS";
+    pub const PROCESS_SCRATCH: &str = "PROCESS_SCRATCH";
     pub const STATS: &str = "STATS";
     pub const SECRET_INODES: &str = "SECRET_INODES";
     pub const PATH_PREFIXES: &str = "PATH_PREFIXES";
@@ -38,17 +44,38 @@ pub mod globals {
     pub const NR_CPUS: &str = "NR_CPUS";
 }
 
-/// The file-open syscalls, in the order of the stats map rows.
+/// The probes, in the order of the stats map rows: the file-open syscalls, then the process
+/// lifecycle tracepoints.
 pub mod probe {
     pub const OPEN: u32 = 0;
     pub const OPENAT: u32 = 1;
     pub const OPENAT2: u32 = 2;
     pub const CREAT: u32 = 3;
     pub const OPEN_BY_HANDLE_AT: u32 = 4;
-    pub const COUNT: u32 = 5;
+    pub const EXEC: u32 = 5;
+    pub const FORK: u32 = 6;
+    pub const EXIT: u32 = 7;
+    pub const COUNT: u32 = 8;
+    /// How many of the first probes are file-open syscalls.
+    pub const FILE_OPEN_COUNT: u32 = 5;
     /// Names as used in metrics and log records (`sys_` dropped).
-    pub const NAMES: [&str; COUNT as usize] =
-        ["open", "openat", "openat2", "creat", "open_by_handle_at"];
+    pub const NAMES: [&str; COUNT as usize] = [
+        "open",
+        "openat",
+        "openat2",
+        "creat",
+        "open_by_handle_at",
+        "sched_process_exec",
+        "sched_process_fork",
+        "sched_process_exit",
+    ];
+}
+
+/// Values of [`ProcessRecord::event`].
+pub mod process_event {
+    pub const EXEC: u32 = 1;
+    pub const FORK: u32 = 2;
+    pub const EXIT: u32 = 3;
 }
 
 /// Columns of the per-CPU stats map: `STATS[probe * outcome::COUNT + outcome]`.
@@ -150,9 +177,48 @@ pub struct FileOpenRecord {
     pub path_len: u32,
     pub raw_len: u32,
     pub _pad: u32,
+    /// The opener's `task->start_boottime`, which identifies it together with `pid`.
+    pub start_boottime: u64,
     pub comm: [u8; 16],
     pub raw_path: [u8; RAW_PATH_BYTES],
     pub path: [u8; PATH_BYTES],
+}
+
+/// A process was created (fork of a new thread group), replaced its program (exec) or ended
+/// (exit of the thread-group leader). Together they keep the agent's process table, so records
+/// name exe, argv and ancestors even of processes gone before userspace looked.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct ProcessRecord {
+    pub header: RecordHeader,
+    pub boot_ns: u64,
+    /// One of [`process_event`].
+    pub event: u32,
+    /// Thread-group id, and the parent's.
+    pub pid: u32,
+    pub ppid: u32,
+    pub uid: u32,
+    pub gid: u32,
+    /// `task->exit_code` for EXIT.
+    pub exit_code: i32,
+    /// `task->start_boottime` (ns since boot): with `pid`, the process' identity.
+    pub start_boottime: u64,
+    pub cgroup_id: u64,
+    pub filename_len: u32,
+    pub args_len: u32,
+    /// Bits of [`process_flag`].
+    pub flags: u32,
+    pub _pad: u32,
+    pub comm: [u8; 16],
+    pub filename: [u8; FILENAME_BYTES],
+    /// argv, NUL-separated, as the process' memory holds it.
+    pub args: [u8; ARGS_BYTES],
+}
+
+pub mod process_flag {
+    pub const ARGS_TRUNCATED: u32 = 1;
+    pub const FILENAME_TRUNCATED: u32 = 2;
+    pub const ARGS_READ_ERROR: u32 = 4;
 }
 
 /// Key of the secret-inode map. `dev` is the kernel encoding (`MAJOR << 20 | MINOR`).
@@ -194,6 +260,15 @@ pub struct KernelOffsets {
     pub mount_mnt_parent: u32,
     pub mount_mnt_mountpoint: u32,
     pub vfsmount_mnt_root: u32,
+    pub task_pid: u32,
+    pub task_tgid: u32,
+    pub task_real_parent: u32,
+    pub task_start_boottime: u32,
+    pub task_mm: u32,
+    pub task_exit_code: u32,
+    pub mm_arg_start: u32,
+    pub mm_arg_end: u32,
+    pub binprm_filename: u32,
     /// Non-zero when the exit programs read the syscall arguments from the task's saved user
     /// registers (`bpf_task_pt_regs`), so no entry program is needed; 0 = saved at entry.
     pub args_from_regs: u32,
@@ -209,6 +284,7 @@ pub struct KernelOffsets {
 mod user {
     // SAFETY: all are #[repr(C)] structs of integers and byte arrays with no implicit padding.
     unsafe impl aya::Pod for super::FileOpenRecord {}
+    unsafe impl aya::Pod for super::ProcessRecord {}
     unsafe impl aya::Pod for super::InodeKey {}
     unsafe impl aya::Pod for super::KernelOffsets {}
 }

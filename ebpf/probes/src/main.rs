@@ -10,16 +10,17 @@
 
 mod filter;
 mod open;
+mod process;
 mod stats;
 mod vfs;
 
 use aya_ebpf::{
     Global,
-    macros::{map, tracepoint},
+    macros::{btf_tracepoint, map, tracepoint},
     maps::{HashMap, LpmTrie, PerCpuArray, RingBuf},
-    programs::TracePointContext,
+    programs::{BtfTracePointContext, TracePointContext},
 };
-use credwatch_common::{InodeKey, KernelOffsets, PathKeyData, STATS_ENTRIES, probe};
+use credwatch_common::{InodeKey, KernelOffsets, PathKeyData, ProcessRecord, STATS_ENTRIES, probe};
 
 /// Filled by the agent from `/sys/kernel/btf/vmlinux` before load.
 #[unsafe(no_mangle)]
@@ -48,6 +49,9 @@ static PATH_SUFFIXES: LpmTrie<PathKeyData, u32> = LpmTrie::with_max_entries(4096
 static PENDING_SLOT: PerCpuArray<open::PendingOpen> = PerCpuArray::with_max_entries(1, 0);
 #[map(name = "PENDING_SPILL")]
 static PENDING_SPILL: HashMap<u64, open::PendingOpen> = HashMap::with_max_entries(16384, 0);
+/// Per-CPU working memory for process records.
+#[map(name = "PROCESS_SCRATCH")]
+static PROCESS_SCRATCH: PerCpuArray<ProcessRecord> = PerCpuArray::with_max_entries(1, 0);
 /// Per-CPU working memory: far too large for the 512-byte BPF stack.
 #[map(name = "SCRATCH")]
 static SCRATCH: PerCpuArray<open::Scratch> = PerCpuArray::with_max_entries(1, 0);
@@ -143,6 +147,24 @@ exit_program!(
     "sys_exit_open_by_handle_at",
     probe::OPEN_BY_HANDLE_AT
 );
+
+#[btf_tracepoint(function = "sched_process_fork")]
+pub fn sched_process_fork(ctx: BtfTracePointContext) -> i32 {
+    process::fork(&ctx);
+    0
+}
+
+#[btf_tracepoint(function = "sched_process_exec")]
+pub fn sched_process_exec(ctx: BtfTracePointContext) -> i32 {
+    process::exec(&ctx);
+    0
+}
+
+#[btf_tracepoint(function = "sched_process_exit")]
+pub fn sched_process_exit(ctx: BtfTracePointContext) -> i32 {
+    process::exit(&ctx);
+    0
+}
 
 #[cfg(not(test))]
 #[panic_handler]

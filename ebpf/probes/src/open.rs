@@ -205,7 +205,7 @@ pub fn exit(probe: u32, ret: i64) {
     let scratch = unsafe { &mut *scratch };
     match unsafe { inspect(&offsets, scratch, &pending, ret) } {
         Ok(true) => {
-            fill_record(&mut scratch.rec, probe, &pending, pid_tgid, ret);
+            fill_record(&offsets, &mut scratch.rec, probe, &pending, pid_tgid, ret);
             if EVENTS.output::<FileOpenRecord>(&scratch.rec, 0).is_ok() {
                 count(probe, outcome::EMITTED);
             } else {
@@ -342,6 +342,7 @@ fn read_raw_path(rec: &mut FileOpenRecord, pending: &PendingOpen) {
 }
 
 fn fill_record(
+    o: &KernelOffsets,
     rec: &mut FileOpenRecord,
     probe: u32,
     pending: &PendingOpen,
@@ -365,5 +366,7 @@ fn fill_record(
     rec.result = ret;
     rec.dirfd = pending.dirfd;
     rec._pad = 0;
+    rec.start_boottime =
+        unsafe { vfs::read(bpf_get_current_task(), o.task_start_boottime) }.unwrap_or(0);
     rec.comm = bpf_get_current_comm().unwrap_or([0; 16]);
 }
