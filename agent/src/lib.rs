@@ -5,6 +5,7 @@
 //! `sinks` (forensic log, metrics). `policy` holds the policy model; `cli` and `run` are the edge.
 
 pub mod cli;
+pub mod containers;
 pub mod events;
 pub mod policy;
 pub mod probes;

@@ -104,6 +104,14 @@ impl ProcessTable {
     }
 
     pub fn apply(&mut self, event: &ProcessEvent) {
+        log::trace!(
+            "process {:?} pid={} ppid={} start={} exe={:?}",
+            event.kind,
+            event.pid,
+            event.ppid,
+            event.start_boottime,
+            event.filename.as_deref().map(String::from_utf8_lossy)
+        );
         match event.kind {
             ProcessEventKind::Fork => {
                 // The child runs the parent's program until it execs.

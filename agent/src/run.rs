@@ -8,6 +8,7 @@ use log::{info, warn};
 use tokio::{io::unix::AsyncFd, signal::unix::SignalKind};
 
 use crate::{
+    containers::{Containers, Origin, StateRoots},
     events::{self, Event, FileOpen},
     policy::{self, Catalog},
     probes::Probes,
@@ -31,6 +32,7 @@ struct Pipeline {
     catalog: Catalog,
     secrets: SecretTable,
     processes: ProcessTable,
+    containers: Containers,
     log: forensic::ForensicLog,
     metrics: Arc<Metrics>,
     node: String,
@@ -78,6 +80,7 @@ pub fn run(opts: RunOptions) -> Result<()> {
         catalog: set.catalog,
         secrets: secret_table,
         processes,
+        containers: Containers::new(StateRoots::default()),
         log: forensic::ForensicLog::open(&opts.log)?,
         metrics: metrics.clone(),
         node: opts.node_name.unwrap_or_else(hostname),
@@ -125,7 +128,9 @@ pub fn run(opts: RunOptions) -> Result<()> {
                 }
                 _ = housekeeping.tick() => {
                     pipeline.processes.expire(std::time::Instant::now());
+                    pipeline.containers.sweep();
                     pipeline.metrics.processes.set(pipeline.processes.len() as i64);
+                    pipeline.metrics.containers.set(pipeline.containers.containers() as i64);
                 }
                 _ = terminate.recv() => break,
                 _ = interrupt.recv() => break,
@@ -163,6 +168,11 @@ impl Pipeline {
             return; // the kernel keys are coarser than the globs
         };
         let rule = &self.catalog.files[credential.rule];
+        let origin = self.containers.resolve(open.cgroup_id, open.pid);
+        let meta = match &origin {
+            Origin::Container(meta) => Some(meta.clone()),
+            Origin::Host { .. } => None,
+        };
         self.next_event += 1;
         let record = forensic::Record {
             schema: forensic::SCHEMA,
@@ -178,10 +188,30 @@ impl Pipeline {
             },
             file: Some(sinks::file_section(open, &credential)),
             process: sinks::process_section(&process, self.boot_to_unix_ns),
+            container: meta.as_deref().map(sinks::container_section),
+            pod: meta.as_deref().and_then(sinks::pod_section),
+        };
+        let (namespace, workload, container) = match meta.as_deref() {
+            Some(m) => (
+                m.pod
+                    .as_ref()
+                    .and_then(|p| p.namespace.clone())
+                    .unwrap_or_default(),
+                crate::containers::workload(m),
+                m.name.clone().unwrap_or_default(),
+            ),
+            None => Default::default(),
         };
         self.metrics
             .credential_access
-            .with_label_values(&["", "", "", &rule.name, "file", record.verdict])
+            .with_label_values(&[
+                &namespace,
+                &workload,
+                &container,
+                &rule.name,
+                "file",
+                record.verdict,
+            ])
             .inc();
         if let Err(err) = self.log.write(&record) {
             self.metrics

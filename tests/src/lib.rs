@@ -16,11 +16,14 @@ use std::{
 
 use serde_json::Value;
 
+pub mod runc;
+
 pub const READY_TIMEOUT: Duration = Duration::from_secs(120);
 pub const RECORD_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A running agent and the scratch tree it watches.
 pub struct Agent {
+    pub pid: u32,
     pub work: PathBuf,
     pub log: PathBuf,
     pub stderr: PathBuf,
@@ -103,6 +106,7 @@ fn start_agent(prepare: fn(&Path) -> String, probe_mode: &str) -> Agent {
         }
     });
     let mut child = rx.recv().unwrap();
+    let pid = child.id();
     let deadline = Instant::now() + READY_TIMEOUT;
     loop {
         let text = std::fs::read_to_string(&stderr).unwrap_or_default();
@@ -119,6 +123,7 @@ fn start_agent(prepare: fn(&Path) -> String, probe_mode: &str) -> Agent {
     }
     std::mem::forget(child);
     Agent {
+        pid,
         work,
         log,
         stderr,
@@ -137,25 +142,36 @@ impl Agent {
             .collect()
     }
 
-    /// Waits for the first record whose `file.raw_path` is `raw_path`.
-    pub fn wait_record_for_path(&self, raw_path: &str) -> Value {
+    /// Waits for the first record matching `pred`.
+    pub fn wait_record(&self, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
         let deadline = Instant::now() + RECORD_TIMEOUT;
         loop {
-            if let Some(found) = self
-                .records()
-                .into_iter()
-                .find(|r| r["file"]["raw_path"] == raw_path)
-            {
+            if let Some(found) = self.records().into_iter().find(|r| pred(r)) {
                 return found;
             }
             if Instant::now() > deadline {
                 panic!(
-                    "no record for {raw_path}; agent stderr:\n{}",
+                    "no record for {what}; agent stderr:\n{}",
                     std::fs::read_to_string(&self.stderr).unwrap_or_default()
                 );
             }
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    /// The agent's resident memory in KiB.
+    pub fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid)).unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap()
+    }
+
+    /// Waits for the first record whose `file.raw_path` is `raw_path`.
+    pub fn wait_record_for_path(&self, raw_path: &str) -> Value {
+        self.wait_record(raw_path, |r| r["file"]["raw_path"] == raw_path)
     }
 
     pub fn records_of(&self, pid: u32) -> Vec<Value> {

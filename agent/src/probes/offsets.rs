@@ -16,7 +16,7 @@ pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
 type Slot = fn(&mut KernelOffsets) -> &mut u32;
 
 /// (struct, field, bytes the probes read or 0 for "embedded struct, any size", destination).
-const FIELDS: [(&str, &str, usize, Slot); 32] = [
+const FIELDS: [(&str, &str, usize, Slot); 33] = [
     ("task_struct", "files", 8, |o| &mut o.task_files),
     ("task_struct", "fs", 8, |o| &mut o.task_fs),
     ("files_struct", "fdt", 8, |o| &mut o.files_fdt),
@@ -53,6 +53,7 @@ const FIELDS: [(&str, &str, usize, Slot); 32] = [
     ("mm_struct", "arg_start", 8, |o| &mut o.mm_arg_start),
     ("mm_struct", "arg_end", 8, |o| &mut o.mm_arg_end),
     ("linux_binprm", "filename", 8, |o| &mut o.binprm_filename),
+    ("linux_binprm", "file", 8, |o| &mut o.binprm_file),
 ];
 
 pub fn from_btf_file(path: &Path) -> Result<KernelOffsets> {

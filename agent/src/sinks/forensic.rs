@@ -48,6 +48,34 @@ pub struct Record {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub file: Option<FileSection>,
     pub process: ProcessSection,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub container: Option<ContainerSection>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pod: Option<PodSection>,
+}
+
+#[derive(Serialize, Debug, Default)]
+pub struct ContainerSection {
+    pub id: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    pub runtime: &'static str,
+    pub cgroup: String,
+}
+
+#[derive(Serialize, Debug, Default)]
+pub struct PodSection {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub uid: Option<String>,
+    pub labels: std::collections::BTreeMap<String, String>,
+    /// The owning workload (Deployment, StatefulSet, DaemonSet, Job), as in the metrics.
+    pub workload: String,
 }
 
 #[derive(Serialize, Debug)]

@@ -23,6 +23,7 @@ pub struct Metrics {
     probe_attached: IntGaugeVec,
     /// Processes in the process table (live, and exited within the grace period).
     pub processes: prometheus::IntGauge,
+    pub containers: prometheus::IntGauge,
     /// The kernel counters are cumulative in the kernel; we add the difference at each scrape.
     kernel: Mutex<Option<(KernelStats, HashMap<(&'static str, &'static str), u64>)>>,
 }
@@ -37,6 +38,14 @@ fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntC
 
 fn gauge(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
     let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric");
+    registry
+        .register(Box::new(g.clone()))
+        .expect("unique metric");
+    g
+}
+
+fn plain_gauge(registry: &Registry, name: &str, help: &str) -> prometheus::IntGauge {
+    let g = prometheus::IntGauge::new(name, help).expect("valid metric");
     registry
         .register(Box::new(g.clone()))
         .expect("unique metric");
@@ -96,6 +105,11 @@ impl Metrics {
                     .expect("unique metric");
                 g
             },
+            containers: plain_gauge(
+                &registry,
+                "credwatch_containers",
+                "Containers the agent tracks now.",
+            ),
             kernel: Mutex::new(None),
             registry,
         }

@@ -3,9 +3,37 @@
 pub mod forensic;
 pub mod metrics;
 
-use forensic::{AncestorSection, FileSection, ProcessSection, escape_bytes};
+use forensic::{
+    AncestorSection, ContainerSection, FileSection, PodSection, ProcessSection, escape_bytes,
+};
 
-use crate::{events::FileOpen, process::ProcessInfo, secrets::Credential};
+use crate::{
+    containers::{self, Metadata},
+    events::FileOpen,
+    process::ProcessInfo,
+    secrets::Credential,
+};
+
+pub fn container_section(meta: &Metadata) -> ContainerSection {
+    ContainerSection {
+        id: meta.id.clone(),
+        name: meta.name.clone(),
+        image: meta.image.clone(),
+        runtime: meta.runtime,
+        cgroup: meta.cgroup.clone(),
+    }
+}
+
+pub fn pod_section(meta: &Metadata) -> Option<PodSection> {
+    let pod = meta.pod.as_ref()?;
+    Some(PodSection {
+        name: pod.name.clone(),
+        namespace: pod.namespace.clone(),
+        uid: pod.uid.clone(),
+        labels: pod.labels.clone(),
+        workload: containers::workload(meta),
+    })
+}
 
 pub fn file_section(open: &FileOpen, credential: &Credential) -> FileSection {
     let resolved = open.result >= 0;

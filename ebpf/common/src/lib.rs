@@ -269,6 +269,7 @@ pub struct KernelOffsets {
     pub mm_arg_start: u32,
     pub mm_arg_end: u32,
     pub binprm_filename: u32,
+    pub binprm_file: u32,
     /// Non-zero when the exit programs read the syscall arguments from the task's saved user
     /// registers (`bpf_task_pt_regs`), so no entry program is needed; 0 = saved at entry.
     pub args_from_regs: u32,

@@ -13,13 +13,18 @@ use aya_ebpf::{
     programs::BtfTracePointContext,
 };
 use credwatch_common::{
-    ARGS_BYTES, FILENAME_BYTES, KIND_PROCESS, KernelOffsets, ProcessRecord, RecordHeader,
-    WIRE_VERSION, outcome, probe, process_event, process_flag,
+    ARGS_BYTES, FILENAME_BYTES, KIND_PROCESS, KernelOffsets, PATH_BYTES, ProcessRecord,
+    RecordHeader, WIRE_VERSION, outcome, path_flag, probe, process_event, process_flag,
 };
 
-use crate::{AGENT_TGID, EVENTS, OFFSETS, PROCESS_SCRATCH, stats::count, vfs::read};
+use crate::{
+    AGENT_TGID, EVENTS, OFFSETS, PROCESS_SCRATCH, SCRATCH,
+    stats::count,
+    vfs::{self, PATH_MASK, read},
+};
 
 const ARGS_MASK: usize = ARGS_BYTES - 1;
+const FILENAME_MASK: usize = FILENAME_BYTES - 1;
 
 /// (pid, tgid, start_boottime, parent tgid) of a task.
 unsafe fn identity(o: &KernelOffsets, task: u64) -> Option<(u32, u32, u64, u32)> {
@@ -103,21 +108,73 @@ pub fn exec(ctx: &BtfTracePointContext) {
         return count(probe::EXEC, outcome::FILTERED);
     };
     unsafe {
-        let filename: u64 = read(bprm, o.binprm_filename).unwrap_or(0);
-        let n = bpf_probe_read_kernel_str(
-            rec.filename.as_mut_ptr().cast(),
-            FILENAME_BYTES as u32,
-            filename as *const _,
-        );
-        if n > 0 {
-            rec.filename_len = n as u32 - 1;
-            if n as usize >= FILENAME_BYTES {
-                rec.flags |= process_flag::FILENAME_TRUNCATED;
+        if !resolved_exe(&o, task, bprm, rec) {
+            // The path as given to execve (may be relative, or /proc/self/exe).
+            let filename: u64 = read(bprm, o.binprm_filename).unwrap_or(0);
+            let n = bpf_probe_read_kernel_str(
+                rec.filename.as_mut_ptr().cast(),
+                FILENAME_BYTES as u32,
+                filename as *const _,
+            );
+            if n > 0 {
+                rec.filename_len = n as u32 - 1;
+                if n as usize >= FILENAME_BYTES {
+                    rec.flags |= process_flag::FILENAME_TRUNCATED;
+                }
             }
         }
         read_args(&o, task, rec);
     }
     emit(probe::EXEC, rec);
+}
+
+/// The executable's path as the process sees it, resolved from `bprm->file` with the same walk
+/// as file opens (symlinks and `/proc/self/exe` resolved). Keeps the tail of a longer path.
+unsafe fn resolved_exe(o: &KernelOffsets, task: u64, bprm: u64, rec: &mut ProcessRecord) -> bool {
+    unsafe {
+        let Ok(file) = read::<u64>(bprm, o.binprm_file) else {
+            return false;
+        };
+        let Ok(fs) = read::<u64>(task, o.task_fs) else {
+            return false;
+        };
+        let (Ok(root), Ok(at)) = (
+            vfs::read_path(fs + o.fs_root as u64),
+            vfs::read_path(file + o.file_f_path as u64),
+        ) else {
+            return false;
+        };
+        let (pos, flags) = vfs::prepend_path(o, PATH_BYTES, at, root);
+        if flags & path_flag::READ_ERROR != 0 || pos >= PATH_BYTES {
+            return false;
+        }
+        let Some(scratch) = SCRATCH.get_ptr_mut(0) else {
+            return false;
+        };
+        let buf = crate::open::walk_buffer(scratch);
+        let len = PATH_BYTES - pos;
+        let mut start = pos;
+        if len > FILENAME_MASK {
+            start = PATH_BYTES - FILENAME_MASK;
+            rec.flags |= process_flag::FILENAME_TRUNCATED;
+        }
+        if flags & path_flag::TRUNCATED != 0 {
+            rec.flags |= process_flag::FILENAME_TRUNCATED;
+        }
+        // A string read with a constant size bound (the verifier cannot follow a clamped
+        // length through LLVM's optimisations): the path ends at PATH_BYTES, so end it there.
+        *buf.add(PATH_BYTES) = 0;
+        let n = bpf_probe_read_kernel_str(
+            rec.filename.as_mut_ptr().cast(),
+            FILENAME_BYTES as u32,
+            buf.add(start & PATH_MASK).cast(),
+        );
+        if n <= 0 {
+            return false;
+        }
+        rec.filename_len = n as u32 - 1;
+        true
+    }
 }
 
 /// argv from the new program's memory (`mm->arg_start..arg_end`), bounded.
