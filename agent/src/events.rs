@@ -4,8 +4,9 @@
 use std::{fmt, mem::size_of};
 
 use credwatch_common::{
-    ARGS_BYTES, FILENAME_BYTES, FileOpenRecord, KIND_FILE_OPEN, KIND_PROCESS, PATH_BYTES,
-    ProcessRecord, RAW_PATH_BYTES, RecordHeader, WIRE_VERSION, probe, process_event,
+    ARGS_BYTES, CGROUP_MKDIR, CGROUP_PATH_BYTES, CGROUP_RMDIR, CgroupRecord, FILENAME_BYTES,
+    FileOpenRecord, KIND_CGROUP, KIND_FILE_OPEN, KIND_PROCESS, PATH_BYTES, ProcessRecord,
+    RAW_PATH_BYTES, RecordHeader, WIRE_VERSION, probe, process_event,
 };
 
 /// A file-open syscall, decoded.
@@ -103,10 +104,19 @@ impl TryFrom<u32> for ProcessEventKind {
     }
 }
 
+/// A cgroup v2 directory appeared or went away.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CgroupEvent {
+    pub created: bool,
+    pub id: u64,
+    pub path: String,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {
     FileOpen(Box<FileOpen>),
     Process(Box<ProcessEvent>),
+    Cgroup(CgroupEvent),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -144,6 +154,7 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
     match header.kind {
         KIND_FILE_OPEN => decode_file_open(bytes, header),
         KIND_PROCESS => decode_process(bytes, header),
+        KIND_CGROUP => decode_cgroup(bytes, header),
         other => Err(DecodeError::Kind(other)),
     }
 }
@@ -182,6 +193,32 @@ fn decode_process(bytes: &[u8], header: RecordHeader) -> Result<Event, DecodeErr
         args: (is_exec && args_ok).then(|| split_args(&rec.args[..args_len])),
         args_truncated: rec.flags & credwatch_common::process_flag::ARGS_TRUNCATED != 0,
     })))
+}
+
+fn decode_cgroup(bytes: &[u8], header: RecordHeader) -> Result<Event, DecodeError> {
+    if header.size as usize != size_of::<CgroupRecord>() || bytes.len() < header.size as usize {
+        return Err(DecodeError::SizeMismatch {
+            header: header.size,
+            actual: bytes.len(),
+        });
+    }
+    let rec: CgroupRecord = read_pod(bytes)?;
+    let len = rec.path_len as usize;
+    if len > CGROUP_PATH_BYTES {
+        return Err(DecodeError::BadField("path_len", len as u64));
+    }
+    let created = match rec.event {
+        CGROUP_MKDIR => true,
+        CGROUP_RMDIR => false,
+        other => return Err(DecodeError::BadField("event", other as u64)),
+    };
+    // cgroup names are chosen by whoever creates them: keep every byte, escaped.
+    let path = crate::sinks::forensic::escape_bytes(&rec.path[..len]);
+    Ok(Event::Cgroup(CgroupEvent {
+        created,
+        id: rec.id,
+        path,
+    }))
 }
 
 /// argv as the kernel stores it: NUL-terminated strings back to back.

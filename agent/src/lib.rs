@@ -1,12 +1,14 @@
 //! credwatch: an eBPF agent that catches credential theft inside containers.
 //!
 //! Data flows through one module per stage: `probes` (load, attach, ring buffer) → `events`
-//! (validated decoding) → `process` (process context) → `secrets` (which credential) →
-//! `sinks` (forensic log, metrics). `policy` holds the policy model; `cli` and `run` are the edge.
+//! (validated decoding) → `process` (process table) → `containers` (cgroup → container → pod)
+//! → `secrets` (which credential) → `sinks` (forensic log, metrics); `pipeline` strings them
+//! together. `policy` holds the policy model; `cli` and `run` are the edge.
 
 pub mod cli;
 pub mod containers;
 pub mod events;
+pub mod pipeline;
 pub mod policy;
 pub mod probes;
 pub mod process;

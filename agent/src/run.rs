@@ -8,12 +8,12 @@ use log::{info, warn};
 use tokio::{io::unix::AsyncFd, signal::unix::SignalKind};
 
 use crate::{
-    containers::{Containers, Origin, StateRoots},
-    events::{self, Event, FileOpen},
-    policy::{self, Catalog},
+    containers::{Containers, StateRoots},
+    pipeline::Pipeline,
+    policy,
     probes::Probes,
     process::ProcessTable,
-    secrets::{self, SecretTable},
+    secrets,
     sinks::{self, forensic, metrics::Metrics},
 };
 
@@ -25,20 +25,6 @@ pub struct RunOptions {
     pub log: String,
     pub metrics_addr: SocketAddr,
     pub node_name: Option<String>,
-}
-
-/// Everything a record passes through after it leaves the ring buffer.
-struct Pipeline {
-    catalog: Catalog,
-    secrets: SecretTable,
-    processes: ProcessTable,
-    containers: Containers,
-    log: forensic::ForensicLog,
-    metrics: Arc<Metrics>,
-    node: String,
-    /// CLOCK_REALTIME − CLOCK_BOOTTIME, to turn kernel boot-time stamps into wall-clock time.
-    boot_to_unix_ns: i128,
-    next_event: u64,
 }
 
 pub fn run(opts: RunOptions) -> Result<()> {
@@ -76,17 +62,16 @@ pub fn run(opts: RunOptions) -> Result<()> {
     let stats = probes.take_stats()?;
     metrics.set_probes(&probes.status, stats);
     let ring = probes.take_events()?;
-    let mut pipeline = Pipeline {
-        catalog: set.catalog,
-        secrets: secret_table,
+    let mut pipeline = Pipeline::new(
+        set.catalog,
+        secret_table,
         processes,
-        containers: Containers::new(StateRoots::default()),
-        log: forensic::ForensicLog::open(&opts.log)?,
-        metrics: metrics.clone(),
-        node: opts.node_name.unwrap_or_else(hostname),
-        boot_to_unix_ns: boot_to_unix_ns(),
-        next_event: 0,
-    };
+        Containers::new(StateRoots::default()),
+        forensic::ForensicLog::open(&opts.log)?,
+        metrics.clone(),
+        opts.node_name.unwrap_or_else(hostname),
+        boot_to_unix_ns(),
+    );
 
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -105,6 +90,7 @@ pub fn run(opts: RunOptions) -> Result<()> {
         let mut refresh = tokio::time::interval(SECRET_REFRESH);
         refresh.tick().await;
         let mut housekeeping = tokio::time::interval(Duration::from_secs(5));
+        let mut hold_check = tokio::time::interval(Duration::from_millis(50));
         let mut terminate = tokio::signal::unix::signal(SignalKind::terminate())?;
         let mut interrupt = tokio::signal::unix::signal(SignalKind::interrupt())?;
         eprintln!("credwatch: ready (metrics on http://{metrics_addr}/metrics)");
@@ -132,95 +118,17 @@ pub fn run(opts: RunOptions) -> Result<()> {
                     pipeline.metrics.processes.set(pipeline.processes.len() as i64);
                     pipeline.metrics.containers.set(pipeline.containers.containers() as i64);
                 }
+                _ = hold_check.tick(), if pipeline.has_held() => pipeline.release_held(false),
                 _ = terminate.recv() => break,
                 _ = interrupt.recv() => break,
             }
         }
+        pipeline.release_held(true);
         server.abort();
         info!("stopping: detaching probes");
         drop(probes);
         Ok(())
     })
-}
-
-impl Pipeline {
-    fn handle(&mut self, bytes: &[u8]) {
-        let event = match events::decode(bytes) {
-            Ok(event) => event,
-            Err(err) => {
-                self.metrics
-                    .events_lost
-                    .with_label_values(&["decode"])
-                    .inc();
-                warn!("dropping an undecodable kernel record: {err}");
-                return;
-            }
-        };
-        match event {
-            Event::FileOpen(open) => self.file_open(&open),
-            Event::Process(process) => self.processes.apply(&process),
-        }
-    }
-
-    fn file_open(&mut self, open: &FileOpen) {
-        let process = self.processes.describe(open);
-        let Some(credential) = self.secrets.classify(&self.catalog, open, process.ns_pid) else {
-            return; // the kernel keys are coarser than the globs
-        };
-        let rule = &self.catalog.files[credential.rule];
-        let origin = self.containers.resolve(open.cgroup_id, open.pid);
-        let meta = match &origin {
-            Origin::Container(meta) => Some(meta.clone()),
-            Origin::Host { .. } => None,
-        };
-        self.next_event += 1;
-        let record = forensic::Record {
-            schema: forensic::SCHEMA,
-            ts: sinks::rfc3339(self.boot_to_unix_ns + open.boot_ns as i128).unwrap_or_default(),
-            event_id: format!("{:016x}-{:08x}-{}", open.boot_ns, open.tid, self.next_event),
-            node: self.node.clone(),
-            verdict: "undeclared",
-            reason: "no footprint selects this process".into(),
-            kind: "file",
-            secret: forensic::SecretSection {
-                name: rule.name.clone(),
-                catalog_entry: format!("{}/{}", rule.catalog, rule.name),
-            },
-            file: Some(sinks::file_section(open, &credential)),
-            process: sinks::process_section(&process, self.boot_to_unix_ns),
-            container: meta.as_deref().map(sinks::container_section),
-            pod: meta.as_deref().and_then(sinks::pod_section),
-        };
-        let (namespace, workload, container) = match meta.as_deref() {
-            Some(m) => (
-                m.pod
-                    .as_ref()
-                    .and_then(|p| p.namespace.clone())
-                    .unwrap_or_default(),
-                crate::containers::workload(m),
-                m.name.clone().unwrap_or_default(),
-            ),
-            None => Default::default(),
-        };
-        self.metrics
-            .credential_access
-            .with_label_values(&[
-                &namespace,
-                &workload,
-                &container,
-                &rule.name,
-                "file",
-                record.verdict,
-            ])
-            .inc();
-        if let Err(err) = self.log.write(&record) {
-            self.metrics
-                .events_lost
-                .with_label_values(&["log_write"])
-                .inc();
-            warn!("forensic log: {err:#}");
-        }
-    }
 }
 
 fn print_probe_summary(probes: &Probes) {

@@ -16,17 +16,20 @@ use std::{
 use cgroup::CgroupPaths;
 pub use runtime::{Metadata, Pod, StateRoots};
 
-/// A cgroup that looks like a container but whose runtime state is not there yet (the
-/// runtime is still creating it) is looked up again after this long.
-const RETRY_UNKNOWN: Duration = Duration::from_millis(500);
+use crate::events::CgroupEvent;
+
+/// A container whose runtime state was not found (not written yet, or already removed) is
+/// looked up again after this long.
+const RETRY_INCOMPLETE: Duration = Duration::from_millis(200);
+/// How long a removed cgroup stays known: records of its last events may still be queued.
+pub const REMOVED_GRACE: Duration = Duration::from_secs(30);
 
 #[derive(Debug, Clone)]
 enum Entry {
     Host,
-    Container(Arc<Metadata>),
-    /// Looks like a container, no runtime knows it (yet).
-    Unknown {
-        since: Instant,
+    Container {
+        meta: Arc<Metadata>,
+        checked: Instant,
     },
 }
 
@@ -34,6 +37,17 @@ pub struct Containers {
     paths: Option<CgroupPaths>,
     roots: StateRoots,
     by_cgroup: HashMap<u64, Entry>,
+    /// Paths from the kernel's cgroup_mkdir events, with when the cgroup was removed.
+    known_paths: HashMap<u64, (String, Option<Instant>)>,
+}
+
+/// Whether a container whose runtime state was not found is looked up again right away.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lookup {
+    /// Use what is cached (lookups of incomplete entries are throttled).
+    Cached,
+    /// Look incomplete entries up again now (a record is about to be written).
+    Fresh,
 }
 
 /// What an event's cgroup turned out to be.
@@ -56,21 +70,40 @@ impl Containers {
             paths,
             roots,
             by_cgroup: HashMap::new(),
+            known_paths: HashMap::new(),
         }
     }
 
-    pub fn resolve(&mut self, cgroup_id: u64, pid: u32) -> Origin {
+    /// A cgroup appeared or went away (kernel event). New ones are looked up right away, while
+    /// the runtime's state is most likely still there.
+    pub fn on_cgroup(&mut self, event: &CgroupEvent) {
+        if event.created {
+            self.known_paths
+                .insert(event.id, (event.path.clone(), None));
+            self.resolve(event.id, 0, Lookup::Cached);
+        } else if let Some((_, removed)) = self.known_paths.get_mut(&event.id) {
+            *removed = Some(Instant::now());
+        } else {
+            self.known_paths
+                .insert(event.id, (event.path.clone(), Some(Instant::now())));
+        }
+    }
+
+    /// Host or container, for an event from `pid` in cgroup `cgroup_id`. A container whose
+    /// runtime state cannot be found is still reported, with what its cgroup path says
+    /// (`Metadata::incomplete`).
+    pub fn resolve(&mut self, cgroup_id: u64, pid: u32, lookup: Lookup) -> Origin {
         match self.by_cgroup.get(&cgroup_id) {
-            Some(Entry::Container(meta)) => return Origin::Container(meta.clone()),
             Some(Entry::Host) => {
                 return Origin::Host {
                     cgroup: self.path(cgroup_id, pid),
                 };
             }
-            Some(Entry::Unknown { since }) if since.elapsed() < RETRY_UNKNOWN => {
-                return Origin::Host {
-                    cgroup: self.path(cgroup_id, pid),
-                };
+            Some(Entry::Container { meta, checked })
+                if !meta.incomplete
+                    || (lookup == Lookup::Cached && checked.elapsed() < RETRY_INCOMPLETE) =>
+            {
+                return Origin::Container(meta.clone());
             }
             _ => {}
         }
@@ -78,49 +111,66 @@ impl Containers {
         let entry = match path.as_deref().and_then(cgroup::parse) {
             None => Entry::Host,
             Some(container) => {
-                match runtime::lookup(&self.roots, &container, path.as_deref().unwrap_or_default())
-                {
-                    Some(meta) => Entry::Container(Arc::new(meta)),
-                    None => Entry::Unknown {
-                        since: Instant::now(),
-                    },
+                let cgroup = path.as_deref().unwrap_or_default();
+                let meta = runtime::lookup(&self.roots, &container, cgroup)
+                    .unwrap_or_else(|| runtime::from_path(&container, cgroup));
+                Entry::Container {
+                    meta: Arc::new(meta),
+                    checked: Instant::now(),
                 }
             }
         };
         self.by_cgroup.insert(cgroup_id, entry.clone());
         match entry {
-            Entry::Container(meta) => Origin::Container(meta),
-            _ => Origin::Host { cgroup: path },
+            Entry::Container { meta, .. } => Origin::Container(meta),
+            Entry::Host => Origin::Host { cgroup: path },
         }
     }
 
     fn path(&self, cgroup_id: u64, pid: u32) -> Option<String> {
+        if let Some((path, _)) = self.known_paths.get(&cgroup_id) {
+            return Some(path.clone());
+        }
         self.paths
             .as_ref()
             .and_then(|p| p.path_of(cgroup_id))
-            .or_else(|| cgroup::path_of_pid(pid))
+            .or_else(|| (pid != 0).then(|| cgroup::path_of_pid(pid)).flatten())
     }
 
-    /// Drops entries whose cgroup is gone.
+    /// Forgets cgroups removed more than `REMOVED_GRACE` ago (and, for cgroups the kernel did
+    /// not report, those that no longer exist).
     pub fn sweep(&mut self) {
-        let Some(paths) = &self.paths else {
-            // Without id resolution nothing says which cgroups are gone: start afresh.
-            self.by_cgroup.clear();
-            return;
-        };
-        self.by_cgroup.retain(|id, _| paths.path_of(*id).is_some());
+        let now = Instant::now();
+        self.known_paths.retain(|_, (_, removed)| {
+            removed.is_none_or(|at| now.duration_since(at) < REMOVED_GRACE)
+        });
+        let (known, paths) = (&self.known_paths, &self.paths);
+        self.by_cgroup.retain(|id, _| {
+            known.contains_key(id) || paths.as_ref().is_some_and(|p| p.path_of(*id).is_some())
+        });
+    }
+
+    /// Whether the cgroup still exists (as far as the kernel's events or the cgroupfs say).
+    pub fn is_alive(&self, cgroup_id: u64) -> bool {
+        match self.known_paths.get(&cgroup_id) {
+            Some((_, removed)) => removed.is_none(),
+            None => self
+                .paths
+                .as_ref()
+                .is_some_and(|p| p.path_of(cgroup_id).is_some()),
+        }
     }
 
     /// Containers currently known.
     pub fn containers(&self) -> usize {
         self.by_cgroup
             .values()
-            .filter(|e| matches!(e, Entry::Container(_)))
+            .filter(|e| matches!(e, Entry::Container { .. }))
             .count()
     }
 
     pub fn cgroups(&self) -> usize {
-        self.by_cgroup.len()
+        self.by_cgroup.len().max(self.known_paths.len())
     }
 }
 

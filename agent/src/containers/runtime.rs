@@ -38,6 +38,8 @@ pub struct Metadata {
     pub runtime: &'static str,
     pub cgroup: String,
     pub pod: Option<Pod>,
+    /// No runtime state was found: only what the cgroup path says is known.
+    pub incomplete: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -96,6 +98,29 @@ pub fn lookup(roots: &StateRoots, container: &ContainerRef, cgroup: &str) -> Opt
     ))
 }
 
+/// What the cgroup path alone says about a container whose runtime state is gone (or not
+/// written yet).
+pub fn from_path(container: &ContainerRef, cgroup: &str) -> Metadata {
+    Metadata {
+        id: container.id.clone(),
+        name: None,
+        image: None,
+        runtime: match container.hint {
+            RuntimeHint::Containerd => "containerd",
+            RuntimeHint::Crio => "cri-o",
+            RuntimeHint::Docker => "docker",
+            RuntimeHint::Podman => "podman",
+            RuntimeHint::Cri | RuntimeHint::RuncOrContainerd => "unknown",
+        },
+        cgroup: cgroup.to_string(),
+        pod: container.pod_uid.as_ref().map(|uid| Pod {
+            uid: Some(uid.clone()),
+            ..Default::default()
+        }),
+        incomplete: true,
+    }
+}
+
 /// runc keeps the bundle's annotations as `key=value` labels.
 fn annotations(labels: &[String]) -> BTreeMap<String, String> {
     labels
@@ -141,6 +166,7 @@ fn from_annotations(
         runtime,
         cgroup: cgroup.to_string(),
         pod,
+        incomplete: false,
     }
 }
 

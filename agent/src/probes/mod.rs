@@ -89,8 +89,12 @@ impl Probes {
             return Err(anyhow!("no file-open probe could be attached"));
         }
         let btf = aya::Btf::from_sys_fs().context("kernel BTF for the process probes")?;
-        for name in &probe::NAMES[probe::FILE_OPEN_COUNT as usize..] {
-            let status = probes.attach_btf_tracepoint(name, &btf);
+        for probe in [probe::EXEC, probe::FORK, probe::EXIT] {
+            let status = probes.attach_btf_tracepoint(probe::NAMES[probe as usize], &btf);
+            probes.record(status);
+        }
+        for probe in [probe::CGROUP_MKDIR, probe::CGROUP_RMDIR] {
+            let status = probes.attach_cgroup_tracepoint(probe::NAMES[probe as usize]);
             probes.record(status);
         }
         Ok(probes)
@@ -125,6 +129,36 @@ impl Probes {
             Ok(()) => ProbeStatus {
                 probe: name,
                 mode: Some("tp_btf"),
+                detail: String::new(),
+            },
+            Err(err) => ProbeStatus {
+                probe: name,
+                mode: None,
+                detail: format!("{err:#}"),
+            },
+        }
+    }
+
+    /// cgroup creation and removal: without them, containers are found from their live cgroup
+    /// and runtime state only (and a very short-lived one may be missed).
+    fn attach_cgroup_tracepoint(&mut self, name: &'static str) -> ProbeStatus {
+        let result = (|| -> Result<()> {
+            tracefs::check_cgroup_format(name)?;
+            let program: &mut TracePoint = self
+                .ebpf
+                .program_mut(name)
+                .ok_or_else(|| anyhow!("program {name} missing from the object"))?
+                .try_into()?;
+            program.load().with_context(|| format!("loading {name}"))?;
+            program
+                .attach("cgroup", name)
+                .with_context(|| format!("attaching {name}"))?;
+            Ok(())
+        })();
+        match result {
+            Ok(()) => ProbeStatus {
+                probe: name,
+                mode: Some("tracepoint"),
                 detail: String::new(),
             },
             Err(err) => ProbeStatus {

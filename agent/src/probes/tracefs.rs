@@ -40,6 +40,53 @@ pub fn ensure_mounted() -> Result<()> {
     Ok(())
 }
 
+/// The cgroup tracepoints are read at fixed offsets (`root` @8, `id` @16, `path` @24): refuse
+/// to attach when the kernel's layout differs.
+pub fn check_cgroup_format(tracepoint: &str) -> Result<()> {
+    let root = root().context("tracefs not mounted")?;
+    let path = root.join("events/cgroup").join(tracepoint).join("format");
+    let text = std::fs::read_to_string(&path)
+        .with_context(|| format!("tracepoint cgroup/{tracepoint} not available"))?;
+    let fields = parse_fields(&text);
+    for (name, offset, size) in [("root", 8, 4), ("id", 16, 8), ("path", 24, 4)] {
+        if !fields
+            .iter()
+            .any(|f| f.0 == name && f.1 == offset && f.2 == size)
+        {
+            bail!(
+                "{}: field {name} is not at offset {offset} size {size}",
+                path.display()
+            );
+        }
+    }
+    Ok(())
+}
+
+/// (name, offset, size) of each field in a tracepoint `format` file.
+fn parse_fields(text: &str) -> Vec<(String, usize, usize)> {
+    text.lines()
+        .filter_map(|line| {
+            let line = line.trim();
+            let decl = line.strip_prefix("field:")?.split(';').next()?;
+            let name = decl
+                .rsplit([' ', '*'])
+                .next()?
+                .trim_end_matches("[]")
+                .to_string();
+            let number = |key: &str| -> Option<usize> {
+                line.split(key)
+                    .nth(1)?
+                    .split(';')
+                    .next()?
+                    .trim()
+                    .parse()
+                    .ok()
+            };
+            Some((name, number("offset:")?, number("size:")?))
+        })
+        .collect()
+}
+
 /// The probes read syscall arguments at offset 16 + 8·i and the return value at 16. Refuse to
 /// attach when the kernel says otherwise rather than read the wrong bytes.
 pub fn check_syscall_format(tracepoint: &str) -> Result<()> {

@@ -24,6 +24,8 @@ pub struct Metrics {
     /// Processes in the process table (live, and exited within the grace period).
     pub processes: prometheus::IntGauge,
     pub containers: prometheus::IntGauge,
+    /// Records written without the container's full metadata.
+    pub missing_metadata: prometheus::IntCounter,
     /// The kernel counters are cumulative in the kernel; we add the difference at each scrape.
     kernel: Mutex<Option<(KernelStats, HashMap<(&'static str, &'static str), u64>)>>,
 }
@@ -110,6 +112,17 @@ impl Metrics {
                 "credwatch_containers",
                 "Containers the agent tracks now.",
             ),
+            missing_metadata: {
+                let c = prometheus::IntCounter::new(
+                    "credwatch_missing_metadata_total",
+                    "Records written without the container's full metadata (runtime state not found).",
+                )
+                .expect("valid metric");
+                registry
+                    .register(Box::new(c.clone()))
+                    .expect("unique metric");
+                c
+            },
             kernel: Mutex::new(None),
             registry,
         }

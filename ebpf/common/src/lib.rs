@@ -12,6 +12,10 @@ pub const WIRE_VERSION: u16 = 1;
 /// Record kinds (the `kind` field of [`RecordHeader`]).
 pub const KIND_FILE_OPEN: u16 = 1;
 pub const KIND_PROCESS: u16 = 2;
+pub const KIND_CGROUP: u16 = 3;
+
+/// Bytes kept of a cgroup path.
+pub const CGROUP_PATH_BYTES: usize = 512;
 
 /// Bytes kept of a new program's path and of its argv (NUL-separated).
 pub const FILENAME_BYTES: usize = 256;
@@ -55,7 +59,9 @@ pub mod probe {
     pub const EXEC: u32 = 5;
     pub const FORK: u32 = 6;
     pub const EXIT: u32 = 7;
-    pub const COUNT: u32 = 8;
+    pub const CGROUP_MKDIR: u32 = 8;
+    pub const CGROUP_RMDIR: u32 = 9;
+    pub const COUNT: u32 = 10;
     /// How many of the first probes are file-open syscalls.
     pub const FILE_OPEN_COUNT: u32 = 5;
     /// Names as used in metrics and log records (`sys_` dropped).
@@ -68,8 +74,28 @@ pub mod probe {
         "sched_process_exec",
         "sched_process_fork",
         "sched_process_exit",
+        "cgroup_mkdir",
+        "cgroup_rmdir",
     ];
 }
+
+/// A cgroup v2 directory was created or removed. The path travels in the record, so a
+/// container that is gone before the agent looks is still known by its cgroup path.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct CgroupRecord {
+    pub header: RecordHeader,
+    pub boot_ns: u64,
+    /// 1 = mkdir, 2 = rmdir.
+    pub event: u32,
+    pub path_len: u32,
+    pub id: u64,
+    /// The path below the cgroup2 root ("/system.slice/x.scope").
+    pub path: [u8; CGROUP_PATH_BYTES],
+}
+
+pub const CGROUP_MKDIR: u32 = 1;
+pub const CGROUP_RMDIR: u32 = 2;
 
 /// Values of [`ProcessRecord::event`].
 pub mod process_event {
@@ -286,6 +312,7 @@ mod user {
     // SAFETY: all are #[repr(C)] structs of integers and byte arrays with no implicit padding.
     unsafe impl aya::Pod for super::FileOpenRecord {}
     unsafe impl aya::Pod for super::ProcessRecord {}
+    unsafe impl aya::Pod for super::CgroupRecord {}
     unsafe impl aya::Pod for super::InodeKey {}
     unsafe impl aya::Pod for super::KernelOffsets {}
 }

@@ -8,6 +8,7 @@
 #![no_std]
 #![no_main]
 
+mod cgroup;
 mod filter;
 mod open;
 mod process;
@@ -20,7 +21,10 @@ use aya_ebpf::{
     maps::{HashMap, LpmTrie, PerCpuArray, RingBuf},
     programs::{BtfTracePointContext, TracePointContext},
 };
-use credwatch_common::{InodeKey, KernelOffsets, PathKeyData, ProcessRecord, STATS_ENTRIES, probe};
+use credwatch_common::{
+    CGROUP_MKDIR, CGROUP_RMDIR, CgroupRecord, InodeKey, KernelOffsets, PathKeyData, ProcessRecord,
+    STATS_ENTRIES, probe,
+};
 
 /// Filled by the agent from `/sys/kernel/btf/vmlinux` before load.
 #[unsafe(no_mangle)]
@@ -49,6 +53,9 @@ static PATH_SUFFIXES: LpmTrie<PathKeyData, u32> = LpmTrie::with_max_entries(4096
 static PENDING_SLOT: PerCpuArray<open::PendingOpen> = PerCpuArray::with_max_entries(1, 0);
 #[map(name = "PENDING_SPILL")]
 static PENDING_SPILL: HashMap<u64, open::PendingOpen> = HashMap::with_max_entries(16384, 0);
+/// Per-CPU working memory for cgroup records.
+#[map(name = "CGROUP_SCRATCH")]
+static CGROUP_SCRATCH: PerCpuArray<CgroupRecord> = PerCpuArray::with_max_entries(1, 0);
 /// Per-CPU working memory for process records.
 #[map(name = "PROCESS_SCRATCH")]
 static PROCESS_SCRATCH: PerCpuArray<ProcessRecord> = PerCpuArray::with_max_entries(1, 0);
@@ -163,6 +170,18 @@ pub fn sched_process_exec(ctx: BtfTracePointContext) -> i32 {
 #[btf_tracepoint(function = "sched_process_exit")]
 pub fn sched_process_exit(ctx: BtfTracePointContext) -> i32 {
     process::exit(&ctx);
+    0
+}
+
+#[tracepoint(category = "cgroup", name = "cgroup_mkdir")]
+pub fn cgroup_mkdir(ctx: TracePointContext) -> u32 {
+    cgroup::event(&ctx, probe::CGROUP_MKDIR, CGROUP_MKDIR);
+    0
+}
+
+#[tracepoint(category = "cgroup", name = "cgroup_rmdir")]
+pub fn cgroup_rmdir(ctx: TracePointContext) -> u32 {
+    cgroup::event(&ctx, probe::CGROUP_RMDIR, CGROUP_RMDIR);
     0
 }
 
