@@ -81,12 +81,14 @@ pub fn main() -> ExitCode {
             log,
             metrics_addr,
             node_name,
+            cri_socket,
             ..
         } => run::run(run::RunOptions {
             policies,
             log,
             metrics_addr,
             node_name,
+            cri_socket,
         }),
         Command::Check { policies } => check(&policies),
         Command::Version => {

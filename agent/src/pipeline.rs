@@ -23,7 +23,7 @@ use crate::{
 };
 
 /// Longest a record waits for its container's metadata.
-pub const HOLD: Duration = Duration::from_millis(300);
+pub const HOLD: Duration = Duration::from_millis(500);
 
 /// A record waiting for its container's metadata.
 struct Held {
@@ -146,7 +146,7 @@ impl Pipeline {
         if let Some(m) = &meta
             && m.incomplete
         {
-            if now < held.until && self.containers.is_alive(held.cgroup_id) {
+            if now < held.until && self.containers.is_pending(held.cgroup_id) {
                 return Some(held);
             }
             self.metrics.missing_metadata.inc();

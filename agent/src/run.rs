@@ -8,7 +8,7 @@ use log::{info, warn};
 use tokio::{io::unix::AsyncFd, signal::unix::SignalKind};
 
 use crate::{
-    containers::{Containers, StateRoots},
+    containers::{Containers, StateRoots, runtime_api::RuntimeApi},
     pipeline::Pipeline,
     policy,
     probes::Probes,
@@ -25,6 +25,8 @@ pub struct RunOptions {
     pub log: String,
     pub metrics_addr: SocketAddr,
     pub node_name: Option<String>,
+    /// The runtime socket for the containerd API / CRI (auto-detected when None).
+    pub cri_socket: Option<PathBuf>,
 }
 
 pub fn run(opts: RunOptions) -> Result<()> {
@@ -66,7 +68,7 @@ pub fn run(opts: RunOptions) -> Result<()> {
         set.catalog,
         secret_table,
         processes,
-        Containers::new(StateRoots::default()),
+        Containers::new(StateRoots::default(), RuntimeApi::start(opts.cri_socket)),
         forensic::ForensicLog::open(&opts.log)?,
         metrics.clone(),
         opts.node_name.unwrap_or_else(hostname),

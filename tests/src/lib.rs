@@ -16,6 +16,7 @@ use std::{
 
 use serde_json::Value;
 
+pub mod containerd;
 pub mod runc;
 
 pub const READY_TIMEOUT: Duration = Duration::from_secs(120);

@@ -51,6 +51,12 @@ pub fn rootfs() -> &'static Path {
         for applet in ["sh", "cat", "sleep", "ls", "echo", "head"] {
             std::os::unix::fs::symlink("busybox", root.join("bin").join(applet)).unwrap();
         }
+        // Files runtimes bind-mount over (the rootfs is read-only, so the targets must exist).
+        for file in ["etc/resolv.conf", "etc/hosts", "etc/hostname"] {
+            std::fs::write(root.join(file), "").unwrap();
+        }
+        std::fs::write(root.join("etc/passwd"), "root:x:0:0:root:/:/bin/sh\n").unwrap();
+        std::fs::write(root.join("etc/group"), "root:x:0:\n").unwrap();
         root
     })
 }

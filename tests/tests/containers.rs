@@ -7,7 +7,11 @@ use std::{
     time::{Duration, Instant},
 };
 
-use credwatch_tests::{Agent, agent, runc::Container};
+use credwatch_tests::{
+    Agent, agent,
+    containerd::{self, BUSYBOX_IMAGE, Pod, PodSpec},
+    runc::Container,
+};
 use serde_json::Value;
 
 fn prepare(_work: &Path) -> String {
@@ -136,6 +140,81 @@ fn container_churn_is_attributed_and_bounded() {
         rss_after < rss_before + 16 * 1024,
         "RSS grew from {rss_before} KiB to {rss_after} KiB"
     );
+}
+
+#[test]
+fn containerd_ctr_containers_are_attributed_with_their_image() {
+    let agent = setup();
+    let id = format!("cw-{}-ctr", std::process::id());
+    let secrets = agent.work.join(format!("{id}-secrets"));
+    std::fs::create_dir_all(&secrets).unwrap();
+    std::fs::write(secrets.join("token"), "not-a-real-token").unwrap();
+    // `; exit 0` keeps the shell: busybox would exec a lone command in place of itself.
+    containerd::ctr_run(
+        &id,
+        &secrets,
+        &["/bin/sh", "-c", "cat /run/secrets/token; exit 0"],
+    );
+    let record = record_of_container(agent, &id);
+    let container = &record["container"];
+    assert_eq!(container["runtime"], "containerd", "{record:#}");
+    assert_eq!(container["image"], BUSYBOX_IMAGE, "{record:#}");
+    assert_eq!(container["cgroup"], format!("/default/{id}"));
+    assert_eq!(record["file"]["path"], "/run/secrets/token");
+    assert_eq!(
+        record["process"]["args"],
+        serde_json::json!(["cat", "/run/secrets/token"])
+    );
+    assert_eq!(
+        record["process"]["ancestors"][0]["args"][0], "/bin/sh",
+        "{record:#}"
+    );
+}
+
+/// A pod created through containerd's CRI plugin the way the kubelet does (host network,
+/// kubepods cgroup parent, service-account token mounted): the record names the pod, its
+/// namespace, uid, labels and owning workload, and the metrics carry them as labels.
+#[test]
+fn cri_pods_are_attributed_with_pod_labels_and_workload() {
+    let agent = setup();
+    let token_dir = agent.work.join("pod-token");
+    std::fs::create_dir_all(&token_dir).unwrap();
+    std::fs::write(token_dir.join("token"), "not-a-real-token").unwrap();
+    let pod = Pod::run(PodSpec {
+        name: "payments-api-7d4b9c6f5-x2x9z",
+        namespace: "payments",
+        labels: &[("app", "payments-api"), ("pod-template-hash", "7d4b9c6f5")],
+        container: "api",
+        token_dir: &token_dir,
+        command: &[
+            "/bin/sh",
+            "-c",
+            "cat /var/run/secrets/kubernetes.io/serviceaccount/token; sleep 120",
+        ],
+    });
+    let record = record_of_container(agent, &pod.container_id);
+    assert_eq!(record["container"]["name"], "api", "{record:#}");
+    assert_eq!(record["container"]["runtime"], "containerd");
+    assert_eq!(record["container"]["image"], BUSYBOX_IMAGE);
+    assert!(
+        record["container"]["cgroup"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("/kubepods/besteffort/pod{}/", pod.uid))
+    );
+    let p = &record["pod"];
+    assert_eq!(p["name"], "payments-api-7d4b9c6f5-x2x9z", "{record:#}");
+    assert_eq!(p["namespace"], "payments");
+    assert_eq!(p["uid"], pod.uid.as_str());
+    assert_eq!(p["labels"]["app"], "payments-api", "{record:#}");
+    assert_eq!(p["workload"], "payments-api");
+    assert_eq!(record["secret"]["name"], "k8s-serviceaccount-token");
+    assert_eq!(
+        record["process"]["ancestors"][0]["args"][0], "/bin/sh",
+        "{record:#}"
+    );
+    let series = "credwatch_credential_access_total{container=\"api\",kind=\"file\",namespace=\"payments\",secret=\"k8s-serviceaccount-token\",verdict=\"undeclared\",workload=\"payments-api\"}";
+    assert!(agent.metric(series) >= 1.0, "{}", agent.metrics());
 }
 
 fn credwatch_grace() -> Duration {

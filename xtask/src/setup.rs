@@ -52,6 +52,7 @@ pub fn setup() -> Result<EbpfToolchain> {
             );
         }
     }
+    ensure_protoc()?;
     let chosen = toolchain::select().map_err(anyhow::Error::msg)?;
     println!(
         "xtask: eBPF toolchain: {} ({}{}), bpf-linker {}",
@@ -65,6 +66,22 @@ pub fn setup() -> Result<EbpfToolchain> {
         chosen.linker().display()
     );
     Ok(chosen)
+}
+
+/// The containerd and CRI API clients are generated from their .proto files at build time.
+fn ensure_protoc() -> Result<()> {
+    if Command::new("protoc")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success())
+    {
+        return Ok(());
+    }
+    if !crate::is_root() {
+        bail!("protoc is missing: install Debian's protobuf-compiler (or run setup as root)");
+    }
+    println!("xtask: installing protobuf-compiler (protoc) for the runtime API clients");
+    crate::bench::ensure_debian_packages(&[("protoc", "protobuf-compiler")])
 }
 
 fn linker_works(tc: &EbpfToolchain) -> bool {

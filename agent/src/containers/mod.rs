@@ -1,10 +1,14 @@
 //! cgroup id → container → pod: which container (and pod) a kernel event came from.
 //!
-//! Resolution is lazy and cached per cgroup id; entries for removed cgroups are swept, so the
-//! table stays bounded under container churn.
+//! Resolution is lazy and cached per cgroup id. Paths come from the kernel's cgroup_mkdir
+//! events when available (so a container that is already gone is still named), else from the
+//! live cgroupfs. Metadata comes from the runtime's state files right away and, for containerd
+//! and CRI containers, from the runtime API on a worker thread. Entries for removed cgroups are
+//! dropped after a grace period, so the table stays bounded under container churn.
 
 pub mod cgroup;
 pub mod runtime;
+pub mod runtime_api;
 pub mod workload;
 
 use std::{
@@ -13,8 +17,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-use cgroup::CgroupPaths;
+use cgroup::{CgroupPaths, ContainerRef, RuntimeHint};
 pub use runtime::{Metadata, Pod, StateRoots};
+use runtime_api::{ApiAnswer, ApiRequest, RuntimeApi};
 
 use crate::events::CgroupEvent;
 
@@ -30,15 +35,9 @@ enum Entry {
     Container {
         meta: Arc<Metadata>,
         checked: Instant,
+        /// Asked the runtime API; its answer completes `meta`.
+        awaiting_api: bool,
     },
-}
-
-pub struct Containers {
-    paths: Option<CgroupPaths>,
-    roots: StateRoots,
-    by_cgroup: HashMap<u64, Entry>,
-    /// Paths from the kernel's cgroup_mkdir events, with when the cgroup was removed.
-    known_paths: HashMap<u64, (String, Option<Instant>)>,
 }
 
 /// Whether a container whose runtime state was not found is looked up again right away.
@@ -57,35 +56,43 @@ pub enum Origin {
     Container(Arc<Metadata>),
 }
 
+pub struct Containers {
+    paths: Option<CgroupPaths>,
+    roots: StateRoots,
+    by_cgroup: HashMap<u64, Entry>,
+    /// Paths from the kernel's cgroup_mkdir events, with when the cgroup was removed.
+    known_paths: HashMap<u64, (String, Option<Instant>)>,
+    api: Option<RuntimeApi>,
+}
+
 impl Containers {
-    pub fn new(roots: StateRoots) -> Self {
+    pub fn new(roots: StateRoots, api: Option<RuntimeApi>) -> Self {
         let paths = CgroupPaths::open()
-            .map_err(|err| {
-                log::warn!(
-                    "cgroup ids cannot be resolved directly ({err}); using /proc/<pid>/cgroup"
-                )
-            })
+            .map_err(|err| log::warn!("cgroup ids unresolvable ({err}); using /proc/<pid>/cgroup"))
             .ok();
         Containers {
             paths,
             roots,
             by_cgroup: HashMap::new(),
             known_paths: HashMap::new(),
+            api,
         }
     }
 
     /// A cgroup appeared or went away (kernel event). New ones are looked up right away, while
     /// the runtime's state is most likely still there.
     pub fn on_cgroup(&mut self, event: &CgroupEvent) {
+        let now = Instant::now();
+        match self.known_paths.get_mut(&event.id) {
+            Some((_, removed)) if !event.created => *removed = Some(now),
+            _ => {
+                let removed = (!event.created).then_some(now);
+                self.known_paths
+                    .insert(event.id, (event.path.clone(), removed));
+            }
+        }
         if event.created {
-            self.known_paths
-                .insert(event.id, (event.path.clone(), None));
             self.resolve(event.id, 0, Lookup::Cached);
-        } else if let Some((_, removed)) = self.known_paths.get_mut(&event.id) {
-            *removed = Some(Instant::now());
-        } else {
-            self.known_paths
-                .insert(event.id, (event.path.clone(), Some(Instant::now())));
         }
     }
 
@@ -93,37 +100,111 @@ impl Containers {
     /// runtime state cannot be found is still reported, with what its cgroup path says
     /// (`Metadata::incomplete`).
     pub fn resolve(&mut self, cgroup_id: u64, pid: u32, lookup: Lookup) -> Origin {
+        self.collect_answers();
         match self.by_cgroup.get(&cgroup_id) {
             Some(Entry::Host) => {
                 return Origin::Host {
                     cgroup: self.path(cgroup_id, pid),
                 };
             }
-            Some(Entry::Container { meta, checked })
-                if !meta.incomplete
-                    || (lookup == Lookup::Cached && checked.elapsed() < RETRY_INCOMPLETE) =>
+            Some(Entry::Container {
+                meta,
+                checked,
+                awaiting_api,
+            }) if !meta.incomplete
+                || *awaiting_api
+                || (lookup == Lookup::Cached && checked.elapsed() < RETRY_INCOMPLETE) =>
             {
                 return Origin::Container(meta.clone());
             }
             _ => {}
         }
         let path = self.path(cgroup_id, pid);
-        let entry = match path.as_deref().and_then(cgroup::parse) {
-            None => Entry::Host,
-            Some(container) => {
-                let cgroup = path.as_deref().unwrap_or_default();
-                let meta = runtime::lookup(&self.roots, &container, cgroup)
-                    .unwrap_or_else(|| runtime::from_path(&container, cgroup));
-                Entry::Container {
-                    meta: Arc::new(meta),
-                    checked: Instant::now(),
-                }
-            }
+        let Some(container) = path.as_deref().and_then(cgroup::parse) else {
+            self.by_cgroup.insert(cgroup_id, Entry::Host);
+            return Origin::Host { cgroup: path };
         };
-        self.by_cgroup.insert(cgroup_id, entry.clone());
-        match entry {
-            Entry::Container { meta, .. } => Origin::Container(meta),
-            Entry::Host => Origin::Host { cgroup: path },
+        let cgroup = path.as_deref().unwrap_or_default();
+        let mut meta = runtime::lookup(&self.roots, &container, cgroup)
+            .unwrap_or_else(|| runtime::from_path(&container, cgroup));
+        let awaiting_api = self.ask_api(cgroup_id, &container, &meta);
+        meta.incomplete |= awaiting_api;
+        let meta = Arc::new(meta);
+        let entry = Entry::Container {
+            meta: meta.clone(),
+            checked: Instant::now(),
+            awaiting_api,
+        };
+        self.by_cgroup.insert(cgroup_id, entry);
+        Origin::Container(meta)
+    }
+
+    /// Asks the runtime API for what its state files do not hold: the image of containerd
+    /// containers, the pod labels of CRI containers. Returns whether it asked.
+    fn ask_api(&self, cgroup_id: u64, container: &ContainerRef, meta: &Metadata) -> bool {
+        let Some(api) = &self.api else { return false };
+        let kubernetes = matches!(
+            container.hint,
+            RuntimeHint::Containerd | RuntimeHint::Crio | RuntimeHint::Cri
+        ) || container.namespace.as_deref() == Some("k8s.io");
+        let containerd = meta.runtime == "containerd" && container.namespace.is_some();
+        if !kubernetes && !containerd {
+            return false;
+        }
+        api.request(ApiRequest {
+            cgroup_id,
+            container_id: container.id.clone(),
+            namespace: container
+                .namespace
+                .clone()
+                .unwrap_or_else(|| "k8s.io".into()),
+            cri: kubernetes,
+        });
+        true
+    }
+
+    /// Merges the runtime API's answers into the cached metadata.
+    fn collect_answers(&mut self) {
+        let Some(api) = &self.api else { return };
+        for ApiAnswer {
+            cgroup_id,
+            ok,
+            runtime,
+            name,
+            image,
+            pod,
+        } in api.answers()
+        {
+            let Some(Entry::Container {
+                meta, awaiting_api, ..
+            }) = self.by_cgroup.get_mut(&cgroup_id)
+            else {
+                continue;
+            };
+            let mut merged = (**meta).clone();
+            merged.name = name.or(merged.name);
+            merged.image = image.or(merged.image);
+            merged.pod = pod.or(merged.pod);
+            if ok && merged.runtime == "unknown" {
+                merged.runtime = runtime.unwrap_or(merged.runtime);
+            }
+            // Still incomplete when neither the runtime state nor the API knew the container.
+            merged.incomplete = !ok && merged.runtime == "unknown";
+            *meta = Arc::new(merged);
+            *awaiting_api = false;
+        }
+    }
+
+    /// Whether a record from this cgroup should wait: its metadata is being fetched, or its
+    /// runtime state may still appear (the cgroup is alive).
+    pub fn is_pending(&mut self, cgroup_id: u64) -> bool {
+        self.collect_answers();
+        match self.by_cgroup.get(&cgroup_id) {
+            Some(Entry::Container {
+                awaiting_api: true, ..
+            }) => true,
+            Some(Entry::Container { meta, .. }) => meta.incomplete && self.is_alive(cgroup_id),
+            _ => false,
         }
     }
 
@@ -135,6 +216,17 @@ impl Containers {
             .as_ref()
             .and_then(|p| p.path_of(cgroup_id))
             .or_else(|| (pid != 0).then(|| cgroup::path_of_pid(pid)).flatten())
+    }
+
+    /// Whether the cgroup still exists (as far as the kernel's events or the cgroupfs say).
+    pub fn is_alive(&self, cgroup_id: u64) -> bool {
+        match self.known_paths.get(&cgroup_id) {
+            Some((_, removed)) => removed.is_none(),
+            None => self
+                .paths
+                .as_ref()
+                .is_some_and(|p| p.path_of(cgroup_id).is_some()),
+        }
     }
 
     /// Forgets cgroups removed more than `REMOVED_GRACE` ago (and, for cgroups the kernel did
@@ -150,27 +242,12 @@ impl Containers {
         });
     }
 
-    /// Whether the cgroup still exists (as far as the kernel's events or the cgroupfs say).
-    pub fn is_alive(&self, cgroup_id: u64) -> bool {
-        match self.known_paths.get(&cgroup_id) {
-            Some((_, removed)) => removed.is_none(),
-            None => self
-                .paths
-                .as_ref()
-                .is_some_and(|p| p.path_of(cgroup_id).is_some()),
-        }
-    }
-
     /// Containers currently known.
     pub fn containers(&self) -> usize {
         self.by_cgroup
             .values()
             .filter(|e| matches!(e, Entry::Container { .. }))
             .count()
-    }
-
-    pub fn cgroups(&self) -> usize {
-        self.by_cgroup.len().max(self.known_paths.len())
     }
 }
 
