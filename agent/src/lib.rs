@@ -8,6 +8,7 @@
 pub mod cli;
 pub mod containers;
 pub mod events;
+pub mod footprint;
 pub mod pipeline;
 pub mod policy;
 pub mod probes;

@@ -76,6 +76,8 @@ impl FileRule {
 #[derive(Debug, Default)]
 pub struct Catalog {
     pub files: Vec<FileRule>,
+    /// Names of the network endpoint entries (judged by the network stage).
+    pub endpoints: Vec<String>,
 }
 
 /// What the in-kernel filter gets from the catalogue. Values are indices into `Catalog::files`
@@ -88,6 +90,15 @@ pub struct PathKeys {
 }
 
 impl Catalog {
+    /// Every entry name an allow may refer to.
+    pub fn entry_names(&self) -> std::collections::BTreeSet<String> {
+        self.files
+            .iter()
+            .map(|f| f.name.clone())
+            .chain(self.endpoints.iter().cloned())
+            .collect()
+    }
+
     /// The first rule that matches `path`.
     pub fn match_path(&self, path: &[u8]) -> Option<(usize, &FileRule)> {
         self.files
@@ -181,6 +192,7 @@ fn compile_glob(pattern: &str) -> Result<globset::Glob, String> {
 #[derive(Default)]
 pub struct CatalogBuilder {
     rules: Vec<FileRule>,
+    endpoints: Vec<String>,
     /// Where each entry name was defined, for duplicate reports.
     seen: BTreeMap<String, String>,
 }
@@ -266,6 +278,19 @@ impl CatalogBuilder {
             }
         }
         for endpoint in doc.spec.endpoints {
+            let here = format!("{}:{}", source.file.display(), line);
+            if let Some(first) = self.seen.insert(endpoint.name.clone(), here) {
+                problems.push(source.locate(
+                    line,
+                    &format!("name: {}", endpoint.name),
+                    format!(
+                        "duplicate catalogue entry {:?} (first defined at {first})",
+                        endpoint.name
+                    ),
+                ));
+                continue;
+            }
+            self.endpoints.push(endpoint.name.clone());
             if endpoint.addresses.is_empty() && endpoint.hosts.is_empty() {
                 problems.push(source.locate(
                     line,
@@ -276,8 +301,11 @@ impl CatalogBuilder {
         }
     }
 
-    pub fn finish(self, _problems: &mut [Problem]) -> Catalog {
-        Catalog { files: self.rules }
+    pub fn finish(self) -> Catalog {
+        Catalog {
+            files: self.rules,
+            endpoints: self.endpoints,
+        }
     }
 }
 

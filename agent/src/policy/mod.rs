@@ -4,6 +4,7 @@
 //! rather than stopping at the first, so `credwatch check` can show a whole broken edit at once.
 
 pub mod catalog;
+pub mod footprint;
 
 use std::{
     fmt,
@@ -11,8 +12,10 @@ use std::{
 };
 
 use serde::Deserialize;
+use sha2::Digest as _;
 
 pub use catalog::Catalog;
+pub use footprint::{Action, Footprint};
 
 pub const API_VERSION: &str = "credwatch.dev/v1alpha1";
 
@@ -42,6 +45,9 @@ impl fmt::Display for Problem {
 #[derive(Debug, Default)]
 pub struct PolicySet {
     pub catalog: Catalog,
+    pub footprints: Vec<Footprint>,
+    /// sha256 over the policy files' names and contents, for `credwatch_policy_info`.
+    pub sha256: String,
     pub documents: usize,
     pub files: usize,
 }
@@ -79,7 +85,7 @@ impl Source<'_> {
         self.problem_at(from_line, 1, message)
     }
 
-    fn yaml_problem(&self, err: &serde_norway::Error) -> Problem {
+    pub(crate) fn yaml_problem(&self, err: &serde_norway::Error) -> Problem {
         let (line, column) = err.location().map_or((1, 1), |l| (l.line(), l.column()));
         // serde_norway appends " at line L column C"; the prefix already says where.
         let text = err.to_string();
@@ -125,6 +131,8 @@ pub fn load_dir(dir: &Path) -> Result<PolicySet, Vec<Problem>> {
     files.sort();
     let mut problems = Vec::new();
     let mut builder = catalog::CatalogBuilder::default();
+    let mut footprints = footprint::FootprintBuilder::default();
+    let mut digest = sha2::Sha256::new();
     let mut documents = 0;
     for file in &files {
         let text = match std::fs::read_to_string(file) {
@@ -140,9 +148,23 @@ pub fn load_dir(dir: &Path) -> Result<PolicySet, Vec<Problem>> {
             }
         };
         let source = Source { file, text: &text };
-        documents += load_documents(&source, &mut builder, &mut problems);
+        digest.update(
+            file.file_name()
+                .map(|n| n.as_encoded_bytes())
+                .unwrap_or_default(),
+        );
+        digest.update([0]);
+        digest.update(text.as_bytes());
+        digest.update([0]);
+        documents += load_documents(&source, &mut builder, &mut footprints, &mut problems);
     }
-    let catalog = builder.finish(&mut problems);
+    let catalog = builder.finish();
+    let footprints = footprints.finish(&catalog.entry_names(), &mut problems);
+    let sha256 = digest
+        .finalize()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
     if catalog.files.is_empty() && problems.is_empty() {
         problems.push(Problem {
             file: dir.to_path_buf(),
@@ -154,6 +176,8 @@ pub fn load_dir(dir: &Path) -> Result<PolicySet, Vec<Problem>> {
     if problems.is_empty() {
         Ok(PolicySet {
             catalog,
+            footprints,
+            sha256,
             documents,
             files: files.len(),
         })
@@ -180,6 +204,7 @@ fn policy_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
 fn load_documents(
     source: &Source,
     builder: &mut catalog::CatalogBuilder,
+    footprints: &mut footprint::FootprintBuilder,
     problems: &mut Vec<Problem>,
 ) -> usize {
     let heads = serde_norway::Deserializer::from_str(source.text);
@@ -211,9 +236,7 @@ fn load_documents(
         }
         match kind.as_str() {
             "CredentialCatalog" => builder.add_document(source, line, body, problems),
-            // Judged from the footprint stage on; accepted here so a shared policy directory
-            // loads unchanged.
-            "SecretFootprint" => {}
+            "SecretFootprint" => footprints.add_document(source, line, body, problems),
             other => problems.push(source.locate(
                 line,
                 other,
@@ -246,4 +269,98 @@ fn first_line_of_document(text: &str, n: usize) -> usize {
         }
     }
     1
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn problems(files: &[(&str, &str)]) -> Vec<String> {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::copy(
+            concat!(env!("CARGO_MANIFEST_DIR"), "/../policies/catalog.yaml"),
+            dir.path().join("catalog.yaml"),
+        )
+        .unwrap();
+        for (name, text) in files {
+            std::fs::write(dir.path().join(name), text).unwrap();
+        }
+        let prefix = format!("{}/", dir.path().display());
+        match load_dir(dir.path()) {
+            Ok(_) => Vec::new(),
+            Err(problems) => problems
+                .iter()
+                .map(|p| p.to_string().replace(&prefix, ""))
+                .collect(),
+        }
+    }
+
+    const HEAD: &str = "apiVersion: credwatch.dev/v1alpha1\nkind: SecretFootprint\n";
+
+    #[test]
+    fn every_problem_has_file_line_and_column() {
+        let found = problems(&[
+            (
+                "a.yaml",
+                &format!(
+                    "{HEAD}metadata: {{name: a}}\nspec:\n  selector: {{namespace: x}}\n  allow:\n    - secret: no-such-entry\n"
+                ),
+            ),
+            (
+                "b.yaml",
+                &format!("{HEAD}metadata: {{name: b}}\nspec:\n  selector: {{}}\n"),
+            ),
+            (
+                "c.yaml",
+                &format!("{HEAD}metadata: {{name: c}}\nspec:\n  selector: {{image: \"reg/[x\"}}\n"),
+            ),
+            (
+                "d.yaml",
+                &format!("{HEAD}metadata: {{name: d}}\nspec:\n  selectr: {{namespace: x}}\n"),
+            ),
+            (
+                "e.yaml",
+                "apiVersion: credwatch.dev/v1alpha1\nkind: Footprint\nmetadata: {name: e}\n",
+            ),
+            (
+                "f.yaml",
+                &format!("{HEAD}metadata: {{name: a}}\nspec:\n  selector: {{namespace: y}}\n"),
+            ),
+            (
+                "g.yaml",
+                "apiVersion: credwatch.dev/v1alpha1\nkind: SecretFootprint\nmetadata: {name: g\n",
+            ),
+        ]);
+        let expect = [
+            "a.yaml:7:7: allow names \"no-such-entry\", which no CredentialCatalog defines",
+            "b.yaml:5:3: selector has no key: it must say what it selects",
+            "c.yaml:5:22: bad glob \"reg/[x\": unclosed character class; missing ']'",
+            "d.yaml:5:3: spec: unknown field `selectr`, expected one of `selector`, `allow`, `action`",
+            "e.yaml:2:7: unknown kind \"Footprint\" (expected CredentialCatalog or SecretFootprint)",
+            "f.yaml:3:12: duplicate footprint \"a\" (first defined at a.yaml:1)",
+            "g.yaml:4:1: ",
+        ];
+        for e in expect {
+            assert!(
+                found.iter().any(|f| f.starts_with(e)),
+                "missing {e:?} in {found:#?}"
+            );
+        }
+        assert_eq!(found.len(), expect.len(), "{found:#?}");
+    }
+
+    #[test]
+    fn the_shipped_policies_and_examples_are_valid() {
+        let root = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../policies"));
+        let set = load_dir(root).unwrap_or_else(|p| panic!("{p:#?}"));
+        assert!(set.catalog.files.len() >= 10);
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::copy(root.join("catalog.yaml"), dir.path().join("catalog.yaml")).unwrap();
+        for entry in std::fs::read_dir(root.join("examples")).unwrap() {
+            let path = entry.unwrap().path();
+            std::fs::copy(&path, dir.path().join(path.file_name().unwrap())).unwrap();
+        }
+        let set = load_dir(dir.path()).unwrap_or_else(|p| panic!("{p:#?}"));
+        assert!(set.footprints.len() >= 3, "the examples define footprints");
+    }
 }
