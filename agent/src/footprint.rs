@@ -48,11 +48,15 @@ pub struct Judgement<'a> {
     pub action: Action,
 }
 
+/// `outside_root`: the file is not in the process' own filesystem view (the kernel's path walk
+/// left the process' root: another container's files through `/proc/<pid>/root/`, or the
+/// host's). Its path then says nothing about whose secret it is, so no allow can cover it.
 pub fn judge<'a>(
     footprints: &'a [Footprint],
     subject: &Subject,
     secret: &str,
     path: Option<&[u8]>,
+    outside_root: bool,
 ) -> Judgement<'a> {
     let selected: Vec<&Footprint> = footprints
         .iter()
@@ -85,6 +89,11 @@ pub fn judge<'a>(
         policy: Some(first),
         action,
     };
+    if outside_root {
+        return deviation(
+            "file outside the process' own filesystem (another container's or the host's)",
+        );
+    }
     let for_secret: Vec<(&Footprint, &crate::policy::footprint::Allow)> = selected
         .iter()
         .flat_map(|f| f.allows.iter().map(move |a| (*f, a)))
@@ -430,7 +439,7 @@ spec:
             ),
         ];
         for (what, subject, secret, path, verdict, reason, policy) in table {
-            let j = judge(&fps, &subject, secret, path);
+            let j = judge(&fps, &subject, secret, path, false);
             assert_eq!(
                 (j.verdict, j.reason, j.policy.map(|p| p.name.as_str())),
                 (verdict, reason, policy),
@@ -439,8 +448,14 @@ spec:
         }
         // A deviation's action is alert when any selecting footprint alerts.
         assert_eq!(
-            judge(&fps, &sub(api, shell), "mounted-secrets", db).action,
+            judge(&fps, &sub(api, shell), "mounted-secrets", db, false).action,
             Action::Alert
+        );
+        // The same path reached outside the process' root (another container's file).
+        let j = judge(&fps, &sub(api, server), "mounted-secrets", db, true);
+        assert_eq!(
+            (j.verdict, j.policy.map(|p| p.name.as_str())),
+            (Verdict::Deviation, Some("payments-api"))
         );
     }
 
@@ -457,6 +472,7 @@ spec:
             },
             "ssh-private-keys",
             None,
+            false,
         );
         assert_eq!(j.verdict, Verdict::Ignored);
     }

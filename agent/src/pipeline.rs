@@ -1,12 +1,12 @@
 //! Everything a kernel record passes through after it leaves the ring buffer: decoding, the
-//! process table, container attribution, credential matching, and the sinks.
+//! process table, container attribution, credential matching, the verdict, and the sinks.
 //!
-//! A record from a container whose runtime state is not readable yet (the first event of a
+//! A record from a container whose metadata is not readable yet (the first event of a
 //! brand-new container) is held for up to `HOLD` and written once the metadata is there, or
 //! with what is known when the deadline passes (counted in `credwatch_missing_metadata_total`).
 
 use std::{
-    collections::VecDeque,
+    collections::{HashMap, VecDeque},
     sync::Arc,
     time::{Duration, Instant},
 };
@@ -16,7 +16,8 @@ use log::warn;
 use crate::{
     containers::{Containers, Lookup, Origin},
     events::{self, Event, FileOpen, ProcessEventKind},
-    policy::Catalog,
+    footprint::{self, Subject, Verdict},
+    policy::{Action, PolicySet},
     process::ProcessTable,
     secrets::SecretTable,
     sinks::{self, forensic, metrics::Metrics},
@@ -24,17 +25,22 @@ use crate::{
 
 /// Longest a record waits for its container's metadata.
 pub const HOLD: Duration = Duration::from_millis(500);
+/// An allowed access is written once per (container, binary, secret) per this long.
+pub const ALLOWED_EVERY: Duration = Duration::from_secs(600);
 
-/// A record waiting for its container's metadata.
+/// A record waiting for its container's metadata and its verdict.
 struct Held {
     record: forensic::Record,
     cgroup_id: u64,
     pid: u32,
+    exe: Option<Vec<u8>>,
+    path: Vec<u8>,
+    outside_root: bool,
     until: Instant,
 }
 
 pub struct Pipeline {
-    pub catalog: Catalog,
+    pub policies: PolicySet,
     pub secrets: SecretTable,
     pub processes: ProcessTable,
     pub containers: Containers,
@@ -45,12 +51,14 @@ pub struct Pipeline {
     pub boot_to_unix_ns: i128,
     next_event: u64,
     held: VecDeque<Held>,
+    /// When an allowed (container, binary, secret) was last written.
+    allowed_logged: HashMap<(String, Vec<u8>, String), Instant>,
 }
 
 impl Pipeline {
     #[allow(clippy::too_many_arguments)]
     pub fn new(
-        catalog: Catalog,
+        policies: PolicySet,
         secrets: SecretTable,
         processes: ProcessTable,
         containers: Containers,
@@ -60,7 +68,7 @@ impl Pipeline {
         boot_to_unix_ns: i128,
     ) -> Self {
         Pipeline {
-            catalog,
+            policies,
             secrets,
             processes,
             containers,
@@ -70,6 +78,7 @@ impl Pipeline {
             boot_to_unix_ns,
             next_event: 0,
             held: VecDeque::new(),
+            allowed_logged: HashMap::new(),
         }
     }
 
@@ -101,10 +110,11 @@ impl Pipeline {
 
     fn file_open(&mut self, open: &FileOpen) {
         let process = self.processes.describe(open);
-        let Some(credential) = self.secrets.classify(&self.catalog, open, process.ns_pid) else {
+        let catalog = &self.policies.catalog;
+        let Some(credential) = self.secrets.classify(catalog, open, process.ns_pid) else {
             return; // the kernel keys are coarser than the globs
         };
-        let rule = &self.catalog.files[credential.rule];
+        let rule = &catalog.files[credential.rule];
         self.next_event += 1;
         let record = forensic::Record {
             schema: forensic::SCHEMA,
@@ -112,7 +122,7 @@ impl Pipeline {
             event_id: format!("{:016x}-{:08x}-{}", open.boot_ns, open.tid, self.next_event),
             node: self.node.clone(),
             verdict: "undeclared",
-            reason: "no footprint selects this process".into(),
+            reason: String::new(),
             kind: "file",
             secret: forensic::SecretSection {
                 name: rule.name.clone(),
@@ -122,11 +132,15 @@ impl Pipeline {
             process: sinks::process_section(&process, self.boot_to_unix_ns),
             container: None,
             pod: None,
+            policy: None,
         };
         let held = Held {
             record,
             cgroup_id: open.cgroup_id,
             pid: open.pid,
+            exe: process.exe,
+            path: credential.path,
+            outside_root: open.path_flags & credwatch_common::path_flag::OUTSIDE_ROOT != 0,
             until: Instant::now() + HOLD,
         };
         if let Some(still_waiting) = self.attribute(held, Instant::now()) {
@@ -134,14 +148,15 @@ impl Pipeline {
         }
     }
 
-    /// Adds the container and writes the record, or hands it back to wait for metadata.
+    /// Adds the container and the verdict and writes the record, or hands it back to wait for
+    /// the container's metadata.
     fn attribute(&mut self, mut held: Held, now: Instant) -> Option<Held> {
         let origin = self
             .containers
             .resolve(held.cgroup_id, held.pid, Lookup::Fresh);
-        let meta = match origin {
-            Origin::Container(meta) => Some(meta),
-            Origin::Host { .. } => None,
+        let (meta, host_cgroup) = match origin {
+            Origin::Container(meta) => (Some(meta), None),
+            Origin::Host { cgroup } => (None, cgroup),
         };
         if let Some(m) = &meta
             && m.incomplete
@@ -151,8 +166,32 @@ impl Pipeline {
             }
             self.metrics.missing_metadata.inc();
         }
-        held.record.container = meta.as_deref().map(sinks::container_section);
-        held.record.pod = meta.as_deref().and_then(sinks::pod_section);
+        let subject = Subject {
+            container: meta.as_deref(),
+            host_cgroup: host_cgroup.as_deref(),
+            exe: held.exe.as_deref(),
+        };
+        let secret = held.record.secret.name.clone();
+        let judgement = footprint::judge(
+            &self.policies.footprints,
+            &subject,
+            &secret,
+            Some(&held.path),
+            held.outside_root,
+        );
+        if judgement.verdict == Verdict::Ignored {
+            return None;
+        }
+        let record = &mut held.record;
+        record.verdict = judgement.verdict.as_str();
+        record.reason = judgement.reason.to_string();
+        record.policy = judgement.policy.map(|p| forensic::PolicySection {
+            name: p.name.clone(),
+            action: judgement.action.as_str(),
+        });
+        record.container = meta.as_deref().map(sinks::container_section);
+        record.pod = meta.as_deref().and_then(sinks::pod_section);
+
         let (namespace, workload, container) = match meta.as_deref() {
             Some(m) => (
                 m.pod
@@ -164,19 +203,41 @@ impl Pipeline {
             ),
             None => Default::default(),
         };
-        let record = &held.record;
+        let labels = [
+            namespace.as_str(),
+            &workload,
+            &container,
+            &secret,
+            record.kind,
+        ];
+        let [ns, wl, ct, sc, kind] = labels;
         self.metrics
             .credential_access
-            .with_label_values(&[
-                &namespace,
-                &workload,
-                &container,
-                &record.secret.name,
-                record.kind,
-                record.verdict,
-            ])
+            .with_label_values(&[ns, wl, ct, sc, kind, record.verdict])
             .inc();
-        if let Err(err) = self.log.write(record) {
+        if judgement.verdict == Verdict::Deviation && judgement.action == Action::Alert {
+            self.metrics
+                .deviations
+                .with_label_values(&[ns, wl, ct, sc, kind, judgement.reason])
+                .inc();
+        }
+        if judgement.verdict == Verdict::Allowed {
+            let key = (
+                meta.as_ref()
+                    .map_or_else(|| "host".to_string(), |m| m.id.clone()),
+                held.exe.clone().unwrap_or_default(),
+                secret,
+            );
+            if self
+                .allowed_logged
+                .get(&key)
+                .is_some_and(|at| now.duration_since(*at) < ALLOWED_EVERY)
+            {
+                return None;
+            }
+            self.allowed_logged.insert(key, now);
+        }
+        if let Err(err) = self.log.write(&held.record) {
             self.metrics
                 .events_lost
                 .with_label_values(&["log_write"])
@@ -202,5 +263,11 @@ impl Pipeline {
 
     pub fn has_held(&self) -> bool {
         !self.held.is_empty()
+    }
+
+    /// Forgets allowed-access timestamps older than the logging interval (bounded memory).
+    pub fn expire_allowed(&mut self, now: Instant) {
+        self.allowed_logged
+            .retain(|_, at| now.duration_since(*at) < ALLOWED_EVERY);
     }
 }

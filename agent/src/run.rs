@@ -65,7 +65,7 @@ pub fn run(opts: RunOptions) -> Result<()> {
     metrics.set_probes(&probes.status, stats);
     let ring = probes.take_events()?;
     let mut pipeline = Pipeline::new(
-        set.catalog,
+        set,
         secret_table,
         processes,
         Containers::new(StateRoots::default(), RuntimeApi::start(opts.cri_socket)),
@@ -93,6 +93,13 @@ pub fn run(opts: RunOptions) -> Result<()> {
         refresh.tick().await;
         let mut housekeeping = tokio::time::interval(Duration::from_secs(5));
         let mut hold_check = tokio::time::interval(Duration::from_millis(50));
+        let mut policy_check = tokio::time::interval(POLICY_CHECK);
+        let mut hangup = tokio::signal::unix::signal(SignalKind::hangup())?;
+        let mut reloader = Reloader {
+            dir: opts.policies.clone(),
+            rejected: None,
+        };
+        pipeline.metrics.set_policy(&pipeline.policies.sha256);
         let mut terminate = tokio::signal::unix::signal(SignalKind::terminate())?;
         let mut interrupt = tokio::signal::unix::signal(SignalKind::interrupt())?;
         eprintln!("credwatch: ready (metrics on http://{metrics_addr}/metrics)");
@@ -107,7 +114,7 @@ pub fn run(opts: RunOptions) -> Result<()> {
                     guard.clear_ready();
                 }
                 _ = refresh.tick() => {
-                    let (table, filter) = secrets::resolve(&pipeline.catalog);
+                    let (table, filter) = secrets::resolve(&pipeline.policies.catalog);
                     match probes.sync_filter(&filter) {
                         Ok(()) => pipeline.secrets = table,
                         Err(err) => warn!("refreshing the secret inodes failed: {err:#}"),
@@ -116,11 +123,14 @@ pub fn run(opts: RunOptions) -> Result<()> {
                 }
                 _ = housekeeping.tick() => {
                     pipeline.processes.expire(std::time::Instant::now());
+                    pipeline.expire_allowed(std::time::Instant::now());
                     pipeline.containers.sweep();
                     pipeline.metrics.processes.set(pipeline.processes.len() as i64);
                     pipeline.metrics.containers.set(pipeline.containers.containers() as i64);
                 }
                 _ = hold_check.tick(), if pipeline.has_held() => pipeline.release_held(false),
+                _ = policy_check.tick() => reloader.reload(&mut pipeline, &mut probes, false),
+                _ = hangup.recv() => reloader.reload(&mut pipeline, &mut probes, true),
                 _ = terminate.recv() => break,
                 _ = interrupt.recv() => break,
             }
@@ -131,6 +141,80 @@ pub fn run(opts: RunOptions) -> Result<()> {
         drop(probes);
         Ok(())
     })
+}
+
+/// How often the policy directory is checked for changes (SIGHUP reloads at once).
+const POLICY_CHECK: Duration = Duration::from_secs(2);
+
+/// Re-reads the policy directory when it changes. An invalid set is rejected with the same
+/// messages as `credwatch check` and the last good set keeps running.
+struct Reloader {
+    dir: PathBuf,
+    /// Digest of the last rejected content, so it is reported once, not on every check.
+    rejected: Option<String>,
+}
+
+impl Reloader {
+    fn reload(&mut self, pipeline: &mut Pipeline, probes: &mut Probes, forced: bool) {
+        let Some(digest) = policy::digest_dir(&self.dir) else {
+            warn!(
+                "policy directory {} unreadable; keeping the current policies",
+                self.dir.display()
+            );
+            return;
+        };
+        let unchanged =
+            digest == pipeline.policies.sha256 || self.rejected.as_ref() == Some(&digest);
+        if unchanged && !forced {
+            return;
+        }
+        match policy::load_dir(&self.dir) {
+            Ok(set) => {
+                let (table, filter) = secrets::resolve(&set.catalog);
+                if let Err(err) = probes.sync_filter(&filter) {
+                    warn!(
+                        "policy reload: updating the kernel filter failed: {err:#}; keeping the current policies"
+                    );
+                    pipeline
+                        .metrics
+                        .policy_reloads
+                        .with_label_values(&["failure"])
+                        .inc();
+                    return;
+                }
+                info!(
+                    "policy reload: {} document(s), {} footprint(s), sha256 {}",
+                    set.documents,
+                    set.footprints.len(),
+                    set.sha256
+                );
+                pipeline.metrics.set_policy(&set.sha256);
+                pipeline
+                    .metrics
+                    .policy_reloads
+                    .with_label_values(&["success"])
+                    .inc();
+                pipeline.secrets = table;
+                pipeline.policies = set;
+                self.rejected = None;
+            }
+            Err(problems) => {
+                for p in &problems {
+                    warn!("policy reload rejected: {p}");
+                }
+                warn!(
+                    "policy reload: {} problem(s); the last good policies keep running",
+                    problems.len()
+                );
+                pipeline
+                    .metrics
+                    .policy_reloads
+                    .with_label_values(&["failure"])
+                    .inc();
+                self.rejected = Some(digest);
+            }
+        }
+    }
 }
 
 fn print_probe_summary(probes: &Probes) {

@@ -164,7 +164,7 @@ impl SecretTable {
         let path = if open.path_flags & path_flag::LEXICAL != 0 {
             normalize_lexically(&open.path)
         } else {
-            open.path.clone()
+            without_atomic_writer_dirs(&open.path)
         };
         if is_own_proc_entry(&path, [Some(open.pid), Some(open.tid), ns_pid]) {
             return None;
@@ -192,6 +192,25 @@ fn is_own_proc_entry(path: &[u8], own: [Option<u32>; 3]) -> bool {
         return false;
     };
     own.contains(&Some(pid))
+}
+
+/// Kubernetes writes secret and ConfigMap volumes into `..<timestamp>` directories behind a
+/// `..data` symlink, so the kernel resolves `/run/secrets/token` to
+/// `/run/secrets/..2026_01_02_15_04_05.123/token`. Dropping those components gives the path
+/// users know (and write in footprints), across rotations.
+pub fn without_atomic_writer_dirs(path: &[u8]) -> Vec<u8> {
+    if !path.windows(2).any(|w| w == b"/.") {
+        return path.to_vec();
+    }
+    let mut out = Vec::with_capacity(path.len());
+    for part in path.split(|&b| b == b'/').filter(|p| !p.is_empty()) {
+        if part.len() > 2 && part.starts_with(b"..") {
+            continue;
+        }
+        out.push(b'/');
+        out.extend_from_slice(part);
+    }
+    out
 }
 
 /// Resolves `.` and `..` without touching the filesystem (for failed opens, whose path was
@@ -237,6 +256,24 @@ mod tests {
         assert_eq!(
             literal_dir("/etc/kubernetes/admin.conf"),
             Some(PathBuf::from("/etc/kubernetes"))
+        );
+    }
+
+    #[test]
+    fn atomic_writer_directories_are_dropped() {
+        assert_eq!(
+            without_atomic_writer_dirs(
+                b"/var/run/secrets/kubernetes.io/serviceaccount/..2026_01_02_15_04_05.1234/token"
+            ),
+            b"/var/run/secrets/kubernetes.io/serviceaccount/token"
+        );
+        assert_eq!(
+            without_atomic_writer_dirs(b"/root/.aws/credentials"),
+            b"/root/.aws/credentials"
+        );
+        assert_eq!(
+            without_atomic_writer_dirs(b"/run/secrets/..data/x"),
+            b"/run/secrets/x"
         );
     }
 

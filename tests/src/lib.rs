@@ -63,6 +63,13 @@ fn start_agent(prepare: fn(&Path) -> String, probe_mode: &str) -> Agent {
         policies.join("catalog.yaml"),
     )
     .unwrap();
+    // The suite's workloads run on the host too: a host footprint (with no allows) makes
+    // their accesses deviations instead of ignored host activity.
+    std::fs::write(
+        policies.join("e2e-host.yaml"),
+        "apiVersion: credwatch.dev/v1alpha1\nkind: SecretFootprint\nmetadata: {name: e2e-host}\nspec:\n  selector: {host: true}\n",
+    )
+    .unwrap();
     let extra = prepare(&work);
     std::fs::write(
         policies.join("e2e.yaml"),

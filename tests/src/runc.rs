@@ -51,6 +51,9 @@ pub fn rootfs() -> &'static Path {
         for applet in ["sh", "cat", "sleep", "ls", "echo", "head"] {
             std::os::unix::fs::symlink("busybox", root.join("bin").join(applet)).unwrap();
         }
+        // A second program (a busybox copy) for "read by a binary the footprint does not allow".
+        std::fs::create_dir_all(root.join("opt/tool")).unwrap();
+        std::fs::copy("/bin/busybox", root.join("opt/tool/cat")).unwrap();
         // Files runtimes bind-mount over (the rootfs is read-only, so the targets must exist).
         for file in ["etc/resolv.conf", "etc/hosts", "etc/hostname"] {
             std::fs::write(root.join(file), "").unwrap();
@@ -72,6 +75,16 @@ impl Container {
     /// Prepares a bundle: `secrets` are (file name, contents) under the container's
     /// /run/secrets; `args` is the command.
     pub fn new(id: &str, secrets: &[(&str, &str)], args: &[&str]) -> Container {
+        Self::with_spec(id, secrets, args, |_| {})
+    }
+
+    /// Like `new`, with a chance to edit the OCI spec (e.g. share the host's pid namespace).
+    pub fn with_spec(
+        id: &str,
+        secrets: &[(&str, &str)],
+        args: &[&str],
+        edit: impl FnOnce(&mut Value),
+    ) -> Container {
         let bundle = std::env::temp_dir().join(format!("credwatch-bundle-{id}"));
         let _ = std::fs::remove_dir_all(&bundle);
         let secrets_dir = bundle.join("secrets");
@@ -96,6 +109,7 @@ impl Container {
             "source": secrets_dir,
             "options": ["rbind", "ro"],
         }));
+        edit(&mut spec);
         std::fs::write(&spec_path, serde_json::to_vec_pretty(&spec).unwrap()).unwrap();
         Container {
             id: id.to_string(),

@@ -186,6 +186,31 @@ pub fn load_dir(dir: &Path) -> Result<PolicySet, Vec<Problem>> {
     }
 }
 
+/// sha256 over the policy files' names and contents: what `credwatch_policy_info` reports and
+/// how a change in the directory is noticed. None when the directory cannot be read.
+pub fn digest_dir(dir: &Path) -> Option<String> {
+    let mut files = policy_files(dir).ok()?;
+    files.sort();
+    let mut digest = sha2::Sha256::new();
+    for file in files {
+        digest.update(
+            file.file_name()
+                .map(|n| n.as_encoded_bytes())
+                .unwrap_or_default(),
+        );
+        digest.update([0]);
+        digest.update(std::fs::read(&file).unwrap_or_default());
+        digest.update([0]);
+    }
+    Some(
+        digest
+            .finalize()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect(),
+    )
+}
+
 fn policy_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
     let mut out = Vec::new();
     for entry in std::fs::read_dir(dir)? {

@@ -52,6 +52,15 @@ pub struct Record {
     pub container: Option<ContainerSection>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub pod: Option<PodSection>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub policy: Option<PolicySection>,
+}
+
+/// The footprint behind the verdict.
+#[derive(Serialize, Debug)]
+pub struct PolicySection {
+    pub name: String,
+    pub action: &'static str,
 }
 
 #[derive(Serialize, Debug, Default)]
@@ -110,6 +119,10 @@ pub struct FileSection {
     /// `path` is only the tail of a path deeper than the kernel walks.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub path_truncated: bool,
+    /// The file is outside the process' own filesystem view (another container's, reached
+    /// through `/proc/<pid>/root/`, or the host's): `path` is as that filesystem names it.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub outside_root: bool,
     /// The open failed, so `path` is the process' base directory joined with `raw_path`
     /// (lexically normalised, symlinks not resolved).
     #[serde(skip_serializing_if = "std::ops::Not::not")]

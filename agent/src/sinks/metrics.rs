@@ -18,7 +18,10 @@ use crate::probes::{KernelStats, ProbeStatus};
 pub struct Metrics {
     registry: Registry,
     pub credential_access: IntCounterVec,
+    pub deviations: IntCounterVec,
     pub events_lost: IntCounterVec,
+    pub policy_reloads: IntCounterVec,
+    policy_info: IntGaugeVec,
     kernel_events: IntCounterVec,
     probe_attached: IntGaugeVec,
     /// Processes in the process table (live, and exited within the grace period).
@@ -77,6 +80,31 @@ impl Metrics {
                     "kind",
                     "verdict",
                 ],
+            ),
+            deviations: counter(
+                &registry,
+                "credwatch_deviations_total",
+                "Credential accesses outside the declared footprint (footprints with action: alert).",
+                &[
+                    "namespace",
+                    "workload",
+                    "container",
+                    "secret",
+                    "kind",
+                    "reason",
+                ],
+            ),
+            policy_reloads: counter(
+                &registry,
+                "credwatch_policy_reloads_total",
+                "Policy reloads, by result (failure: rejected, the last good set kept running).",
+                &["result"],
+            ),
+            policy_info: gauge(
+                &registry,
+                "credwatch_policy_info",
+                "The policy set in force (1 for its sha256).",
+                &["sha256"],
             ),
             events_lost: counter(
                 &registry,
@@ -145,6 +173,14 @@ impl Metrics {
         self.events_lost.with_label_values(&["kernel_ringbuf"]);
         self.events_lost.with_label_values(&["decode"]);
         *self.kernel.lock().unwrap() = Some((stats, HashMap::new()));
+    }
+
+    /// Marks `sha256` as the policy set in force.
+    pub fn set_policy(&self, sha256: &str) {
+        self.policy_info.reset();
+        self.policy_info.with_label_values(&[sha256]).set(1);
+        self.policy_reloads.with_label_values(&["success"]);
+        self.policy_reloads.with_label_values(&["failure"]);
     }
 
     /// Pulls the kernel's per-CPU counters into the counters Prometheus sees.

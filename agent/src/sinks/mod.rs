@@ -48,6 +48,7 @@ pub fn file_section(open: &FileOpen, credential: &Credential) -> FileSection {
         errno: (open.result < 0).then(|| errno_name(-open.result)),
         syscall: open.syscall.name(),
         path_truncated: open.path_flags & credwatch_common::path_flag::TRUNCATED != 0,
+        outside_root: open.path_flags & credwatch_common::path_flag::OUTSIDE_ROOT != 0,
         path_unresolved: open.path_flags & credwatch_common::path_flag::LEXICAL != 0,
     }
 }
