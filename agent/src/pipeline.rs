@@ -53,6 +53,10 @@ pub struct Pipeline {
     held: VecDeque<Held>,
     /// When an allowed (container, binary, secret) was last written.
     allowed_logged: HashMap<(String, Vec<u8>, String), Instant>,
+    /// Containers whose filesystem has been searched for secret files.
+    scanned: std::collections::HashSet<u64>,
+    /// A container started running programs: search its filesystem soon.
+    rescan: bool,
 }
 
 impl Pipeline {
@@ -79,6 +83,8 @@ impl Pipeline {
             next_event: 0,
             held: VecDeque::new(),
             allowed_logged: HashMap::new(),
+            scanned: Default::default(),
+            rescan: false,
         }
     }
 
@@ -99,9 +105,16 @@ impl Pipeline {
             Event::Process(process) => {
                 self.processes.apply(&process);
                 if process.kind == ProcessEventKind::Exec {
-                    // A new program, maybe in a new container: look it up while it exists.
-                    self.containers
-                        .resolve(process.cgroup_id, process.pid, Lookup::Cached);
+                    // A new program, maybe in a new container: look it up while it exists, and
+                    // search a new container's filesystem for its secrets.
+                    let origin =
+                        self.containers
+                            .resolve(process.cgroup_id, process.pid, Lookup::Cached);
+                    if matches!(origin, Origin::Container(_))
+                        && self.scanned.insert(process.cgroup_id)
+                    {
+                        self.rescan = true;
+                    }
                 }
             }
             Event::Cgroup(cgroup) => self.containers.on_cgroup(&cgroup),
@@ -265,9 +278,27 @@ impl Pipeline {
         !self.held.is_empty()
     }
 
+    /// Whether a new container wants its filesystem searched (cleared by the call).
+    pub fn take_rescan(&mut self) -> bool {
+        std::mem::take(&mut self.rescan)
+    }
+
+    /// `/proc/<pid>/root` of a live process in each running container.
+    pub fn container_roots(&self) -> Vec<std::path::PathBuf> {
+        let cgroups = self.containers.live_container_cgroups();
+        self.processes
+            .pids_in_cgroups(&cgroups)
+            .into_iter()
+            .map(|pid| std::path::PathBuf::from(format!("/proc/{pid}/root")))
+            .filter(|root| root.exists())
+            .collect()
+    }
+
     /// Forgets allowed-access timestamps older than the logging interval (bounded memory).
     pub fn expire_allowed(&mut self, now: Instant) {
         self.allowed_logged
             .retain(|_, at| now.duration_since(*at) < ALLOWED_EVERY);
+        let live = self.containers.live_container_cgroups();
+        self.scanned.retain(|id| live.contains(id));
     }
 }

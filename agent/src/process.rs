@@ -73,8 +73,20 @@ impl ProcessTable {
         }
     }
 
+    /// A live process in each of `cgroups` (for looking into its container's filesystem).
+    pub fn pids_in_cgroups(&self, cgroups: &[u64]) -> Vec<u32> {
+        let mut found: HashMap<u64, u32> = HashMap::new();
+        for (pid, p) in &self.procs {
+            if p.exited.is_none() && cgroups.contains(&p.cgroup_id) {
+                found.entry(p.cgroup_id).or_insert(*pid);
+            }
+        }
+        found.into_values().collect()
+    }
+
     /// Every process alive now, from procfs.
     pub fn seed_from_procfs(&mut self) {
+        let cgroup2 = crate::containers::cgroup::cgroup2_mount();
         let Ok(all) = procfs::process::all_processes() else {
             return;
         };
@@ -88,7 +100,10 @@ impl ProcessTable {
                     ppid: stat.ppid as u32,
                     exe: read_exe(pid),
                     args: read_args(pid),
-                    cgroup_id: 0,
+                    cgroup_id: cgroup2
+                        .as_deref()
+                        .and_then(|m| cgroup_id_of(m, pid))
+                        .unwrap_or(0),
                     exited: None,
                 },
             );
@@ -234,6 +249,15 @@ impl ProcessTable {
         }
         info
     }
+}
+
+/// The cgroup v2 id of a process: the inode of its cgroup directory.
+fn cgroup_id_of(cgroup2: &std::path::Path, pid: u32) -> Option<u64> {
+    use std::os::unix::fs::MetadataExt as _;
+    let path = crate::containers::cgroup::path_of_pid(pid)?;
+    std::fs::metadata(cgroup2.join(path.trim_start_matches('/')))
+        .ok()
+        .map(|m| m.ino())
 }
 
 fn read_exe(pid: u32) -> Option<Vec<u8>> {

@@ -18,7 +18,7 @@ use crate::{
 };
 
 /// How often existing secret files are looked up again (new files, replaced inodes).
-const SECRET_REFRESH: Duration = Duration::from_secs(30);
+const SECRET_REFRESH: Duration = Duration::from_secs(10);
 
 pub struct RunOptions {
     pub policies: PathBuf,
@@ -46,7 +46,7 @@ pub fn run(opts: RunOptions) -> Result<()> {
         set.files,
         set.catalog.files.len()
     );
-    let (secret_table, filter) = secrets::resolve(&set.catalog);
+    let (secret_table, filter) = secrets::resolve(&set.catalog, &[]);
     // Seeded before the probes attach: processes started later arrive as events.
     let mut processes = ProcessTable::new();
     processes.seed_from_procfs();
@@ -114,11 +114,7 @@ pub fn run(opts: RunOptions) -> Result<()> {
                     guard.clear_ready();
                 }
                 _ = refresh.tick() => {
-                    let (table, filter) = secrets::resolve(&pipeline.policies.catalog);
-                    match probes.sync_filter(&filter) {
-                        Ok(()) => pipeline.secrets = table,
-                        Err(err) => warn!("refreshing the secret inodes failed: {err:#}"),
-                    }
+                    refresh_secrets(&mut pipeline, &mut probes);
                     pipeline.boot_to_unix_ns = boot_to_unix_ns();
                 }
                 _ = housekeeping.tick() => {
@@ -128,7 +124,13 @@ pub fn run(opts: RunOptions) -> Result<()> {
                     pipeline.metrics.processes.set(pipeline.processes.len() as i64);
                     pipeline.metrics.containers.set(pipeline.containers.containers() as i64);
                 }
-                _ = hold_check.tick(), if pipeline.has_held() => pipeline.release_held(false),
+                _ = hold_check.tick() => {
+                    pipeline.release_held(false);
+                    // A new container: learn its secrets' inodes now, not at the next refresh.
+                    if pipeline.take_rescan() {
+                        refresh_secrets(&mut pipeline, &mut probes);
+                    }
+                }
                 _ = policy_check.tick() => reloader.reload(&mut pipeline, &mut probes, false),
                 _ = hangup.recv() => reloader.reload(&mut pipeline, &mut probes, true),
                 _ = terminate.recv() => break,
@@ -141,6 +143,22 @@ pub fn run(opts: RunOptions) -> Result<()> {
         drop(probes);
         Ok(())
     })
+}
+
+/// Looks up the inodes of the catalogue's existing files, on the host and in every running
+/// container, and updates the kernel's secret-inode map (new containers, rotated secrets).
+fn refresh_secrets(pipeline: &mut Pipeline, probes: &mut Probes) {
+    let roots = pipeline.container_roots();
+    let (table, filter) = secrets::resolve(&pipeline.policies.catalog, &roots);
+    log::debug!(
+        "secret inodes: {} (host and {} container root(s))",
+        filter.inodes.len(),
+        roots.len()
+    );
+    match probes.sync_filter(&filter) {
+        Ok(()) => pipeline.secrets = table,
+        Err(err) => warn!("refreshing the secret inodes failed: {err:#}"),
+    }
 }
 
 /// How often the policy directory is checked for changes (SIGHUP reloads at once).
@@ -170,7 +188,7 @@ impl Reloader {
         }
         match policy::load_dir(&self.dir) {
             Ok(set) => {
-                let (table, filter) = secrets::resolve(&set.catalog);
+                let (table, filter) = secrets::resolve(&set.catalog, &pipeline.container_roots());
                 if let Err(err) = probes.sync_filter(&filter) {
                     warn!(
                         "policy reload: updating the kernel filter failed: {err:#}; keeping the current policies"

@@ -42,44 +42,52 @@ pub struct Credential {
     pub opened_path: Option<Vec<u8>>,
 }
 
-/// Finds the existing files the catalogue names below its literal directories, and builds the
-/// complete in-kernel filter (path keys + their inodes).
-pub fn resolve(catalog: &Catalog) -> (SecretTable, KernelFilter) {
+/// Finds the existing files the catalogue names below its literal directories, on the host and
+/// inside each container (`container_roots`: `/proc/<pid>/root` of a process in each), and
+/// builds the complete in-kernel filter (path keys + the inodes of those files).
+pub fn resolve(catalog: &Catalog, container_roots: &[PathBuf]) -> (SecretTable, KernelFilter) {
     let mut table = SecretTable::default();
     let mut inodes: BTreeMap<InodeKey, u32> = BTreeMap::new();
-    for (rule_index, rule) in catalog.files.iter().enumerate() {
-        for pattern in &rule.paths {
-            let Some(dir) = literal_dir(pattern) else {
-                continue;
-            };
-            let mut files = Vec::new();
-            collect_files(&dir, 0, &mut files);
-            for file in files {
-                if table.known.len() >= MAX_SECRET_FILES {
-                    log::warn!(
-                        "more than {MAX_SECRET_FILES} secret files; inode tracking stops here"
-                    );
-                    break;
-                }
-                let bytes = file.as_os_str().as_bytes();
-                if !rule.matches(bytes) {
-                    continue;
-                }
-                let Ok(meta) = std::fs::metadata(&file) else {
+    let roots = std::iter::once((PathBuf::from("/"), false))
+        .chain(container_roots.iter().map(|r| (r.clone(), true)));
+    for (root, confined) in roots {
+        for (rule_index, rule) in catalog.files.iter().enumerate() {
+            for pattern in &rule.paths {
+                let Some(dir) = literal_dir(pattern) else {
                     continue;
                 };
-                let key = InodeKey {
-                    dev: user_dev_to_kernel(meta.dev()),
-                    ino: meta.ino(),
-                };
-                if inodes.contains_key(&key) {
-                    continue;
+                let mut files = Vec::new();
+                let inside = root.join(dir.strip_prefix("/").unwrap_or(&dir));
+                collect_files(&inside, 0, confined, &mut files);
+                for file in files {
+                    if table.known.len() >= MAX_SECRET_FILES {
+                        log::warn!(
+                            "more than {MAX_SECRET_FILES} secret files; inode tracking stops here"
+                        );
+                        break;
+                    }
+                    // The path as the container (or host) sees it.
+                    let seen = Path::new("/").join(file.strip_prefix(&root).unwrap_or(&file));
+                    let bytes = seen.as_os_str().as_bytes();
+                    if !rule.matches(bytes) {
+                        continue;
+                    }
+                    let Ok(meta) = std::fs::metadata(&file) else {
+                        continue;
+                    };
+                    let key = InodeKey {
+                        dev: user_dev_to_kernel(meta.dev()),
+                        ino: meta.ino(),
+                    };
+                    if inodes.contains_key(&key) {
+                        continue;
+                    }
+                    table.known.push(KnownSecret {
+                        rule: rule_index,
+                        path: bytes.to_vec(),
+                    });
+                    inodes.insert(key, table.known.len() as u32);
                 }
-                table.known.push(KnownSecret {
-                    rule: rule_index,
-                    path: bytes.to_vec(),
-                });
-                inodes.insert(key, table.known.len() as u32);
             }
         }
     }
@@ -116,8 +124,10 @@ fn literal_dir(pattern: &str) -> Option<PathBuf> {
 
 /// Regular files below `dir`. Symlinked files are followed (Kubernetes mounts secrets as
 /// symlinks into `..data`); symlinked directories and `..`-prefixed atomic-writer internals are
-/// not descended into, so every secret is found under the name users know.
-fn collect_files(dir: &Path, depth: usize, out: &mut Vec<PathBuf>) {
+/// not descended into, so every secret is found under the name users know. Inside a container
+/// (`confined`) only relative symlinks without `..` steps are followed: anything else would be
+/// resolved against the host's filesystem, not the container's.
+fn collect_files(dir: &Path, depth: usize, confined: bool, out: &mut Vec<PathBuf>) {
     if depth > MAX_WALK_DEPTH || out.len() >= MAX_SECRET_FILES {
         return;
     }
@@ -135,11 +145,23 @@ fn collect_files(dir: &Path, depth: usize, out: &mut Vec<PathBuf>) {
             continue;
         };
         if kind.is_dir() {
-            collect_files(&path, depth + 1, out);
+            collect_files(&path, depth + 1, confined, out);
+        } else if kind.is_symlink() && confined && !is_contained_link(&path) {
+            continue;
         } else if std::fs::metadata(&path).is_ok_and(|m| m.is_file()) {
             out.push(path);
         }
     }
+}
+
+/// A relative symlink whose target never steps up (`..data/token` is fine, `../x` is not).
+fn is_contained_link(path: &Path) -> bool {
+    std::fs::read_link(path).is_ok_and(|target| {
+        target.is_relative()
+            && target
+                .components()
+                .all(|c| matches!(c, std::path::Component::Normal(_)))
+    })
 }
 
 impl SecretTable {

@@ -230,3 +230,37 @@ fn a_secret_rotated_the_kubernetes_way_is_still_detected() {
     assert_eq!(record["file"]["path"], "/run/secrets/token", "{record:#}");
     assert_eq!(record["secret"]["name"], "mounted-secrets");
 }
+
+/// The agent looks into each container's filesystem for its secrets: a hardlink to the secret
+/// elsewhere in the container is caught by inode and named as the secret.
+#[test]
+fn a_hardlink_inside_a_container_names_the_secret() {
+    let agent = setup();
+    let id = id("links");
+    let script = "sleep 1; cat /data/innocent.txt; sleep 30";
+    let c = Container::new(&id, &[("db_password", "x")], &["/bin/sh", "-c", script]);
+    // Same filesystem as the secrets directory, outside every catalogue path.
+    let data = c.bundle.join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    std::fs::hard_link(c.secrets.join("db_password"), data.join("innocent.txt")).unwrap();
+    add_bind_mount(&c, &data, "/data");
+    c.start();
+    let record = agent.wait_record("hardlink", |r| {
+        r["container"]["id"] == id.as_str() && r["file"]["raw_path"] == "/data/innocent.txt"
+    });
+    assert_eq!(
+        record["file"]["path"], "/run/secrets/db_password",
+        "{record:#}"
+    );
+    assert_eq!(record["file"]["opened_path"], "/data/innocent.txt");
+    assert_eq!(record["secret"]["name"], "mounted-secrets");
+}
+
+fn add_bind_mount(c: &Container, source: &Path, destination: &str) {
+    let spec_path = c.bundle.join("config.json");
+    let mut spec: Value = serde_json::from_slice(&std::fs::read(&spec_path).unwrap()).unwrap();
+    spec["mounts"].as_array_mut().unwrap().push(serde_json::json!({
+        "destination": destination, "type": "bind", "source": source, "options": ["rbind", "ro"],
+    }));
+    std::fs::write(&spec_path, serde_json::to_vec_pretty(&spec).unwrap()).unwrap();
+}

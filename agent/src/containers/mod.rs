@@ -242,6 +242,15 @@ impl Containers {
         });
     }
 
+    /// cgroup ids of the containers whose cgroup still exists.
+    pub fn live_container_cgroups(&self) -> Vec<u64> {
+        self.by_cgroup
+            .iter()
+            .filter(|(id, e)| matches!(e, Entry::Container { .. }) && self.is_alive(**id))
+            .map(|(id, _)| *id)
+            .collect()
+    }
+
     /// Containers currently known.
     pub fn containers(&self) -> usize {
         self.by_cgroup

@@ -215,7 +215,7 @@ impl CatalogBuilder {
             if let Some(first) = self.seen.insert(entry.name.clone(), here) {
                 problems.push(source.locate(
                     line,
-                    &entry.name,
+                    &format!("name: {}", entry.name),
                     format!(
                         "duplicate catalogue entry {:?} (first defined at {first})",
                         entry.name
