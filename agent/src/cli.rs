@@ -44,6 +44,13 @@ enum Command {
         #[arg(long, default_value = "./policies")]
         policies: PathBuf,
     },
+    /// Re-judge recorded accesses (a forensic log) against a policy directory, without eBPF.
+    Replay {
+        #[arg(long, default_value = "./policies")]
+        policies: PathBuf,
+        /// A forensic log (JSON lines).
+        file: PathBuf,
+    },
     /// Print the version.
     Version,
 }
@@ -91,6 +98,7 @@ pub fn main() -> ExitCode {
             cri_socket,
         }),
         Command::Check { policies } => check(&policies),
+        Command::Replay { policies, file } => crate::replay::replay(&policies, &file),
         Command::Version => {
             println!("credwatch {}", env!("CARGO_PKG_VERSION"));
             Ok(())

@@ -13,6 +13,7 @@ pub mod pipeline;
 pub mod policy;
 pub mod probes;
 pub mod process;
+pub mod replay;
 pub mod run;
 pub mod secrets;
 pub mod sinks;
