@@ -89,13 +89,16 @@ pub fn main() -> ExitCode {
             metrics_addr,
             node_name,
             cri_socket,
-            ..
+            log_max_bytes,
+            log_keep,
         } => run::run(run::RunOptions {
             policies,
             log,
             metrics_addr,
             node_name,
             cri_socket,
+            log_max_bytes,
+            log_keep,
         }),
         Command::Check { policies } => check(&policies),
         Command::Replay { policies, file } => crate::replay::replay(&policies, &file),

@@ -27,6 +27,9 @@ pub struct RunOptions {
     pub node_name: Option<String>,
     /// The runtime socket for the containerd API / CRI (auto-detected when None).
     pub cri_socket: Option<PathBuf>,
+    /// Rotate the log file at this size, keeping this many old files.
+    pub log_max_bytes: u64,
+    pub log_keep: u32,
 }
 
 pub fn run(opts: RunOptions) -> Result<()> {
@@ -69,7 +72,7 @@ pub fn run(opts: RunOptions) -> Result<()> {
         secret_table,
         processes,
         Containers::new(StateRoots::default(), RuntimeApi::start(opts.cri_socket)),
-        forensic::ForensicLog::open(&opts.log)?,
+        forensic::ForensicLog::open(&opts.log, opts.log_max_bytes, opts.log_keep)?,
         metrics.clone(),
         opts.node_name.unwrap_or_else(hostname),
         boot_to_unix_ns(),

@@ -5,15 +5,12 @@
 //! literal backslash as `\\`, so nothing is dropped and the escaping is unambiguous. JSON's
 //! own escaping (quotes, control characters) is done by serde_json on top.
 
-use std::{
-    fs::{File, OpenOptions},
-    io::Write as _,
-    os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _},
-    path::{Path, PathBuf},
-};
+use std::{io::Write as _, path::Path};
 
 use anyhow::{Context as _, Result};
 use serde::Serialize;
+
+use super::logfile::LogFile;
 
 pub const SCHEMA: u32 = 1;
 
@@ -156,22 +153,20 @@ pub struct AncestorSection {
     pub args: Option<Vec<String>>,
 }
 
-/// Where records go: stdout or a file created 0600.
+/// Where records go: stdout, or a rotated log file (see `logfile`).
 pub enum ForensicLog {
     Stdout,
-    File { path: PathBuf, file: File },
+    File(LogFile),
 }
 
 impl ForensicLog {
-    pub fn open(target: &str) -> Result<Self> {
+    pub fn open(target: &str, max_bytes: u64, keep: u32) -> Result<Self> {
         if target == "-" {
             return Ok(ForensicLog::Stdout);
         }
-        let path = PathBuf::from(target);
-        Ok(ForensicLog::File {
-            file: open_private(&path)?,
-            path,
-        })
+        let log = LogFile::open(Path::new(target), max_bytes, keep)
+            .with_context(|| format!("opening forensic log {target}"))?;
+        Ok(ForensicLog::File(log))
     }
 
     /// Writes one record as one line with a single write, so lines never interleave.
@@ -180,28 +175,10 @@ impl ForensicLog {
         line.push(b'\n');
         match self {
             ForensicLog::Stdout => std::io::stdout().lock().write_all(&line)?,
-            ForensicLog::File { file, path } => file
-                .write_all(&line)
-                .with_context(|| format!("writing {}", path.display()))?,
+            ForensicLog::File(log) => log.write_line(&line).context("writing the forensic log")?,
         }
         Ok(())
     }
-}
-
-fn open_private(path: &Path) -> Result<File> {
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(dir)
-            .with_context(|| format!("creating {}", dir.display()))?;
-    }
-    OpenOptions::new()
-        .create(true)
-        .append(true)
-        .mode(0o600)
-        .open(path)
-        .with_context(|| format!("opening forensic log {}", path.display()))
 }
 
 #[cfg(test)]

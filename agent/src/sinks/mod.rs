@@ -1,6 +1,7 @@
 //! Where judged accesses go: the forensic log and Prometheus metrics.
 
 pub mod forensic;
+pub mod logfile;
 pub mod metrics;
 
 use forensic::{
