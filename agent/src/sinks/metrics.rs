@@ -172,6 +172,7 @@ impl Metrics {
         // Make both families visible before the first event.
         self.events_lost.with_label_values(&["kernel_ringbuf"]);
         self.events_lost.with_label_values(&["decode"]);
+        self.events_lost.with_label_values(&["log_write"]);
         *self.kernel.lock().unwrap() = Some((stats, HashMap::new()));
     }
 
