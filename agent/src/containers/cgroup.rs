@@ -8,14 +8,22 @@ use std::{
 };
 
 /// Where cgroup2 is mounted: `/sys/fs/cgroup/unified` on hybrid hosts, `/sys/fs/cgroup` on pure
-/// cgroup2 hosts (read from mountinfo).
+/// cgroup2 hosts (read from mountinfo). The last one wins: in a pod, the host's cgroupfs mounted
+/// over the runtime's (namespaced) one is what resolves every container's cgroup.
 pub fn cgroup2_mount() -> Option<PathBuf> {
     let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
-    mountinfo.lines().find_map(|line| {
-        let (left, right) = line.split_once(" - ")?;
-        let mount_point = left.split(' ').nth(4)?;
-        (right.split(' ').next() == Some("cgroup2")).then(|| PathBuf::from(mount_point))
-    })
+    last_cgroup2_mount(&mountinfo)
+}
+
+fn last_cgroup2_mount(mountinfo: &str) -> Option<PathBuf> {
+    mountinfo
+        .lines()
+        .filter_map(|line| {
+            let (left, right) = line.split_once(" - ")?;
+            let mount_point = left.split(' ').nth(4)?;
+            (right.split(' ').next() == Some("cgroup2")).then(|| PathBuf::from(mount_point))
+        })
+        .last()
 }
 
 /// Resolves cgroup ids with `open_by_handle_at` on the cgroup2 mount: a kernfs file handle is
@@ -267,6 +275,26 @@ mod tests {
                 None,
                 Some("default".into())
             ))
+        );
+    }
+
+    #[test]
+    fn the_last_cgroup2_mount_wins() {
+        let hybrid = "41 31 0:38 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw\n";
+        assert_eq!(
+            last_cgroup2_mount(hybrid),
+            Some(PathBuf::from("/sys/fs/cgroup/unified"))
+        );
+        let pod = "100 90 0:30 /kubepods/pod1/abc /sys/fs/cgroup ro - cgroup2 cgroup rw\n\
+                   120 100 0:30 / /sys/fs/cgroup rw - cgroup2 cgroup rw\n\
+                   130 90 0:5 / /dev rw - tmpfs tmpfs rw\n";
+        assert_eq!(
+            last_cgroup2_mount(pod),
+            Some(PathBuf::from("/sys/fs/cgroup"))
+        );
+        assert_eq!(
+            last_cgroup2_mount("1 0 0:1 / / rw - ext4 /dev/vda rw\n"),
+            None
         );
     }
 
