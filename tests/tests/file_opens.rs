@@ -380,3 +380,72 @@ fn short_lived_readers_keep_exe_args_and_ancestors() {
         "the reader has exited"
     );
 }
+
+/// Hostile strings from a workload (a file name with a newline, quotes and an invalid UTF-8
+/// byte; control characters in comm; invalid UTF-8 in argv; a ~4 KiB path) are escaped, never
+/// dropped, and every record stays one parseable JSON line.
+#[test]
+fn hostile_strings_are_escaped_and_round_trip() {
+    use std::os::unix::ffi::OsStrExt as _;
+    let agent = setup();
+    let dir = agent.work.join("secrets");
+    let evil = std::ffi::OsStr::from_bytes(b"evil\n\"name\xff");
+    let evil_path = dir.join(evil);
+    std::fs::write(&evil_path, "x").unwrap();
+    let mut long = dir.join("long");
+    for i in 0..15 {
+        long.push(format!("{i:x}{}", "d".repeat(250)));
+    }
+    std::fs::create_dir_all(&long).unwrap();
+    let long_file = long.join("secret");
+    std::fs::write(&long_file, "x").unwrap();
+    assert!(long_file.as_os_str().len() > 3800);
+
+    let mut child = std::process::Command::new(credwatch_tests::helper_binary("credwatch-opener"))
+        .args(["--comm", "a\x1b[31m\"b", "--hold", "openat"])
+        .arg(&evil_path)
+        .arg(std::ffi::OsStr::from_bytes(b"\xfe\x01\"junk"))
+        .args(["--next", "openat"])
+        .arg(&long_file)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let records = agent.wait_records(pid, 2);
+    drop(child.stdin.take());
+    child.wait().unwrap();
+    // Every line of the log is one JSON object (the newline in the name did not split one).
+    let text = std::fs::read_to_string(&agent.log).unwrap();
+    for line in text.lines() {
+        serde_json::from_str::<Value>(line).unwrap_or_else(|e| panic!("{e}: {line:?}"));
+    }
+    let evil_record = records
+        .iter()
+        .find(|r| r["file"]["path"].as_str().unwrap().contains("evil"))
+        .unwrap();
+    let expected = format!("{}/evil\n\"name\\xff", dir.display());
+    assert_eq!(
+        evil_record["file"]["path"],
+        expected.as_str(),
+        "{evil_record:#}"
+    );
+    assert_eq!(evil_record["process"]["comm"], "a\x1b[31m\"b");
+    assert_eq!(
+        evil_record["process"]["args"][6], "\\xfe\x01\"junk",
+        "{evil_record:#}"
+    );
+    let long_record = records
+        .iter()
+        .find(|r| r["file"]["path"].as_str().unwrap().ends_with("/secret"))
+        .unwrap();
+    assert_eq!(
+        long_record["file"]["path"],
+        long_file.display().to_string().as_str()
+    );
+    assert_eq!(
+        long_record["file"]["raw_path"].as_str().unwrap().len(),
+        1023,
+        "raw path kept up to its bound"
+    );
+}

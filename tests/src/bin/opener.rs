@@ -8,12 +8,13 @@
 //! per op; with --hold it then waits for stdin to close, so the test can read /proc/P.
 
 use std::{
-    ffi::CString,
+    ffi::{CString, OsStr, OsString},
     io::{Read as _, Write as _},
+    os::unix::ffi::OsStrExt as _,
 };
 
-fn c(s: &str) -> CString {
-    CString::new(s).expect("no NUL in argument")
+fn c(s: &OsStr) -> CString {
+    CString::new(s.as_bytes()).expect("no NUL in argument")
 }
 
 fn ret(r: i64) -> i64 {
@@ -24,7 +25,7 @@ fn ret(r: i64) -> i64 {
     }
 }
 
-fn run(op: &str, args: &[String]) -> i64 {
+fn run(op: &str, args: &[OsString]) -> i64 {
     let a = |i: usize| c(&args[i]);
     // SAFETY: raw syscalls with valid C strings and structs; fds are closed after use.
     unsafe {
@@ -108,7 +109,10 @@ unsafe fn by_handle(path: &CString) -> i64 {
             "name_to_handle_at: {}",
             std::io::Error::last_os_error()
         );
-        let mount_fd = libc::open(c("/").as_ptr(), libc::O_RDONLY | libc::O_DIRECTORY);
+        let mount_fd = libc::open(
+            c(OsStr::new("/")).as_ptr(),
+            libc::O_RDONLY | libc::O_DIRECTORY,
+        );
         let r = ret(libc::syscall(
             libc::SYS_open_by_handle_at,
             mount_fd,
@@ -121,17 +125,18 @@ unsafe fn by_handle(path: &CString) -> i64 {
 }
 
 fn main() {
-    let mut args: Vec<String> = std::env::args().skip(1).collect();
+    // Arguments are raw bytes: tests pass paths and arguments that are not UTF-8.
+    let mut args: Vec<OsString> = std::env::args_os().skip(1).collect();
     let mut hold = false;
     let mut uid = None;
     loop {
-        match args.first().map(String::as_str) {
+        match args.first().and_then(|a| a.to_str()) {
             Some("--hold") => {
                 hold = true;
                 args.remove(0);
             }
             Some("--cpu") => {
-                let cpu: usize = args[1].parse().expect("cpu");
+                let cpu: usize = args[1].to_str().and_then(|a| a.parse().ok()).expect("cpu");
                 // SAFETY: a zeroed cpu_set_t with one bit set, for this process.
                 unsafe {
                     let mut set: libc::cpu_set_t = std::mem::zeroed();
@@ -144,8 +149,19 @@ fn main() {
                 }
                 args.drain(..2);
             }
+            Some("--comm") => {
+                let name = c(&args[1]);
+                // SAFETY: PR_SET_NAME with a valid C string (the kernel keeps 15 bytes).
+                unsafe { libc::prctl(libc::PR_SET_NAME, name.as_ptr()) };
+                args.drain(..2);
+            }
             Some("--uid") => {
-                uid = Some(args[1].parse::<u32>().expect("uid"));
+                uid = Some(
+                    args[1]
+                        .to_str()
+                        .and_then(|a| a.parse::<u32>().ok())
+                        .expect("uid"),
+                );
                 args.drain(..2);
             }
             _ => break,
@@ -162,9 +178,10 @@ fn main() {
     let mut out = std::io::stdout();
     writeln!(out, "pid={}", std::process::id()).unwrap();
     for op in args.split(|a| a == "--next") {
-        let (name, mut rest) = (op[0].as_str(), op[1..].to_vec());
+        let (name, mut rest) = (op[0].to_str().expect("op name"), op[1..].to_vec());
         let repeat = match rest
             .last()
+            .and_then(|l| l.to_str())
             .and_then(|l| l.strip_prefix('x'))
             .and_then(|n| n.parse().ok())
         {
