@@ -4,9 +4,9 @@
 use std::{fmt, mem::size_of};
 
 use credwatch_common::{
-    ARGS_BYTES, CGROUP_MKDIR, CGROUP_PATH_BYTES, CGROUP_RMDIR, CgroupRecord, FILENAME_BYTES,
-    FileOpenRecord, KIND_CGROUP, KIND_FILE_OPEN, KIND_PROCESS, PATH_BYTES, ProcessRecord,
-    RAW_PATH_BYTES, RecordHeader, WIRE_VERSION, probe, process_event,
+    ARGS_BYTES, CGROUP_MKDIR, CGROUP_PATH_BYTES, CGROUP_RMDIR, CgroupRecord, ConnectRecord,
+    FILENAME_BYTES, FileOpenRecord, KIND_CGROUP, KIND_CONNECT, KIND_FILE_OPEN, KIND_PROCESS,
+    PATH_BYTES, ProcessRecord, RAW_PATH_BYTES, RecordHeader, WIRE_VERSION, probe, process_event,
 };
 
 /// A file-open syscall, decoded.
@@ -112,9 +112,29 @@ pub struct CgroupEvent {
     pub path: String,
 }
 
+/// A connect() to a catalogue endpoint's address and port.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Connect {
+    pub boot_ns: u64,
+    pub pid: u32,
+    pub tid: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub cgroup_id: u64,
+    pub start_boottime: u64,
+    pub result: i64,
+    /// The address as the process gave it (v4-mapped IPv6 shown as IPv4).
+    pub address: std::net::IpAddr,
+    pub ipv6_socket: bool,
+    pub port: u16,
+    pub endpoint: u32,
+    pub comm: Vec<u8>,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {
     FileOpen(Box<FileOpen>),
+    Connect(Box<Connect>),
     Process(Box<ProcessEvent>),
     Cgroup(CgroupEvent),
 }
@@ -155,6 +175,7 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
         KIND_FILE_OPEN => decode_file_open(bytes, header),
         KIND_PROCESS => decode_process(bytes, header),
         KIND_CGROUP => decode_cgroup(bytes, header),
+        KIND_CONNECT => decode_connect(bytes, header),
         other => Err(DecodeError::Kind(other)),
     }
 }
@@ -192,6 +213,41 @@ fn decode_process(bytes: &[u8], header: RecordHeader) -> Result<Event, DecodeErr
         filename: is_exec.then(|| rec.filename[..filename_len].to_vec()),
         args: (is_exec && args_ok).then(|| split_args(&rec.args[..args_len])),
         args_truncated: rec.flags & credwatch_common::process_flag::ARGS_TRUNCATED != 0,
+    })))
+}
+
+fn decode_connect(bytes: &[u8], header: RecordHeader) -> Result<Event, DecodeError> {
+    if header.size as usize != size_of::<ConnectRecord>() || bytes.len() < header.size as usize {
+        return Err(DecodeError::SizeMismatch {
+            header: header.size,
+            actual: bytes.len(),
+        });
+    }
+    let rec: ConnectRecord = read_pod(bytes)?;
+    let ipv6_socket = match rec.family {
+        2 => false,
+        10 => true,
+        other => return Err(DecodeError::BadField("family", other as u64)),
+    };
+    let v6 = std::net::Ipv6Addr::from(rec.addr);
+    let address = match v6.to_ipv4_mapped() {
+        Some(v4) => std::net::IpAddr::V4(v4),
+        None => std::net::IpAddr::V6(v6),
+    };
+    Ok(Event::Connect(Box::new(Connect {
+        boot_ns: rec.boot_ns,
+        pid: rec.pid,
+        tid: rec.tid,
+        uid: rec.uid,
+        gid: rec.gid,
+        cgroup_id: rec.cgroup_id,
+        start_boottime: rec.start_boottime,
+        result: rec.result,
+        address,
+        ipv6_socket,
+        port: rec.port,
+        endpoint: rec.endpoint,
+        comm: until_nul(&rec.comm).to_vec(),
     })))
 }
 

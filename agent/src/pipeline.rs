@@ -34,7 +34,8 @@ struct Held {
     cgroup_id: u64,
     pid: u32,
     exe: Option<Vec<u8>>,
-    path: Vec<u8>,
+    /// The file's path (None for network accesses).
+    path: Option<Vec<u8>>,
     outside_root: bool,
     until: Instant,
 }
@@ -102,6 +103,7 @@ impl Pipeline {
         };
         match event {
             Event::FileOpen(open) => self.file_open(&open),
+            Event::Connect(connect) => self.connect(&connect),
             Event::Process(process) => {
                 self.processes.apply(&process);
                 if process.kind == ProcessEventKind::Exec {
@@ -142,6 +144,7 @@ impl Pipeline {
                 catalog_entry: format!("{}/{}", rule.catalog, rule.name),
             },
             file: Some(sinks::file_section(open, &credential)),
+            network: None,
             process: sinks::process_section(&process, self.boot_to_unix_ns),
             container: None,
             pod: None,
@@ -152,8 +155,59 @@ impl Pipeline {
             cgroup_id: open.cgroup_id,
             pid: open.pid,
             exe: process.exe,
-            path: credential.path,
+            path: Some(credential.path),
             outside_root: open.path_flags & credwatch_common::path_flag::OUTSIDE_ROOT != 0,
+            until: Instant::now() + HOLD,
+        };
+        if let Some(still_waiting) = self.attribute(held, Instant::now()) {
+            self.held.push_back(still_waiting);
+        }
+    }
+
+    fn connect(&mut self, c: &events::Connect) {
+        let process = self.processes.describe_connect(c);
+        let Some(endpoint) = self.policies.catalog.endpoint(c.endpoint) else {
+            return; // the catalogue changed since the kernel matched it
+        };
+        let family = match (c.ipv6_socket, c.address) {
+            (false, _) => "ipv4",
+            (true, std::net::IpAddr::V4(_)) => "ipv4-mapped",
+            (true, std::net::IpAddr::V6(_)) => "ipv6",
+        };
+        self.next_event += 1;
+        let record = forensic::Record {
+            schema: forensic::SCHEMA,
+            ts: sinks::rfc3339(self.boot_to_unix_ns + c.boot_ns as i128).unwrap_or_default(),
+            event_id: format!("{:016x}-{:08x}-{}", c.boot_ns, c.tid, self.next_event),
+            node: self.node.clone(),
+            verdict: "undeclared",
+            reason: String::new(),
+            kind: "network",
+            secret: forensic::SecretSection {
+                name: endpoint.name.clone(),
+                catalog_entry: format!("{}/{}", endpoint.catalog, endpoint.name),
+            },
+            file: None,
+            network: Some(forensic::NetworkSection {
+                address: c.address.to_string(),
+                port: c.port,
+                family,
+                hostname: None,
+                service: endpoint.name.clone(),
+                result: c.result,
+            }),
+            process: sinks::process_section(&process, self.boot_to_unix_ns),
+            container: None,
+            pod: None,
+            policy: None,
+        };
+        let held = Held {
+            record,
+            cgroup_id: c.cgroup_id,
+            pid: c.pid,
+            exe: process.exe,
+            path: None,
+            outside_root: false,
             until: Instant::now() + HOLD,
         };
         if let Some(still_waiting) = self.attribute(held, Instant::now()) {
@@ -189,7 +243,7 @@ impl Pipeline {
             &self.policies.footprints,
             &subject,
             &secret,
-            Some(&held.path),
+            held.path.as_deref(),
             held.outside_root,
         );
         if judgement.verdict == Verdict::Ignored {

@@ -193,6 +193,33 @@ impl ProcessTable {
         (same || start_ns == 0).then_some(entry)
     }
 
+    /// The process behind a connect.
+    pub fn describe_connect(&mut self, c: &crate::events::Connect) -> ProcessInfo {
+        // The same lookup as for a file open; only these fields matter to it.
+        let as_open = FileOpen {
+            boot_ns: c.boot_ns,
+            pid: c.pid,
+            tid: c.tid,
+            uid: c.uid,
+            gid: c.gid,
+            cgroup_id: c.cgroup_id,
+            syscall: crate::events::Syscall::Openat,
+            flags: 0,
+            result: c.result,
+            dev: 0,
+            ino: 0,
+            dirfd: 0,
+            start_boottime: c.start_boottime,
+            secret_id: 0,
+            matched: 0,
+            path_flags: 0,
+            comm: c.comm.clone(),
+            raw_path: None,
+            path: Vec::new(),
+        };
+        self.describe(&as_open)
+    }
+
     /// The process behind a file open, from the table, falling back to procfs.
     pub fn describe(&mut self, open: &FileOpen) -> ProcessInfo {
         let mut info = ProcessInfo {

@@ -96,6 +96,7 @@ pub fn resolve(catalog: &Catalog, container_roots: &[PathBuf]) -> (SecretTable, 
         KernelFilter {
             paths: catalog.path_keys(),
             inodes,
+            endpoints: catalog.endpoint_keys(),
         },
     )
 }

@@ -48,7 +48,7 @@ pub fn rootfs() -> &'static Path {
             std::fs::create_dir_all(root.join(dir)).unwrap();
         }
         std::fs::copy("/bin/busybox", root.join("bin/busybox")).unwrap();
-        for applet in ["sh", "cat", "sleep", "ls", "echo", "head"] {
+        for applet in ["sh", "cat", "sleep", "ls", "echo", "head", "wget"] {
             std::os::unix::fs::symlink("busybox", root.join("bin").join(applet)).unwrap();
         }
         // A second program (a busybox copy) for "read by a binary the footprint does not allow".

@@ -3,6 +3,9 @@
 
 use std::{collections::BTreeMap, ffi::OsStr, os::unix::ffi::OsStrExt as _, path::Path};
 
+use std::net::{IpAddr, Ipv6Addr};
+
+use credwatch_common::{ENDPOINT_PORTS, EndpointValue};
 use globset::{Candidate, GlobBuilder, GlobSet, GlobSetBuilder};
 use serde::Deserialize;
 
@@ -76,8 +79,8 @@ impl FileRule {
 #[derive(Debug, Default)]
 pub struct Catalog {
     pub files: Vec<FileRule>,
-    /// Names of the network endpoint entries (judged by the network stage).
-    pub endpoints: Vec<String>,
+    /// Network endpoints (secret managers, metadata services).
+    pub endpoints: Vec<EndpointRule>,
 }
 
 /// What the in-kernel filter gets from the catalogue. Values are indices into `Catalog::files`
@@ -90,12 +93,38 @@ pub struct PathKeys {
 }
 
 impl Catalog {
+    /// The kernel's endpoint map: (IPv6-form address, prefix length) → endpoint id and ports.
+    /// On overlapping networks the longer prefix wins (LPM); equal ones go to the first entry.
+    pub fn endpoint_keys(&self) -> BTreeMap<([u8; 16], u32), EndpointValue> {
+        let mut keys = BTreeMap::new();
+        for (index, rule) in self.endpoints.iter().enumerate() {
+            let mut value = EndpointValue {
+                id: index as u32 + 1,
+                port_count: rule.ports.len() as u32,
+                ports: [0; ENDPOINT_PORTS],
+            };
+            for (slot, port) in value.ports.iter_mut().zip(&rule.ports) {
+                *slot = *port;
+            }
+            for (addr, len) in &rule.networks {
+                keys.entry((masked(addr, *len), *len as u32))
+                    .or_insert(value);
+            }
+        }
+        keys
+    }
+
+    /// The endpoint a recorded connect matched (the kernel's map value).
+    pub fn endpoint(&self, id: u32) -> Option<&EndpointRule> {
+        self.endpoints.get((id as usize).checked_sub(1)?)
+    }
+
     /// Every entry name an allow may refer to.
     pub fn entry_names(&self) -> std::collections::BTreeSet<String> {
         self.files
             .iter()
             .map(|f| f.name.clone())
-            .chain(self.endpoints.iter().cloned())
+            .chain(self.endpoints.iter().map(|e| e.name.clone()))
             .collect()
     }
 
@@ -124,6 +153,37 @@ impl Catalog {
             }
         }
         keys
+    }
+}
+
+/// One `endpoints` entry of the catalogue, compiled.
+#[derive(Debug, Clone)]
+pub struct EndpointRule {
+    pub name: String,
+    pub catalog: String,
+    /// (network address, prefix length) in IPv6 form (IPv4 mapped).
+    pub networks: Vec<(Ipv6Addr, u8)>,
+    /// Host names (matched against DNS answers by the network stage).
+    pub hosts: Vec<String>,
+    /// Empty = any port.
+    pub ports: Vec<u16>,
+}
+
+/// "169.254.169.254", "10.0.0.0/8", "fd00:ec2::254/128" → IPv6 form (IPv4 mapped, prefix + 96).
+pub fn parse_network(text: &str) -> Option<(Ipv6Addr, u8)> {
+    let (addr, len) = match text.split_once('/') {
+        Some((a, l)) => (a.parse::<IpAddr>().ok()?, Some(l.parse::<u8>().ok()?)),
+        None => (text.parse::<IpAddr>().ok()?, None),
+    };
+    match addr {
+        IpAddr::V4(v4) => {
+            let len = len.unwrap_or(32);
+            (len <= 32).then(|| (v4.to_ipv6_mapped(), 96 + len))
+        }
+        IpAddr::V6(v6) => {
+            let len = len.unwrap_or(128);
+            (len <= 128).then_some((v6, len))
+        }
     }
 }
 
@@ -192,7 +252,7 @@ fn compile_glob(pattern: &str) -> Result<globset::Glob, String> {
 #[derive(Default)]
 pub struct CatalogBuilder {
     rules: Vec<FileRule>,
-    endpoints: Vec<String>,
+    endpoints: Vec<EndpointRule>,
     /// Where each entry name was defined, for duplicate reports.
     seen: BTreeMap<String, String>,
 }
@@ -290,7 +350,6 @@ impl CatalogBuilder {
                 ));
                 continue;
             }
-            self.endpoints.push(endpoint.name.clone());
             if endpoint.addresses.is_empty() && endpoint.hosts.is_empty() {
                 problems.push(source.locate(
                     line,
@@ -298,10 +357,38 @@ impl CatalogBuilder {
                     format!("endpoint {:?} needs addresses or hosts", endpoint.name),
                 ));
             }
+            if endpoint.ports.len() > ENDPOINT_PORTS {
+                problems.push(source.locate(
+                    line,
+                    &endpoint.name,
+                    format!(
+                        "endpoint {:?} lists {} ports; at most {ENDPOINT_PORTS}",
+                        endpoint.name,
+                        endpoint.ports.len()
+                    ),
+                ));
+            }
+            let mut networks = Vec::new();
+            for address in &endpoint.addresses {
+                match parse_network(address) {
+                    Some(network) => networks.push(network),
+                    None => problems.push(source.locate(line, address, format!(
+                        "bad address {address:?}: expected an IP address or CIDR (10.0.0.0/8, fd00:ec2::254/128)"
+                    ))),
+                }
+            }
+            self.endpoints.push(EndpointRule {
+                name: endpoint.name,
+                catalog: catalog_name.clone(),
+                networks,
+                hosts: endpoint.hosts,
+                ports: endpoint.ports,
+            });
         }
     }
 
     pub fn finish(self) -> Catalog {
+        // (endpoints keep their order: ids are positions)
         Catalog {
             files: self.rules,
             endpoints: self.endpoints,
@@ -365,5 +452,39 @@ mod tests {
     fn relative_patterns_are_rejected() {
         assert!(compile_glob("secrets/*").is_err());
         assert!(compile_glob("/ok/[").is_err());
+    }
+}
+
+/// The address with the bits past `len` cleared (LPM keys must not carry host bits).
+fn masked(addr: &Ipv6Addr, len: u8) -> [u8; 16] {
+    let bits = u128::from_be_bytes(addr.octets());
+    let mask = if len == 0 {
+        0
+    } else {
+        u128::MAX << (128 - len as u32)
+    };
+    (bits & mask).to_be_bytes()
+}
+
+#[cfg(test)]
+mod endpoint_tests {
+    use super::*;
+
+    #[test]
+    fn networks_parse_into_ipv6_form() {
+        let (a, l) = parse_network("169.254.169.254").unwrap();
+        assert_eq!(
+            (a.to_string(), l),
+            ("::ffff:169.254.169.254".to_string(), 128)
+        );
+        assert_eq!(parse_network("10.0.0.0/8").unwrap().1, 104);
+        assert_eq!(parse_network("fd00:ec2::254/128").unwrap().1, 128);
+        assert_eq!(parse_network("0.0.0.0/0").unwrap().1, 96);
+        assert!(parse_network("10.0.0.0/33").is_none());
+        assert!(parse_network("vault.svc").is_none());
+        assert_eq!(
+            masked(&"::ffff:10.1.2.3".parse().unwrap(), 104),
+            "::ffff:10.0.0.0".parse::<Ipv6Addr>().unwrap().octets()
+        );
     }
 }

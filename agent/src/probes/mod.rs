@@ -12,7 +12,8 @@ use aya::{
     programs::TracePoint,
 };
 use credwatch_common::{
-    InodeKey, PATH_KEY_BYTES, PathKeyData, STATS_ENTRIES, globals, maps, outcome, probe,
+    EndpointValue, InodeKey, PATH_KEY_BYTES, PathKeyData, STATS_ENTRIES, globals, maps, outcome,
+    probe,
 };
 use log::{info, warn};
 
@@ -36,6 +37,7 @@ pub struct Probes {
     /// (dev, ino) currently in the kernel's secret-inode map.
     inodes: BTreeMap<InodeKey, u32>,
     paths: PathKeys,
+    endpoints: BTreeMap<([u8; 16], u32), EndpointValue>,
 }
 
 /// The entries the in-kernel filter should hold.
@@ -43,6 +45,8 @@ pub struct Probes {
 pub struct KernelFilter {
     pub paths: PathKeys,
     pub inodes: BTreeMap<InodeKey, u32>,
+    /// (IPv6-form network, prefix length) → endpoint.
+    pub endpoints: BTreeMap<([u8; 16], u32), EndpointValue>,
 }
 
 impl Probes {
@@ -78,6 +82,7 @@ impl Probes {
             ebpf,
             status: Vec::new(),
             inodes: BTreeMap::new(),
+            endpoints: BTreeMap::new(),
             paths: PathKeys::default(),
         };
         let file_probes = &probe::NAMES[..probe::FILE_OPEN_COUNT as usize];
@@ -97,6 +102,16 @@ impl Probes {
             let status = probes.attach_cgroup_tracepoint(probe::NAMES[probe as usize]);
             probes.record(status);
         }
+        let connect = probe::NAMES[probe::CONNECT as usize];
+        let status = match mode {
+            ArgsMode::FromRegisters { .. } => probes.attach_syscall(connect, mode),
+            ArgsMode::SavedAtEntry => ProbeStatus {
+                probe: connect,
+                mode: None,
+                detail: "needs bpf_task_pt_regs (the tracepoint-exit mode)".into(),
+            },
+        };
+        probes.record(status);
         Ok(probes)
     }
 
@@ -256,6 +271,28 @@ impl Probes {
             &self.paths.suffixes,
             &want.paths.suffixes,
         )?;
+        {
+            let mut endpoints: LpmTrie<_, [u8; 16], EndpointValue> = LpmTrie::try_from(
+                self.ebpf
+                    .map_mut(maps::ENDPOINTS)
+                    .ok_or_else(|| anyhow!("endpoint map missing"))?,
+            )?;
+            for ((addr, len), value) in &want.endpoints {
+                if self.endpoints.get(&(*addr, *len)) != Some(value) {
+                    endpoints
+                        .insert(&Key::new(*len, *addr), value, 0)
+                        .context("inserting an endpoint")?;
+                }
+            }
+            for (addr, len) in self
+                .endpoints
+                .keys()
+                .filter(|k| !want.endpoints.contains_key(k))
+            {
+                let _ = endpoints.remove(&Key::new(*len, *addr));
+            }
+        }
+        self.endpoints = want.endpoints.clone();
         self.inodes = want.inodes.clone();
         self.paths = PathKeys {
             prefixes: want.paths.prefixes.clone(),

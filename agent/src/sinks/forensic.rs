@@ -44,6 +44,8 @@ pub struct Record {
     pub secret: SecretSection,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub file: Option<FileSection>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub network: Option<NetworkSection>,
     pub process: ProcessSection,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub container: Option<ContainerSection>,
@@ -124,6 +126,22 @@ pub struct FileSection {
     /// (lexically normalised, symlinks not resolved).
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub path_unresolved: bool,
+}
+
+#[derive(Serialize, Debug, Default)]
+pub struct NetworkSection {
+    /// The address the process connected to (IPv4 shown as IPv4 even from an IPv6 socket).
+    pub address: String,
+    pub port: u16,
+    /// "ipv4", "ipv6", or "ipv4-mapped" (an IPv4 address through an IPv6 socket).
+    pub family: &'static str,
+    /// The catalogue host name the address was learned for (from DNS), when known.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hostname: Option<String>,
+    /// The catalogue endpoint.
+    pub service: String,
+    /// 0, or -errno (-EINPROGRESS: a non-blocking connect under way).
+    pub result: i64,
 }
 
 #[derive(Serialize, Debug, Default)]

@@ -13,6 +13,10 @@ pub const WIRE_VERSION: u16 = 1;
 pub const KIND_FILE_OPEN: u16 = 1;
 pub const KIND_PROCESS: u16 = 2;
 pub const KIND_CGROUP: u16 = 3;
+pub const KIND_CONNECT: u16 = 4;
+
+/// Ports kept per catalogue endpoint in the kernel's address map (0 entries = any port).
+pub const ENDPOINT_PORTS: usize = 8;
 
 /// Bytes kept of a cgroup path.
 pub const CGROUP_PATH_BYTES: usize = 512;
@@ -39,6 +43,7 @@ pub mod maps {
     pub const SECRET_INODES: &str = "SECRET_INODES";
     pub const PATH_PREFIXES: &str = "PATH_PREFIXES";
     pub const PATH_SUFFIXES: &str = "PATH_SUFFIXES";
+    pub const ENDPOINTS: &str = "ENDPOINTS";
 }
 
 /// Names of the load-time globals the agent sets.
@@ -61,7 +66,8 @@ pub mod probe {
     pub const EXIT: u32 = 7;
     pub const CGROUP_MKDIR: u32 = 8;
     pub const CGROUP_RMDIR: u32 = 9;
-    pub const COUNT: u32 = 10;
+    pub const CONNECT: u32 = 10;
+    pub const COUNT: u32 = 11;
     /// How many of the first probes are file-open syscalls.
     pub const FILE_OPEN_COUNT: u32 = 5;
     /// Names as used in metrics and log records (`sys_` dropped).
@@ -76,6 +82,7 @@ pub mod probe {
         "sched_process_exit",
         "cgroup_mkdir",
         "cgroup_rmdir",
+        "connect",
     ];
 }
 
@@ -96,6 +103,42 @@ pub struct CgroupRecord {
 
 pub const CGROUP_MKDIR: u32 = 1;
 pub const CGROUP_RMDIR: u32 = 2;
+
+/// A `connect()` to an address (and port) of a catalogue endpoint.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct ConnectRecord {
+    pub header: RecordHeader,
+    pub boot_ns: u64,
+    pub pid: u32,
+    pub tid: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub cgroup_id: u64,
+    pub start_boottime: u64,
+    /// 0, or -errno (-EINPROGRESS for a non-blocking connect in progress).
+    pub result: i64,
+    /// AF_INET or AF_INET6 as the process asked.
+    pub family: u16,
+    /// Host byte order.
+    pub port: u16,
+    /// The endpoint map's value (catalogue endpoint index + 1).
+    pub endpoint: u32,
+    /// IPv6, or IPv4 mapped into IPv6 (::ffff:a.b.c.d).
+    pub addr: [u8; 16],
+    pub comm: [u8; 16],
+}
+
+/// Value of the endpoint LPM trie (keys: 128-bit IPv6 or v4-mapped prefixes).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EndpointValue {
+    /// Catalogue endpoint index + 1.
+    pub id: u32,
+    /// How many of `ports` are used; 0 = any port.
+    pub port_count: u32,
+    pub ports: [u16; ENDPOINT_PORTS],
+}
 
 /// Values of [`ProcessRecord::event`].
 pub mod process_event {
@@ -313,6 +356,8 @@ mod user {
     unsafe impl aya::Pod for super::FileOpenRecord {}
     unsafe impl aya::Pod for super::ProcessRecord {}
     unsafe impl aya::Pod for super::CgroupRecord {}
+    unsafe impl aya::Pod for super::ConnectRecord {}
+    unsafe impl aya::Pod for super::EndpointValue {}
     unsafe impl aya::Pod for super::InodeKey {}
     unsafe impl aya::Pod for super::KernelOffsets {}
 }

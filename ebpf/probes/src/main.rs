@@ -9,6 +9,7 @@
 #![no_main]
 
 mod cgroup;
+mod connect;
 mod filter;
 mod open;
 mod process;
@@ -22,8 +23,8 @@ use aya_ebpf::{
     programs::{BtfTracePointContext, TracePointContext},
 };
 use credwatch_common::{
-    CGROUP_MKDIR, CGROUP_RMDIR, CgroupRecord, InodeKey, KernelOffsets, PathKeyData, ProcessRecord,
-    STATS_ENTRIES, probe,
+    CGROUP_MKDIR, CGROUP_RMDIR, CgroupRecord, EndpointValue, InodeKey, KernelOffsets, PathKeyData,
+    ProcessRecord, STATS_ENTRIES, probe,
 };
 
 /// Filled by the agent from `/sys/kernel/btf/vmlinux` before load.
@@ -53,6 +54,9 @@ static PATH_SUFFIXES: LpmTrie<PathKeyData, u32> = LpmTrie::with_max_entries(4096
 static PENDING_SLOT: PerCpuArray<open::PendingOpen> = PerCpuArray::with_max_entries(1, 0);
 #[map(name = "PENDING_SPILL")]
 static PENDING_SPILL: HashMap<u64, open::PendingOpen> = HashMap::with_max_entries(16384, 0);
+/// Credential endpoint addresses (v6, IPv4 mapped), filled from the catalogue.
+#[map(name = "ENDPOINTS")]
+static ENDPOINTS: LpmTrie<[u8; 16], EndpointValue> = LpmTrie::with_max_entries(4096, 0);
 /// Per-CPU working memory for cgroup records.
 #[map(name = "CGROUP_SCRATCH")]
 static CGROUP_SCRATCH: PerCpuArray<CgroupRecord> = PerCpuArray::with_max_entries(1, 0);
@@ -170,6 +174,12 @@ pub fn sched_process_exec(ctx: BtfTracePointContext) -> i32 {
 #[btf_tracepoint(function = "sched_process_exit")]
 pub fn sched_process_exit(ctx: BtfTracePointContext) -> i32 {
     process::exit(&ctx);
+    0
+}
+
+#[tracepoint(category = "syscalls", name = "sys_exit_connect")]
+pub fn sys_exit_connect(ctx: TracePointContext) -> u32 {
+    connect::exit(arg(&ctx, RET) as i64);
     0
 }
 

@@ -1,0 +1,188 @@
+//! Credential-endpoint connects end to end, in a network namespace this test creates: the
+//! instance-metadata address is a local address there, real HTTP servers listen on it, on
+//! Vault's port and on an unrelated port, and runc containers joined to the namespace connect.
+
+use std::{
+    path::Path,
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use credwatch_tests::{Agent, agent, runc::Container};
+use serde_json::Value;
+
+const FOOTPRINT: &str = r#"apiVersion: credwatch.dev/v1alpha1
+kind: SecretFootprint
+metadata: {name: fp-metadata-client}
+spec:
+  selector: {cgroup: "/cw-*-netok"}
+  allow:
+    - secret: instance-metadata
+"#;
+
+fn prepare(work: &Path) -> String {
+    std::fs::write(work.join("policies/footprint.yaml"), FOOTPRINT).unwrap();
+    "    - name: e2e-unused\n      paths: [\"/nonexistent-e2e/**\"]\n".to_string()
+}
+
+fn setup() -> &'static Agent {
+    agent(prepare, "auto")
+}
+
+/// A network namespace with the metadata address and three HTTP servers.
+struct Netns {
+    name: String,
+    servers: Vec<Child>,
+}
+
+impl Netns {
+    fn create(name: &str) -> Netns {
+        let ip = |args: &[&str]| {
+            let status = Command::new("ip").args(args).status().unwrap();
+            assert!(status.success(), "ip {args:?}");
+        };
+        let _ = Command::new("ip").args(["netns", "del", name]).status();
+        ip(&["netns", "add", name]);
+        ip(&["-n", name, "link", "set", "lo", "up"]);
+        ip(&["-n", name, "addr", "add", "169.254.169.254/32", "dev", "lo"]);
+        let mut ns = Netns {
+            name: name.to_string(),
+            servers: Vec::new(),
+        };
+        for (addr, port) in [
+            ("169.254.169.254", "80"),
+            ("127.0.0.1", "8200"),
+            ("127.0.0.1", "8080"),
+        ] {
+            let child = Command::new("ip")
+                .args([
+                    "netns",
+                    "exec",
+                    name,
+                    "python3",
+                    "-m",
+                    "http.server",
+                    "--bind",
+                    addr,
+                    port,
+                ])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap();
+            ns.servers.push(child);
+            ns.wait_listening(addr, port);
+        }
+        ns
+    }
+
+    fn wait_listening(&self, addr: &str, port: &str) {
+        let probe = format!("import socket; socket.create_connection(('{addr}', {port}), 1)");
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let ok = Command::new("ip")
+                .args(["netns", "exec", &self.name, "python3", "-c", &probe])
+                .stderr(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success());
+            if ok {
+                return;
+            }
+            assert!(Instant::now() < deadline, "no server on {addr}:{port}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn container(&self, id: &str, script: &str) -> Container {
+        let path = format!("/var/run/netns/{}", self.name);
+        Container::with_spec(id, &[], &["/bin/sh", "-c", script], |spec| {
+            for ns in spec["linux"]["namespaces"].as_array_mut().unwrap() {
+                if ns["type"] == "network" {
+                    ns["path"] = Value::String(path.clone());
+                }
+            }
+        })
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        for server in &mut self.servers {
+            let _ = server.kill();
+            let _ = server.wait();
+        }
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
+    }
+}
+
+fn network_record(agent: &Agent, id: &str, service: &str) -> Value {
+    agent.wait_record(&format!("{id} {service}"), |r| {
+        r["container"]["id"] == id && r["kind"] == "network" && r["network"]["service"] == service
+    })
+}
+
+#[test]
+fn connects_to_credential_endpoints_are_recorded_and_judged() {
+    let agent = setup();
+    let netns = Netns::create(&format!("cw-{}", std::process::id()));
+    let id = format!("cw-{}-net", std::process::id());
+    let script = "wget -q -O /dev/null http://169.254.169.254/latest/meta-data/; \
+                  wget -q -O /dev/null http://127.0.0.1:8200/v1/secret/data/db; \
+                  wget -q -O /dev/null http://127.0.0.1:8080/; exit 0";
+    netns.container(&id, script).run_to_completion();
+
+    let imds = network_record(agent, &id, "instance-metadata");
+    assert_eq!(imds["secret"]["name"], "instance-metadata", "{imds:#}");
+    assert_eq!(imds["network"]["address"], "169.254.169.254");
+    assert_eq!(imds["network"]["port"], 80);
+    assert_eq!(imds["network"]["family"], "ipv4");
+    assert_eq!(imds["network"]["result"], 0);
+    assert_eq!(imds["verdict"], "undeclared");
+    assert_eq!(imds["process"]["args"][0], "wget", "{imds:#}");
+    assert_eq!(imds["process"]["ancestors"][0]["args"][0], "/bin/sh");
+    assert!(imds.get("file").is_none());
+
+    let vault = network_record(agent, &id, "vault");
+    assert_eq!(
+        (
+            vault["network"]["address"].as_str(),
+            vault["network"]["port"].as_u64()
+        ),
+        (Some("127.0.0.1"), Some(8200))
+    );
+
+    // The unrelated connect (port 8080) never left the kernel.
+    std::thread::sleep(Duration::from_millis(500));
+    let records: Vec<Value> = agent
+        .records()
+        .into_iter()
+        .filter(|r| r["container"]["id"] == id.as_str())
+        .collect();
+    assert_eq!(
+        records.len(),
+        2,
+        "only the two endpoint connects: {records:#?}"
+    );
+
+    // A container whose footprint allows the metadata service.
+    let ok_id = format!("cw-{}-netok", std::process::id());
+    netns
+        .container(
+            &ok_id,
+            "wget -q -O /dev/null http://169.254.169.254/; exit 0",
+        )
+        .run_to_completion();
+    let allowed = network_record(agent, &ok_id, "instance-metadata");
+    assert_eq!(allowed["verdict"], "allowed", "{allowed:#}");
+    assert_eq!(allowed["policy"]["name"], "fp-metadata-client");
+    let series = format!(
+        "credwatch_credential_access_total{{container=\"{ok_id}\",kind=\"network\",namespace=\"\",secret=\"instance-metadata\",verdict=\"allowed\",workload=\"{ok_id}\"}}"
+    );
+    assert_eq!(agent.metric(&series), 1.0, "{}", agent.metrics());
+    assert_eq!(
+        agent.metric(r#"credwatch_probe_attached{mode="tracepoint-exit",probe="connect"}"#),
+        1.0
+    );
+}
