@@ -103,7 +103,9 @@ pub fn lookup(roots: &StateRoots, container: &ContainerRef, cgroup: &str) -> Opt
 pub fn from_path(container: &ContainerRef, cgroup: &str) -> Metadata {
     Metadata {
         id: container.id.clone(),
-        name: None,
+        // Off Kubernetes (runc, ctr) a container is named by its id; a Kubernetes container's
+        // name is not in its cgroup path.
+        name: (container.hint == RuntimeHint::RuncOrContainerd).then(|| container.id.clone()),
         image: None,
         runtime: match container.hint {
             RuntimeHint::Containerd => "containerd",
