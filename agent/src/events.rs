@@ -5,8 +5,9 @@ use std::{fmt, mem::size_of};
 
 use credwatch_common::{
     ARGS_BYTES, CGROUP_MKDIR, CGROUP_PATH_BYTES, CGROUP_RMDIR, CgroupRecord, ConnectRecord,
-    FILENAME_BYTES, FileOpenRecord, KIND_CGROUP, KIND_CONNECT, KIND_FILE_OPEN, KIND_PROCESS,
-    PATH_BYTES, ProcessRecord, RAW_PATH_BYTES, RecordHeader, WIRE_VERSION, probe, process_event,
+    DNS_BYTES, DnsRecord, FILENAME_BYTES, FileOpenRecord, KIND_CGROUP, KIND_CONNECT, KIND_DNS,
+    KIND_FILE_OPEN, KIND_PROCESS, PATH_BYTES, ProcessRecord, RAW_PATH_BYTES, RecordHeader,
+    WIRE_VERSION, probe, process_event,
 };
 
 /// A file-open syscall, decoded.
@@ -135,6 +136,8 @@ pub struct Connect {
 pub enum Event {
     FileOpen(Box<FileOpen>),
     Connect(Box<Connect>),
+    /// A DNS response a process received (the message bytes).
+    Dns(Vec<u8>),
     Process(Box<ProcessEvent>),
     Cgroup(CgroupEvent),
 }
@@ -176,6 +179,21 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
         KIND_PROCESS => decode_process(bytes, header),
         KIND_CGROUP => decode_cgroup(bytes, header),
         KIND_CONNECT => decode_connect(bytes, header),
+        KIND_DNS => {
+            if header.size as usize != size_of::<DnsRecord>() || bytes.len() < header.size as usize
+            {
+                return Err(DecodeError::SizeMismatch {
+                    header: header.size,
+                    actual: bytes.len(),
+                });
+            }
+            let rec: DnsRecord = read_pod(bytes)?;
+            let len = rec.len as usize;
+            if len > DNS_BYTES {
+                return Err(DecodeError::BadField("len", len as u64));
+            }
+            Ok(Event::Dns(rec.data[..len].to_vec()))
+        }
         other => Err(DecodeError::Kind(other)),
     }
 }

@@ -7,6 +7,7 @@
 
 pub mod cli;
 pub mod containers;
+pub mod dns;
 pub mod events;
 pub mod footprint;
 pub mod pipeline;

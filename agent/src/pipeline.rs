@@ -58,6 +58,8 @@ pub struct Pipeline {
     scanned: std::collections::HashSet<u64>,
     /// A container started running programs: search its filesystem soon.
     rescan: bool,
+    /// Addresses of catalogue host names, from DNS responses.
+    pub learned: crate::dns::LearnedHosts,
 }
 
 impl Pipeline {
@@ -86,6 +88,7 @@ impl Pipeline {
             allowed_logged: HashMap::new(),
             scanned: Default::default(),
             rescan: false,
+            learned: Default::default(),
         }
     }
 
@@ -104,6 +107,10 @@ impl Pipeline {
         match event {
             Event::FileOpen(open) => self.file_open(&open),
             Event::Connect(connect) => self.connect(&connect),
+            Event::Dns(message) => {
+                self.learned
+                    .learn(&self.policies.catalog, &message, Instant::now());
+            }
             Event::Process(process) => {
                 self.processes.apply(&process);
                 if process.kind == ProcessEventKind::Exec {
@@ -192,7 +199,7 @@ impl Pipeline {
                 address: c.address.to_string(),
                 port: c.port,
                 family,
-                hostname: None,
+                hostname: self.learned.hostname(&c.address).map(str::to_string),
                 service: endpoint.name.clone(),
                 result: c.result,
             }),

@@ -115,6 +115,10 @@ pub fn run(opts: RunOptions) -> Result<()> {
                         pipeline.handle(&item);
                     }
                     guard.clear_ready();
+                    // Addresses just learned from DNS: into the kernel before the next batch.
+                    if pipeline.learned.take_changed() {
+                        refresh_endpoints(&mut pipeline, &mut probes);
+                    }
                 }
                 _ = refresh.tick() => {
                     refresh_secrets(&mut pipeline, &mut probes);
@@ -123,6 +127,7 @@ pub fn run(opts: RunOptions) -> Result<()> {
                 _ = housekeeping.tick() => {
                     pipeline.processes.expire(std::time::Instant::now());
                     pipeline.expire_allowed(std::time::Instant::now());
+                    pipeline.learned.expire(std::time::Instant::now());
                     pipeline.containers.sweep();
                     pipeline.metrics.processes.set(pipeline.processes.len() as i64);
                     pipeline.metrics.containers.set(pipeline.containers.containers() as i64);
@@ -152,7 +157,10 @@ pub fn run(opts: RunOptions) -> Result<()> {
 /// container, and updates the kernel's secret-inode map (new containers, rotated secrets).
 fn refresh_secrets(pipeline: &mut Pipeline, probes: &mut Probes) {
     let roots = pipeline.container_roots();
-    let (table, filter) = secrets::resolve(&pipeline.policies.catalog, &roots);
+    let (table, mut filter) = secrets::resolve(&pipeline.policies.catalog, &roots);
+    filter
+        .endpoints
+        .extend(pipeline.learned.endpoint_keys(&pipeline.policies.catalog));
     log::debug!(
         "secret inodes: {} (host and {} container root(s))",
         filter.inodes.len(),
@@ -161,6 +169,16 @@ fn refresh_secrets(pipeline: &mut Pipeline, probes: &mut Probes) {
     match probes.sync_filter(&filter) {
         Ok(()) => pipeline.secrets = table,
         Err(err) => warn!("refreshing the secret inodes failed: {err:#}"),
+    }
+}
+
+/// The kernel's endpoint map: the catalogue's addresses and the ones learned from DNS.
+fn refresh_endpoints(pipeline: &mut Pipeline, probes: &mut Probes) {
+    let catalog = &pipeline.policies.catalog;
+    let mut endpoints = catalog.endpoint_keys();
+    endpoints.extend(pipeline.learned.endpoint_keys(catalog));
+    if let Err(err) = probes.sync_endpoints(&endpoints) {
+        warn!("updating the endpoint map failed: {err:#}");
     }
 }
 

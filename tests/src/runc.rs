@@ -48,7 +48,9 @@ pub fn rootfs() -> &'static Path {
             std::fs::create_dir_all(root.join(dir)).unwrap();
         }
         std::fs::copy("/bin/busybox", root.join("bin/busybox")).unwrap();
-        for applet in ["sh", "cat", "sleep", "ls", "echo", "head", "wget"] {
+        for applet in [
+            "sh", "cat", "sleep", "ls", "echo", "head", "wget", "nslookup",
+        ] {
             std::os::unix::fs::symlink("busybox", root.join("bin").join(applet)).unwrap();
         }
         // A second program (a busybox copy) for "read by a binary the footprint does not allow".

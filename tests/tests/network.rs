@@ -76,6 +76,36 @@ impl Netns {
         ns
     }
 
+    /// Another local address, and an HTTP server on it.
+    fn serve(&mut self, addr: &str, port: &str) {
+        let status = Command::new("ip")
+            .args([
+                "-n",
+                &self.name,
+                "addr",
+                "add",
+                &format!("{addr}/32"),
+                "dev",
+                "lo",
+            ])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        self.spawn(&["python3", "-m", "http.server", "--bind", addr, port]);
+        self.wait_listening(addr, port);
+    }
+
+    fn spawn(&mut self, command: &[&str]) {
+        let child = Command::new("ip")
+            .args(["netns", "exec", &self.name])
+            .args(command)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        self.servers.push(child);
+    }
+
     fn wait_listening(&self, addr: &str, port: &str) {
         let probe = format!("import socket; socket.create_connection(('{addr}', {port}), 1)");
         let deadline = Instant::now() + Duration::from_secs(15);
@@ -183,6 +213,47 @@ fn connects_to_credential_endpoints_are_recorded_and_judged() {
     assert_eq!(agent.metric(&series), 1.0, "{}", agent.metrics());
     assert_eq!(
         agent.metric(r#"credwatch_probe_attached{mode="tracepoint-exit",probe="connect"}"#),
+        1.0
+    );
+}
+
+/// Cloud APIs share front-end addresses, so the host name must come from the container's own
+/// DNS traffic: dnsmasq answers a production name with an address in the namespace, the
+/// container resolves it and connects, and the record names the host.
+#[test]
+fn a_connect_to_an_address_learned_from_dns_is_named() {
+    credwatch_tests::runc::ensure_packages(&[("/usr/sbin/dnsmasq", "dnsmasq")]);
+    let agent = setup();
+    let mut netns = Netns::create(&format!("cwd-{}", std::process::id()));
+    netns.serve("10.99.0.10", "443");
+    netns.spawn(&[
+        "dnsmasq",
+        "--no-daemon",
+        "--no-resolv",
+        "--no-hosts",
+        "--user=root",
+        "--listen-address=127.0.0.1",
+        "--bind-interfaces",
+        "--port=53",
+        "--address=/secretsmanager.us-east-1.amazonaws.com/10.99.0.10",
+    ]);
+    std::thread::sleep(Duration::from_millis(500));
+    let id = format!("cw-{}-dns", std::process::id());
+    // The agent learns the answer asynchronously (well under a second); the pause keeps the
+    // test deterministic.
+    let script = "nslookup secretsmanager.us-east-1.amazonaws.com 127.0.0.1; sleep 1; \
+                  wget -q -O /dev/null http://10.99.0.10:443/; exit 0";
+    netns.container(&id, script).run_to_completion();
+    let record = network_record(agent, &id, "aws-secretsmanager");
+    assert_eq!(
+        record["network"]["hostname"], "secretsmanager.us-east-1.amazonaws.com",
+        "{record:#}"
+    );
+    assert_eq!(record["network"]["address"], "10.99.0.10");
+    assert_eq!(record["network"]["port"], 443);
+    assert_eq!(record["secret"]["name"], "aws-secretsmanager");
+    assert_eq!(
+        agent.metric(r#"credwatch_probe_attached{mode="cgroup_skb",probe="dns"}"#),
         1.0
     );
 }

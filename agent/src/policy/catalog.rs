@@ -98,14 +98,7 @@ impl Catalog {
     pub fn endpoint_keys(&self) -> BTreeMap<([u8; 16], u32), EndpointValue> {
         let mut keys = BTreeMap::new();
         for (index, rule) in self.endpoints.iter().enumerate() {
-            let mut value = EndpointValue {
-                id: index as u32 + 1,
-                port_count: rule.ports.len() as u32,
-                ports: [0; ENDPOINT_PORTS],
-            };
-            for (slot, port) in value.ports.iter_mut().zip(&rule.ports) {
-                *slot = *port;
-            }
+            let value = rule.kernel_value(index);
             for (addr, len) in &rule.networks {
                 keys.entry((masked(addr, *len), *len as u32))
                     .or_insert(value);
@@ -165,8 +158,39 @@ pub struct EndpointRule {
     pub networks: Vec<(Ipv6Addr, u8)>,
     /// Host names (matched against DNS answers by the network stage).
     pub hosts: Vec<String>,
+    /// `hosts` compiled: names as paths ("a.b.c" → "a/b/c") so `*` spans one label.
+    pub host_globs: Option<GlobSet>,
     /// Empty = any port.
     pub ports: Vec<u16>,
+}
+
+/// "Secretsmanager.US-East-1.amazonaws.com." → "secretsmanager/us-east-1/amazonaws/com".
+pub fn host_as_path(name: &str) -> String {
+    name.trim_end_matches('.')
+        .to_ascii_lowercase()
+        .replace('.', "/")
+}
+
+impl EndpointRule {
+    /// Whether a DNS name is one of this endpoint's hosts.
+    pub fn matches_host(&self, name: &str) -> bool {
+        self.host_globs
+            .as_ref()
+            .is_some_and(|g| g.is_match(host_as_path(name)))
+    }
+
+    /// The kernel map value for this endpoint (id = position + 1).
+    pub fn kernel_value(&self, index: usize) -> EndpointValue {
+        let mut value = EndpointValue {
+            id: index as u32 + 1,
+            port_count: self.ports.len() as u32,
+            ports: [0; ENDPOINT_PORTS],
+        };
+        for (slot, port) in value.ports.iter_mut().zip(&self.ports) {
+            *slot = *port;
+        }
+        value
+    }
 }
 
 /// "169.254.169.254", "10.0.0.0/8", "fd00:ec2::254/128" → IPv6 form (IPv4 mapped, prefix + 96).
@@ -377,10 +401,29 @@ impl CatalogBuilder {
                     ))),
                 }
             }
+            let mut globs = GlobSetBuilder::new();
+            for host in &endpoint.hosts {
+                match GlobBuilder::new(&host_as_path(host))
+                    .literal_separator(true)
+                    .build()
+                {
+                    Ok(glob) => {
+                        globs.add(glob);
+                    }
+                    Err(err) => problems.push(source.locate(
+                        line,
+                        host,
+                        format!("bad host pattern {host:?}: {}", err.kind()),
+                    )),
+                }
+            }
             self.endpoints.push(EndpointRule {
                 name: endpoint.name,
                 catalog: catalog_name.clone(),
                 networks,
+                host_globs: (!endpoint.hosts.is_empty())
+                    .then(|| globs.build().ok())
+                    .flatten(),
                 hosts: endpoint.hosts,
                 ports: endpoint.ports,
             });

@@ -102,6 +102,8 @@ impl Probes {
             let status = probes.attach_cgroup_tracepoint(probe::NAMES[probe as usize]);
             probes.record(status);
         }
+        let status = probes.attach_dns();
+        probes.record(status);
         let connect = probe::NAMES[probe::CONNECT as usize];
         let status = match mode {
             ArgsMode::FromRegisters { .. } => probes.attach_syscall(connect, mode),
@@ -144,6 +146,44 @@ impl Probes {
             Ok(()) => ProbeStatus {
                 probe: name,
                 mode: Some("tp_btf"),
+                detail: String::new(),
+            },
+            Err(err) => ProbeStatus {
+                probe: name,
+                mode: None,
+                detail: format!("{err:#}"),
+            },
+        }
+    }
+
+    /// DNS responses to every process: a cgroup_skb ingress program on the cgroup2 root,
+    /// attached with the legacy path (bpf_link cgroup attach is refused on some kernels).
+    fn attach_dns(&mut self) -> ProbeStatus {
+        let name = probe::NAMES[probe::DNS as usize];
+        let result = (|| -> Result<()> {
+            let root = crate::containers::cgroup::cgroup2_mount()
+                .ok_or_else(|| anyhow!("no cgroup2 mount"))?;
+            let cgroup = std::fs::File::open(&root)
+                .with_context(|| format!("opening {}", root.display()))?;
+            let program: &mut aya::programs::CgroupSkb = self
+                .ebpf
+                .program_mut("dns_answers")
+                .ok_or_else(|| anyhow!("program dns_answers missing from the object"))?
+                .try_into()?;
+            program.load().context("loading dns_answers")?;
+            program
+                .attach(
+                    cgroup,
+                    aya::programs::CgroupSkbAttachType::Ingress,
+                    aya::programs::CgroupAttachMode::Single,
+                )
+                .context("attaching dns_answers to the cgroup2 root")?;
+            Ok(())
+        })();
+        match result {
+            Ok(()) => ProbeStatus {
+                probe: name,
+                mode: Some("cgroup_skb"),
                 detail: String::new(),
             },
             Err(err) => ProbeStatus {
@@ -239,6 +279,30 @@ impl Probes {
         })
     }
 
+    /// Brings the endpoint map in line with `want` (add first, then remove).
+    pub fn sync_endpoints(
+        &mut self,
+        want: &BTreeMap<([u8; 16], u32), EndpointValue>,
+    ) -> Result<()> {
+        let mut endpoints: LpmTrie<_, [u8; 16], EndpointValue> = LpmTrie::try_from(
+            self.ebpf
+                .map_mut(maps::ENDPOINTS)
+                .ok_or_else(|| anyhow!("endpoint map missing"))?,
+        )?;
+        for ((addr, len), value) in want {
+            if self.endpoints.get(&(*addr, *len)) != Some(value) {
+                endpoints
+                    .insert(&Key::new(*len, *addr), value, 0)
+                    .context("inserting an endpoint")?;
+            }
+        }
+        for (addr, len) in self.endpoints.keys().filter(|k| !want.contains_key(k)) {
+            let _ = endpoints.remove(&Key::new(*len, *addr));
+        }
+        self.endpoints = want.clone();
+        Ok(())
+    }
+
     /// Brings the kernel filter maps in line with `want`: new entries are added before stale
     /// ones are removed, so no credential goes unwatched during the change.
     pub fn sync_filter(&mut self, want: &KernelFilter) -> Result<()> {
@@ -271,28 +335,7 @@ impl Probes {
             &self.paths.suffixes,
             &want.paths.suffixes,
         )?;
-        {
-            let mut endpoints: LpmTrie<_, [u8; 16], EndpointValue> = LpmTrie::try_from(
-                self.ebpf
-                    .map_mut(maps::ENDPOINTS)
-                    .ok_or_else(|| anyhow!("endpoint map missing"))?,
-            )?;
-            for ((addr, len), value) in &want.endpoints {
-                if self.endpoints.get(&(*addr, *len)) != Some(value) {
-                    endpoints
-                        .insert(&Key::new(*len, *addr), value, 0)
-                        .context("inserting an endpoint")?;
-                }
-            }
-            for (addr, len) in self
-                .endpoints
-                .keys()
-                .filter(|k| !want.endpoints.contains_key(k))
-            {
-                let _ = endpoints.remove(&Key::new(*len, *addr));
-            }
-        }
-        self.endpoints = want.endpoints.clone();
+        self.sync_endpoints(&want.endpoints)?;
         self.inodes = want.inodes.clone();
         self.paths = PathKeys {
             prefixes: want.paths.prefixes.clone(),

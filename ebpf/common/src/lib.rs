@@ -14,6 +14,10 @@ pub const KIND_FILE_OPEN: u16 = 1;
 pub const KIND_PROCESS: u16 = 2;
 pub const KIND_CGROUP: u16 = 3;
 pub const KIND_CONNECT: u16 = 4;
+pub const KIND_DNS: u16 = 5;
+
+/// Bytes kept of a DNS response (the classic UDP maximum).
+pub const DNS_BYTES: usize = 512;
 
 /// Ports kept per catalogue endpoint in the kernel's address map (0 entries = any port).
 pub const ENDPOINT_PORTS: usize = 8;
@@ -67,7 +71,8 @@ pub mod probe {
     pub const CGROUP_MKDIR: u32 = 8;
     pub const CGROUP_RMDIR: u32 = 9;
     pub const CONNECT: u32 = 10;
-    pub const COUNT: u32 = 11;
+    pub const DNS: u32 = 11;
+    pub const COUNT: u32 = 12;
     /// How many of the first probes are file-open syscalls.
     pub const FILE_OPEN_COUNT: u32 = 5;
     /// Names as used in metrics and log records (`sys_` dropped).
@@ -83,6 +88,7 @@ pub mod probe {
         "cgroup_mkdir",
         "cgroup_rmdir",
         "connect",
+        "dns",
     ];
 }
 
@@ -127,6 +133,21 @@ pub struct ConnectRecord {
     /// IPv6, or IPv4 mapped into IPv6 (::ffff:a.b.c.d).
     pub addr: [u8; 16],
     pub comm: [u8; 16],
+}
+
+/// A DNS response (UDP from port 53) received by a process, for learning which addresses
+/// catalogue host names resolve to.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct DnsRecord {
+    pub header: RecordHeader,
+    pub boot_ns: u64,
+    /// cgroup of the receiving socket.
+    pub cgroup_id: u64,
+    /// Bytes used in `data` (the DNS message; cut at DNS_BYTES).
+    pub len: u32,
+    pub _pad: u32,
+    pub data: [u8; DNS_BYTES],
 }
 
 /// Value of the endpoint LPM trie (keys: 128-bit IPv6 or v4-mapped prefixes).
@@ -357,6 +378,7 @@ mod user {
     unsafe impl aya::Pod for super::ProcessRecord {}
     unsafe impl aya::Pod for super::CgroupRecord {}
     unsafe impl aya::Pod for super::ConnectRecord {}
+    unsafe impl aya::Pod for super::DnsRecord {}
     unsafe impl aya::Pod for super::EndpointValue {}
     unsafe impl aya::Pod for super::InodeKey {}
     unsafe impl aya::Pod for super::KernelOffsets {}

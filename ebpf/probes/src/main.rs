@@ -10,6 +10,7 @@
 
 mod cgroup;
 mod connect;
+mod dns;
 mod filter;
 mod open;
 mod process;
@@ -18,13 +19,13 @@ mod vfs;
 
 use aya_ebpf::{
     Global,
-    macros::{btf_tracepoint, map, tracepoint},
+    macros::{btf_tracepoint, cgroup_skb, map, tracepoint},
     maps::{HashMap, LpmTrie, PerCpuArray, RingBuf},
-    programs::{BtfTracePointContext, TracePointContext},
+    programs::{BtfTracePointContext, SkBuffContext, TracePointContext},
 };
 use credwatch_common::{
-    CGROUP_MKDIR, CGROUP_RMDIR, CgroupRecord, EndpointValue, InodeKey, KernelOffsets, PathKeyData,
-    ProcessRecord, STATS_ENTRIES, probe,
+    CGROUP_MKDIR, CGROUP_RMDIR, CgroupRecord, DnsRecord, EndpointValue, InodeKey, KernelOffsets,
+    PathKeyData, ProcessRecord, STATS_ENTRIES, probe,
 };
 
 /// Filled by the agent from `/sys/kernel/btf/vmlinux` before load.
@@ -57,6 +58,9 @@ static PENDING_SPILL: HashMap<u64, open::PendingOpen> = HashMap::with_max_entrie
 /// Credential endpoint addresses (v6, IPv4 mapped), filled from the catalogue.
 #[map(name = "ENDPOINTS")]
 static ENDPOINTS: LpmTrie<[u8; 16], EndpointValue> = LpmTrie::with_max_entries(4096, 0);
+/// Per-CPU working memory for DNS records.
+#[map(name = "DNS_SCRATCH")]
+static DNS_SCRATCH: PerCpuArray<DnsRecord> = PerCpuArray::with_max_entries(1, 0);
 /// Per-CPU working memory for cgroup records.
 #[map(name = "CGROUP_SCRATCH")]
 static CGROUP_SCRATCH: PerCpuArray<CgroupRecord> = PerCpuArray::with_max_entries(1, 0);
@@ -181,6 +185,12 @@ pub fn sched_process_exit(ctx: BtfTracePointContext) -> i32 {
 pub fn sys_exit_connect(ctx: TracePointContext) -> u32 {
     connect::exit(arg(&ctx, RET) as i64);
     0
+}
+
+#[cgroup_skb(ingress)]
+pub fn dns_answers(ctx: SkBuffContext) -> i32 {
+    dns::ingress(&ctx);
+    1
 }
 
 #[tracepoint(category = "cgroup", name = "cgroup_mkdir")]

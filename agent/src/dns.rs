@@ -1,0 +1,217 @@
+//! Which addresses catalogue host names resolve to, learned from the DNS responses processes
+//! receive (the kernel's `dns` probe). Connect hooks only see an address, and cloud APIs share
+//! front-end addresses, so the names come from the workloads' own DNS traffic. Learned
+//! addresses go into the kernel's endpoint map, and records name the host.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    net::IpAddr,
+    time::{Duration, Instant},
+};
+
+use credwatch_common::EndpointValue;
+use hickory_proto::{
+    op::{Message, MessageType},
+    rr::RData,
+};
+
+use crate::policy::Catalog;
+
+/// Bounds on what is learned: the map stays small under any DNS traffic.
+const MAX_LEARNED: usize = 4096;
+const MIN_TTL: Duration = Duration::from_secs(60);
+const MAX_TTL: Duration = Duration::from_secs(3600);
+
+#[derive(Debug, Clone)]
+struct Learned {
+    endpoint: usize,
+    hostname: String,
+    until: Instant,
+}
+
+#[derive(Default)]
+pub struct LearnedHosts {
+    by_address: HashMap<IpAddr, Learned>,
+    changed: bool,
+}
+
+impl LearnedHosts {
+    /// Learns from one DNS message; returns how many addresses it named.
+    pub fn learn(&mut self, catalog: &Catalog, bytes: &[u8], now: Instant) -> usize {
+        let Ok(message) = Message::from_vec(bytes) else {
+            return 0;
+        };
+        if message.metadata.message_type != MessageType::Response {
+            return 0;
+        }
+        // The asked name decides (answers may be CNAME chains to other names).
+        let names = message.queries.iter().map(|q| q.name.to_ascii());
+        let Some((endpoint, hostname)) = names
+            .chain(message.answers.iter().map(|r| r.name.to_ascii()))
+            .find_map(|name| {
+                let index = catalog
+                    .endpoints
+                    .iter()
+                    .position(|e| e.matches_host(&name))?;
+                Some((index, name.trim_end_matches('.').to_ascii_lowercase()))
+            })
+        else {
+            return 0;
+        };
+        let mut learned = 0;
+        for record in &message.answers {
+            let address = match &record.data {
+                RData::A(a) => IpAddr::V4(a.0),
+                RData::AAAA(aaaa) => IpAddr::V6(aaaa.0),
+                _ => continue,
+            };
+            if self.by_address.len() >= MAX_LEARNED && !self.by_address.contains_key(&address) {
+                self.expire(now);
+                if self.by_address.len() >= MAX_LEARNED {
+                    log::warn!("{MAX_LEARNED} learned endpoint addresses; ignoring more");
+                    break;
+                }
+            }
+            let ttl = Duration::from_secs(record.ttl as u64).clamp(MIN_TTL, MAX_TTL);
+            let entry = Learned {
+                endpoint,
+                hostname: hostname.clone(),
+                until: now + ttl,
+            };
+            let previous = self.by_address.insert(address, entry);
+            self.changed |= previous.is_none_or(|p| p.endpoint != endpoint);
+            learned += 1;
+        }
+        learned
+    }
+
+    /// The catalogue host name an address was learned for.
+    pub fn hostname(&self, address: &IpAddr) -> Option<&str> {
+        self.by_address.get(address).map(|l| l.hostname.as_str())
+    }
+
+    /// The endpoint an address was learned for (index into the catalogue's endpoints).
+    pub fn endpoint(&self, address: &IpAddr) -> Option<usize> {
+        self.by_address.get(address).map(|l| l.endpoint)
+    }
+
+    pub fn expire(&mut self, now: Instant) {
+        let before = self.by_address.len();
+        self.by_address.retain(|_, l| l.until > now);
+        self.changed |= self.by_address.len() != before;
+    }
+
+    /// Whether the kernel map needs updating (cleared by the call).
+    pub fn take_changed(&mut self) -> bool {
+        std::mem::take(&mut self.changed)
+    }
+
+    /// Kernel endpoint map entries for the learned addresses (/32 or /128).
+    pub fn endpoint_keys(&self, catalog: &Catalog) -> BTreeMap<([u8; 16], u32), EndpointValue> {
+        self.by_address
+            .iter()
+            .filter_map(|(address, learned)| {
+                let rule = catalog.endpoints.get(learned.endpoint)?;
+                let v6 = match address {
+                    IpAddr::V4(v4) => v4.to_ipv6_mapped(),
+                    IpAddr::V6(v6) => *v6,
+                };
+                Some(((v6.octets(), 128), rule.kernel_value(learned.endpoint)))
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use hickory_proto::{
+        op::{Message, MessageType, Query},
+        rr::{Name, RData, Record, RecordType, rdata},
+    };
+
+    use super::*;
+
+    fn catalog() -> Catalog {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::copy(
+            concat!(env!("CARGO_MANIFEST_DIR"), "/../policies/catalog.yaml"),
+            dir.path().join("catalog.yaml"),
+        )
+        .unwrap();
+        crate::policy::load_dir(dir.path()).unwrap().catalog
+    }
+
+    fn response(query: &str, answers: &[(&str, RData)]) -> Vec<u8> {
+        let mut message = Message::new(7, MessageType::Response, hickory_proto::op::OpCode::Query);
+        message.queries.push(Query::query(
+            Name::from_ascii(query).unwrap(),
+            RecordType::A,
+        ));
+        for (name, data) in answers {
+            message.answers.push(Record::from_rdata(
+                Name::from_ascii(name).unwrap(),
+                30,
+                data.clone(),
+            ));
+        }
+        message.to_vec().unwrap()
+    }
+
+    #[test]
+    fn answers_for_catalogue_hosts_are_learned_through_cnames() {
+        let catalog = catalog();
+        let mut hosts = LearnedHosts::default();
+        let now = Instant::now();
+        let bytes = response(
+            "secretsmanager.us-east-1.amazonaws.com.",
+            &[
+                (
+                    "secretsmanager.us-east-1.amazonaws.com.",
+                    RData::CNAME(rdata::CNAME(Name::from_ascii("lb.example.net.").unwrap())),
+                ),
+                (
+                    "lb.example.net.",
+                    RData::A(rdata::A("10.99.0.10".parse().unwrap())),
+                ),
+                (
+                    "lb.example.net.",
+                    RData::AAAA(rdata::AAAA("fd00::10".parse().unwrap())),
+                ),
+            ],
+        );
+        assert_eq!(hosts.learn(&catalog, &bytes, now), 2);
+        let addr: IpAddr = "10.99.0.10".parse().unwrap();
+        assert_eq!(
+            hosts.hostname(&addr),
+            Some("secretsmanager.us-east-1.amazonaws.com")
+        );
+        let endpoint = &catalog.endpoints[hosts.endpoint(&addr).unwrap()];
+        assert_eq!(endpoint.name, "aws-secretsmanager");
+        assert!(hosts.take_changed());
+        assert_eq!(hosts.endpoint_keys(&catalog).len(), 2);
+        // A name the catalogue does not list teaches nothing; entries expire.
+        let other = response(
+            "example.com.",
+            &[(
+                "example.com.",
+                RData::A(rdata::A("10.0.0.1".parse().unwrap())),
+            )],
+        );
+        assert_eq!(hosts.learn(&catalog, &other, now), 0);
+        hosts.expire(now + MAX_TTL + Duration::from_secs(1));
+        assert_eq!(hosts.hostname(&addr), None);
+    }
+
+    #[test]
+    fn wildcards_span_one_label_and_names_are_case_insensitive() {
+        let catalog = catalog();
+        let sm = catalog
+            .endpoints
+            .iter()
+            .find(|e| e.name == "aws-secretsmanager")
+            .unwrap();
+        assert!(sm.matches_host("SecretsManager.eu-west-1.amazonaws.com."));
+        assert!(!sm.matches_host("secretsmanager.a.b.amazonaws.com"));
+        assert!(!sm.matches_host("evil-secretsmanager.us-east-1.amazonaws.com.attacker.net"));
+    }
+}

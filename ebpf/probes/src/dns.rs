@@ -1,0 +1,80 @@
+//! DNS responses arriving at any process (a `cgroup_skb` ingress program on the cgroup2 root,
+//! attached with the legacy path): UDP packets from port 53 are copied to userspace, which
+//! learns the addresses of catalogue host names from them. Every packet is let through.
+
+use aya_ebpf::{
+    EbpfContext as _,
+    helpers::generated::{self, bpf_ktime_get_boot_ns, bpf_skb_cgroup_id},
+    programs::SkBuffContext,
+};
+use credwatch_common::{
+    DNS_BYTES, DnsRecord, KIND_DNS, RecordHeader, WIRE_VERSION, outcome, probe,
+};
+
+use crate::{DNS_SCRATCH, EVENTS, stats::count};
+
+const UDP: u8 = 17;
+const DNS_PORT: u16 = 53;
+const DNS_HEADER: usize = 12;
+
+pub fn ingress(ctx: &SkBuffContext) {
+    let Some(payload) = dns_payload(ctx) else {
+        return;
+    };
+    count(probe::DNS, outcome::SEEN);
+    let Some(rec) = DNS_SCRATCH.get_ptr_mut(0) else {
+        return;
+    };
+    let rec = unsafe { &mut *rec };
+    // At least a DNS header (the helper refuses zero-length reads), at most DNS_BYTES.
+    let available = (ctx.len() as usize).saturating_sub(payload);
+    if available < DNS_HEADER {
+        return count(probe::DNS, outcome::FILTERED);
+    }
+    let len = if available > DNS_BYTES {
+        DNS_BYTES
+    } else {
+        available
+    };
+    let loaded = unsafe {
+        generated::bpf_skb_load_bytes(
+            ctx.as_ptr().cast(),
+            payload as u32,
+            rec.data.as_mut_ptr().cast(),
+            len as u32,
+        )
+    };
+    if loaded != 0 {
+        return count(probe::DNS, outcome::READ_ERROR);
+    }
+    rec.header = RecordHeader {
+        kind: KIND_DNS,
+        version: WIRE_VERSION,
+        size: core::mem::size_of::<DnsRecord>() as u32,
+    };
+    rec.boot_ns = unsafe { bpf_ktime_get_boot_ns() };
+    rec.cgroup_id = unsafe { bpf_skb_cgroup_id(ctx.as_ptr().cast()) };
+    rec.len = len as u32;
+    rec._pad = 0;
+    if EVENTS.output::<DnsRecord>(rec, 0).is_ok() {
+        count(probe::DNS, outcome::EMITTED);
+    } else {
+        count(probe::DNS, outcome::LOST);
+    }
+}
+
+/// Offset of the UDP payload when the packet is UDP from port 53 (IPv4, or IPv6 without
+/// extension headers).
+fn dns_payload(ctx: &SkBuffContext) -> Option<usize> {
+    let first: u8 = ctx.load(0).ok()?;
+    let (protocol, l4) = match first >> 4 {
+        4 => (ctx.load::<u8>(9).ok()?, ((first & 0x0f) as usize) * 4),
+        6 => (ctx.load::<u8>(6).ok()?, 40),
+        _ => return None,
+    };
+    if protocol != UDP {
+        return None;
+    }
+    let source_port: [u8; 2] = ctx.load(l4).ok()?;
+    (u16::from_be_bytes(source_port) == DNS_PORT).then_some(l4 + 8)
+}
