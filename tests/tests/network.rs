@@ -18,6 +18,14 @@ spec:
   selector: {cgroup: "/cw-*-netok"}
   allow:
     - secret: instance-metadata
+---
+apiVersion: credwatch.dev/v1alpha1
+kind: SecretFootprint
+metadata: {name: fp-secrets-client}
+spec:
+  selector: {cgroup: "/cw-*-dnsok"}
+  allow:
+    - secret: aws-secretsmanager
 "#;
 
 fn prepare(work: &Path) -> String {
@@ -252,8 +260,25 @@ fn a_connect_to_an_address_learned_from_dns_is_named() {
     assert_eq!(record["network"]["address"], "10.99.0.10");
     assert_eq!(record["network"]["port"], 443);
     assert_eq!(record["secret"]["name"], "aws-secretsmanager");
+    assert_eq!(record["verdict"], "undeclared");
     assert_eq!(
         agent.metric(r#"credwatch_probe_attached{mode="cgroup_skb",probe="dns"}"#),
         1.0
+    );
+
+    // The same call from a container whose footprint allows the secret manager.
+    let ok_id = format!("cw-{}-dnsok", std::process::id());
+    netns
+        .container(
+            &ok_id,
+            "wget -q -O /dev/null http://10.99.0.10:443/; exit 0",
+        )
+        .run_to_completion();
+    let allowed = network_record(agent, &ok_id, "aws-secretsmanager");
+    assert_eq!(allowed["verdict"], "allowed", "{allowed:#}");
+    assert_eq!(allowed["policy"]["name"], "fp-secrets-client");
+    assert_eq!(
+        allowed["network"]["hostname"],
+        "secretsmanager.us-east-1.amazonaws.com"
     );
 }
