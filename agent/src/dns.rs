@@ -32,6 +32,8 @@ struct Learned {
 #[derive(Default)]
 pub struct LearnedHosts {
     by_address: HashMap<IpAddr, Learned>,
+    /// Host names from containers' endpoint variables (VAULT_ADDR), matched like catalogue hosts.
+    extra_names: HashMap<String, usize>,
     changed: bool,
 }
 
@@ -49,11 +51,13 @@ impl LearnedHosts {
         let Some((endpoint, hostname)) = names
             .chain(message.answers.iter().map(|r| r.name.to_ascii()))
             .find_map(|name| {
+                let plain = name.trim_end_matches('.').to_ascii_lowercase();
                 let index = catalog
                     .endpoints
                     .iter()
-                    .position(|e| e.matches_host(&name))?;
-                Some((index, name.trim_end_matches('.').to_ascii_lowercase()))
+                    .position(|e| e.matches_host(&name))
+                    .or_else(|| self.extra_names.get(&plain).copied())?;
+                Some((index, plain))
             })
         else {
             return 0;
@@ -81,6 +85,53 @@ impl LearnedHosts {
             let previous = self.by_address.insert(address, entry);
             self.changed |= previous.is_none_or(|p| p.endpoint != endpoint);
             learned += 1;
+        }
+        learned
+    }
+
+    /// Endpoint addresses a container is configured with, from an allow-list of environment
+    /// variables of one of its processes: `KUBERNETES_SERVICE_HOST` (the API server's service
+    /// address → `kubernetes-api`) and `VAULT_ADDR` (→ `vault`; a host name is then learned
+    /// from DNS like the catalogue's). Only these names are looked at; every other variable's
+    /// value is skipped, never kept or logged.
+    pub fn learn_environment(&mut self, catalog: &Catalog, pid: u32, now: Instant) -> usize {
+        let Ok(environ) = std::fs::read(format!("/proc/{pid}/environ")) else {
+            return 0;
+        };
+        let mut learned = 0;
+        for entry in environ.split(|&b| b == 0) {
+            let Some(eq) = entry.iter().position(|&b| b == b'=') else {
+                continue;
+            };
+            let (name, value) = (&entry[..eq], &entry[eq + 1..]);
+            let (endpoint, host) = match name {
+                b"KUBERNETES_SERVICE_HOST" => (
+                    "kubernetes-api",
+                    String::from_utf8_lossy(value).into_owned(),
+                ),
+                b"VAULT_ADDR" => ("vault", url_host(&String::from_utf8_lossy(value))),
+                _ => continue,
+            };
+            let Some(index) = catalog.endpoints.iter().position(|e| e.name == endpoint) else {
+                continue;
+            };
+            match host.parse::<IpAddr>() {
+                Ok(address) => {
+                    let hostname = format!("${}", String::from_utf8_lossy(name));
+                    let entry = Learned {
+                        endpoint: index,
+                        hostname,
+                        until: now + MAX_TTL,
+                    };
+                    let previous = self.by_address.insert(address, entry);
+                    self.changed |= previous.is_none_or(|p| p.endpoint != index);
+                    learned += 1;
+                }
+                Err(_) if !host.is_empty() => {
+                    self.extra_names.insert(host.to_ascii_lowercase(), index);
+                }
+                Err(_) => {}
+            }
         }
         learned
     }
@@ -120,6 +171,17 @@ impl LearnedHosts {
             })
             .collect()
     }
+}
+
+/// "https://vault.internal:8200/" → "vault.internal"; "http://[fd00::1]:8200" → "fd00::1".
+fn url_host(url: &str) -> String {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    let authority = authority.rsplit_once('@').map_or(authority, |(_, a)| a);
+    if let Some(v6) = authority.strip_prefix('[') {
+        return v6.split(']').next().unwrap_or_default().to_string();
+    }
+    authority.split(':').next().unwrap_or_default().to_string()
 }
 
 #[cfg(test)]
@@ -200,6 +262,14 @@ mod tests {
         assert_eq!(hosts.learn(&catalog, &other, now), 0);
         hosts.expire(now + MAX_TTL + Duration::from_secs(1));
         assert_eq!(hosts.hostname(&addr), None);
+    }
+
+    #[test]
+    fn url_hosts() {
+        assert_eq!(url_host("https://vault.internal:8200/"), "vault.internal");
+        assert_eq!(url_host("http://10.0.0.5:8200"), "10.0.0.5");
+        assert_eq!(url_host("https://user:pw@[fd00::1]:8200/v1"), "fd00::1");
+        assert_eq!(url_host("vault:8200"), "vault");
     }
 
     #[test]

@@ -123,6 +123,10 @@ impl Pipeline {
                         && self.scanned.insert(process.cgroup_id)
                     {
                         self.rescan = true;
+                        // A new container: the endpoints its environment points at.
+                        let catalog = &self.policies.catalog;
+                        self.learned
+                            .learn_environment(catalog, process.pid, Instant::now());
                     }
                 }
             }

@@ -282,3 +282,35 @@ fn a_connect_to_an_address_learned_from_dns_is_named() {
         "secretsmanager.us-east-1.amazonaws.com"
     );
 }
+
+/// A container's KUBERNETES_SERVICE_HOST names the API server's address: connects to it are
+/// `kubernetes-api` accesses (only allow-listed variables are read from the environment).
+#[test]
+fn the_api_server_address_from_the_environment_is_an_endpoint() {
+    let agent = setup();
+    let mut netns = Netns::create(&format!("cwk-{}", std::process::id()));
+    netns.serve("10.99.0.20", "443");
+    let id = format!("cw-{}-kenv", std::process::id());
+    let path = format!("/var/run/netns/{}", netns.name);
+    let script = "sleep 1; wget -q -O /dev/null http://10.99.0.20:443/api; exit 0";
+    let c = Container::with_spec(&id, &[], &["/bin/sh", "-c", script], |spec| {
+        for ns in spec["linux"]["namespaces"].as_array_mut().unwrap() {
+            if ns["type"] == "network" {
+                ns["path"] = Value::String(path.clone());
+            }
+        }
+        let env = spec["process"]["env"].as_array_mut().unwrap();
+        env.push(Value::String("KUBERNETES_SERVICE_HOST=10.99.0.20".into()));
+        env.push(Value::String("DB_PASSWORD=never-read-or-logged".into()));
+    });
+    c.run_to_completion();
+    let record = network_record(agent, &id, "kubernetes-api");
+    assert_eq!(record["network"]["address"], "10.99.0.20", "{record:#}");
+    assert_eq!(record["network"]["hostname"], "$KUBERNETES_SERVICE_HOST");
+    let log = std::fs::read_to_string(&agent.log).unwrap()
+        + &std::fs::read_to_string(&agent.stderr).unwrap();
+    assert!(
+        !log.contains("never-read-or-logged"),
+        "no other variable's value reaches the agent's output"
+    );
+}
