@@ -180,14 +180,7 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
         KIND_CGROUP => decode_cgroup(bytes, header),
         KIND_CONNECT => decode_connect(bytes, header),
         KIND_DNS => {
-            if header.size as usize != size_of::<DnsRecord>() || bytes.len() < header.size as usize
-            {
-                return Err(DecodeError::SizeMismatch {
-                    header: header.size,
-                    actual: bytes.len(),
-                });
-            }
-            let rec: DnsRecord = read_pod(bytes)?;
+            let rec: DnsRecord = read_record(bytes, header)?;
             let len = rec.len as usize;
             if len > DNS_BYTES {
                 return Err(DecodeError::BadField("len", len as u64));
@@ -199,13 +192,7 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
 }
 
 fn decode_process(bytes: &[u8], header: RecordHeader) -> Result<Event, DecodeError> {
-    if header.size as usize != size_of::<ProcessRecord>() || bytes.len() < header.size as usize {
-        return Err(DecodeError::SizeMismatch {
-            header: header.size,
-            actual: bytes.len(),
-        });
-    }
-    let rec: ProcessRecord = read_pod(bytes)?;
+    let rec: ProcessRecord = read_record(bytes, header)?;
     let kind = ProcessEventKind::try_from(rec.event)?;
     let filename_len = rec.filename_len as usize;
     if filename_len > FILENAME_BYTES {
@@ -235,13 +222,7 @@ fn decode_process(bytes: &[u8], header: RecordHeader) -> Result<Event, DecodeErr
 }
 
 fn decode_connect(bytes: &[u8], header: RecordHeader) -> Result<Event, DecodeError> {
-    if header.size as usize != size_of::<ConnectRecord>() || bytes.len() < header.size as usize {
-        return Err(DecodeError::SizeMismatch {
-            header: header.size,
-            actual: bytes.len(),
-        });
-    }
-    let rec: ConnectRecord = read_pod(bytes)?;
+    let rec: ConnectRecord = read_record(bytes, header)?;
     let ipv6_socket = match rec.family {
         2 => false,
         10 => true,
@@ -270,13 +251,7 @@ fn decode_connect(bytes: &[u8], header: RecordHeader) -> Result<Event, DecodeErr
 }
 
 fn decode_cgroup(bytes: &[u8], header: RecordHeader) -> Result<Event, DecodeError> {
-    if header.size as usize != size_of::<CgroupRecord>() || bytes.len() < header.size as usize {
-        return Err(DecodeError::SizeMismatch {
-            header: header.size,
-            actual: bytes.len(),
-        });
-    }
-    let rec: CgroupRecord = read_pod(bytes)?;
+    let rec: CgroupRecord = read_record(bytes, header)?;
     let len = rec.path_len as usize;
     if len > CGROUP_PATH_BYTES {
         return Err(DecodeError::BadField("path_len", len as u64));
@@ -309,13 +284,7 @@ fn until_nul(bytes: &[u8]) -> &[u8] {
 }
 
 fn decode_file_open(bytes: &[u8], header: RecordHeader) -> Result<Event, DecodeError> {
-    if header.size as usize != size_of::<FileOpenRecord>() || bytes.len() < header.size as usize {
-        return Err(DecodeError::SizeMismatch {
-            header: header.size,
-            actual: bytes.len(),
-        });
-    }
-    let rec: FileOpenRecord = read_pod(bytes)?;
+    let rec: FileOpenRecord = read_record(bytes, header)?;
     let path_len = rec.path_len as usize;
     if path_len > PATH_BYTES {
         return Err(DecodeError::BadField("path_len", path_len as u64));
@@ -351,6 +320,17 @@ fn decode_file_open(bytes: &[u8], header: RecordHeader) -> Result<Event, DecodeE
         raw_path: has_raw.then(|| rec.raw_path[..raw_len].to_vec()),
         path: rec.path[..path_len].to_vec(),
     })))
+}
+
+/// A record of type `T`: its header must give exactly T's size, and the bytes must hold it.
+fn read_record<T: Copy>(bytes: &[u8], header: RecordHeader) -> Result<T, DecodeError> {
+    if header.size as usize != size_of::<T>() || bytes.len() < header.size as usize {
+        return Err(DecodeError::SizeMismatch {
+            header: header.size,
+            actual: bytes.len(),
+        });
+    }
+    read_pod(bytes)
 }
 
 fn read_pod<T: Copy>(bytes: &[u8]) -> Result<T, DecodeError> {

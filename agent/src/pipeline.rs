@@ -141,26 +141,9 @@ impl Pipeline {
             return; // the kernel keys are coarser than the globs
         };
         let rule = &catalog.files[credential.rule];
-        self.next_event += 1;
-        let record = forensic::Record {
-            schema: forensic::SCHEMA,
-            ts: sinks::rfc3339(self.boot_to_unix_ns + open.boot_ns as i128).unwrap_or_default(),
-            event_id: format!("{:016x}-{:08x}-{}", open.boot_ns, open.tid, self.next_event),
-            node: self.node.clone(),
-            verdict: "undeclared",
-            reason: String::new(),
-            kind: "file",
-            secret: forensic::SecretSection {
-                name: rule.name.clone(),
-                catalog_entry: format!("{}/{}", rule.catalog, rule.name),
-            },
-            file: Some(sinks::file_section(open, &credential)),
-            network: None,
-            process: sinks::process_section(&process, self.boot_to_unix_ns),
-            container: None,
-            pod: None,
-            policy: None,
-        };
+        let secret = (rule.name.clone(), rule.catalog.clone());
+        let mut record = self.new_record(open.boot_ns, open.tid, "file", secret, &process);
+        record.file = Some(sinks::file_section(open, &credential));
         let held = Held {
             record,
             cgroup_id: open.cgroup_id,
@@ -185,33 +168,17 @@ impl Pipeline {
             (true, std::net::IpAddr::V4(_)) => "ipv4-mapped",
             (true, std::net::IpAddr::V6(_)) => "ipv6",
         };
-        self.next_event += 1;
-        let record = forensic::Record {
-            schema: forensic::SCHEMA,
-            ts: sinks::rfc3339(self.boot_to_unix_ns + c.boot_ns as i128).unwrap_or_default(),
-            event_id: format!("{:016x}-{:08x}-{}", c.boot_ns, c.tid, self.next_event),
-            node: self.node.clone(),
-            verdict: "undeclared",
-            reason: String::new(),
-            kind: "network",
-            secret: forensic::SecretSection {
-                name: endpoint.name.clone(),
-                catalog_entry: format!("{}/{}", endpoint.catalog, endpoint.name),
-            },
-            file: None,
-            network: Some(forensic::NetworkSection {
-                address: c.address.to_string(),
-                port: c.port,
-                family,
-                hostname: self.learned.hostname(&c.address).map(str::to_string),
-                service: endpoint.name.clone(),
-                result: c.result,
-            }),
-            process: sinks::process_section(&process, self.boot_to_unix_ns),
-            container: None,
-            pod: None,
-            policy: None,
+        let network = forensic::NetworkSection {
+            address: c.address.to_string(),
+            port: c.port,
+            family,
+            hostname: self.learned.hostname(&c.address).map(str::to_string),
+            service: endpoint.name.clone(),
+            result: c.result,
         };
+        let secret = (endpoint.name.clone(), endpoint.catalog.clone());
+        let mut record = self.new_record(c.boot_ns, c.tid, "network", secret, &process);
+        record.network = Some(network);
         let held = Held {
             record,
             cgroup_id: c.cgroup_id,
@@ -223,6 +190,37 @@ impl Pipeline {
         };
         if let Some(still_waiting) = self.attribute(held, Instant::now()) {
             self.held.push_back(still_waiting);
+        }
+    }
+
+    /// A record's common part; verdict, container and policy are added by `attribute`.
+    fn new_record(
+        &mut self,
+        boot_ns: u64,
+        tid: u32,
+        kind: &'static str,
+        (name, catalog): (String, String),
+        process: &crate::process::ProcessInfo,
+    ) -> forensic::Record {
+        self.next_event += 1;
+        forensic::Record {
+            schema: forensic::SCHEMA,
+            ts: sinks::rfc3339(self.boot_to_unix_ns + boot_ns as i128).unwrap_or_default(),
+            event_id: format!("{boot_ns:016x}-{tid:08x}-{}", self.next_event),
+            node: self.node.clone(),
+            verdict: "undeclared",
+            reason: String::new(),
+            kind,
+            secret: forensic::SecretSection {
+                catalog_entry: format!("{catalog}/{name}"),
+                name,
+            },
+            file: None,
+            network: None,
+            process: sinks::process_section(process, self.boot_to_unix_ns),
+            container: None,
+            pod: None,
+            policy: None,
         }
     }
 
