@@ -20,7 +20,7 @@ pub mod containerd;
 pub mod runc;
 
 pub const READY_TIMEOUT: Duration = Duration::from_secs(120);
-pub const RECORD_TIMEOUT: Duration = Duration::from_secs(10);
+pub const RECORD_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// A running agent and the scratch tree it watches.
 pub struct Agent {

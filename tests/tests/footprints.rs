@@ -237,7 +237,8 @@ fn a_secret_rotated_the_kubernetes_way_is_still_detected() {
 fn a_hardlink_inside_a_container_names_the_secret() {
     let agent = setup();
     let id = id("links");
-    let script = "sleep 1; cat /data/innocent.txt; sleep 30";
+    // The agent looks into a container when it starts (and every 10 s): read until it has.
+    let script = "i=0; while [ $i -lt 60 ]; do cat /data/innocent.txt > /dev/null; sleep 0.2; i=$((i+1)); done";
     let c = Container::new(&id, &[("db_password", "x")], &["/bin/sh", "-c", script]);
     // Same filesystem as the secrets directory, outside every catalogue path.
     let data = c.bundle.join("data");
