@@ -98,23 +98,8 @@ pub fn check_syscall_format(tracepoint: &str) -> Result<()> {
 }
 
 fn check_format_text(path: &Path, text: &str, exit: bool) -> Result<()> {
-    let fields: Vec<(String, usize, usize)> = text
-        .lines()
-        .filter_map(|line| {
-            let line = line.trim();
-            let decl = line.strip_prefix("field:")?.split(';').next()?;
-            let name = decl.rsplit([' ', '*']).next()?.to_string();
-            let number = |key: &str| -> Option<usize> {
-                line.split(key)
-                    .nth(1)?
-                    .split(';')
-                    .next()?
-                    .trim()
-                    .parse()
-                    .ok()
-            };
-            Some((name, number("offset:")?, number("size:")?))
-        })
+    let fields: Vec<(String, usize, usize)> = parse_fields(text)
+        .into_iter()
         .filter(|(name, _, _)| !name.starts_with("common_") && name != "__syscall_nr")
         .collect();
     for (i, (name, offset, size)) in fields.iter().enumerate() {
