@@ -160,8 +160,19 @@ impl Pipeline {
 
     fn connect(&mut self, c: &events::Connect) {
         let process = self.processes.describe_connect(c);
-        let Some(endpoint) = self.policies.catalog.endpoint(c.endpoint) else {
-            return; // the catalogue changed since the kernel matched it
+        let catalog = &self.policies.catalog;
+        let endpoint = match c.endpoint {
+            // Unconfirmed: a connect right after a DNS answer; decided by what that answer
+            // taught (it was handled before this record: the ring buffer keeps their order).
+            0 => self
+                .learned
+                .endpoint(&c.address)
+                .and_then(|i| catalog.endpoints.get(i))
+                .filter(|e| e.ports.is_empty() || e.ports.contains(&c.port)),
+            id => catalog.endpoint(id),
+        };
+        let Some(endpoint) = endpoint else {
+            return; // not a credential endpoint (or the catalogue changed since)
         };
         let family = match (c.ipv6_socket, c.address) {
             (false, _) => "ipv4",

@@ -97,6 +97,7 @@ pub fn resolve(catalog: &Catalog, container_roots: &[PathBuf]) -> (SecretTable, 
             paths: catalog.path_keys(),
             inodes,
             endpoints: catalog.endpoint_keys(),
+            named_ports: catalog.named_ports(),
         },
     )
 }

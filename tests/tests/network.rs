@@ -247,9 +247,9 @@ fn a_connect_to_an_address_learned_from_dns_is_named() {
     ]);
     std::thread::sleep(Duration::from_millis(500));
     let id = format!("cw-{}-dns", std::process::id());
-    // The agent learns the answer asynchronously (well under a second); the pause keeps the
-    // test deterministic.
-    let script = "nslookup secretsmanager.us-east-1.amazonaws.com 127.0.0.1; sleep 1; \
+    // Connect right after resolving, as an SDK does: the kernel passes the connect up as
+    // unconfirmed (the agent may not have learned the answer yet) and the agent decides.
+    let script = "nslookup secretsmanager.us-east-1.amazonaws.com 127.0.0.1; \
                   wget -q -O /dev/null http://10.99.0.10:443/; exit 0";
     netns.container(&id, script).run_to_completion();
     let record = network_record(agent, &id, "aws-secretsmanager");
@@ -313,4 +313,61 @@ fn the_api_server_address_from_the_environment_is_an_endpoint() {
         !log.contains("never-read-or-logged"),
         "no other variable's value reaches the agent's output"
     );
+}
+
+/// An SDK resolves and connects at once: glibc's getaddrinfo (paired A/AAAA queries in one
+/// sendmmsg) answered by dnsmasq, then an immediate connect, in one process. The connect can
+/// reach the kernel before the agent has learned the answer; the kernel passes it up
+/// unconfirmed and the agent names it from the answer it has by then read.
+#[test]
+fn resolve_then_connect_at_once_is_still_named() {
+    credwatch_tests::runc::ensure_packages(&[("/usr/sbin/dnsmasq", "dnsmasq")]);
+    let agent = setup();
+    let name = format!("cwr-{}", std::process::id());
+    let mut netns = Netns::create(&name);
+    netns.serve("10.99.0.11", "443");
+    // `ip netns exec` bind-mounts /etc/netns/<name>/resolv.conf over /etc/resolv.conf.
+    let etc = Path::new("/etc/netns").join(&name);
+    std::fs::create_dir_all(&etc).unwrap();
+    std::fs::write(
+        etc.join("resolv.conf"),
+        "nameserver 127.0.0.1\noptions attempts:1 timeout:2\n",
+    )
+    .unwrap();
+    netns.spawn(&[
+        "dnsmasq",
+        "--no-daemon",
+        "--no-resolv",
+        "--no-hosts",
+        "--user=root",
+        "--listen-address=127.0.0.1",
+        "--bind-interfaces",
+        "--port=53",
+        "--address=/ssm.us-west-2.amazonaws.com/10.99.0.11",
+    ]);
+    std::thread::sleep(Duration::from_millis(500));
+    let client = "import socket, os\n\
+                  addr = socket.getaddrinfo('ssm.us-west-2.amazonaws.com', 443, socket.AF_INET, socket.SOCK_STREAM)[0][4]\n\
+                  socket.create_connection(addr, 2).close()\n\
+                  print(os.getpid())\n";
+    let out = Command::new("ip")
+        .args(["netns", "exec", &name, "python3", "-c", client])
+        .output()
+        .unwrap();
+    let _ = std::fs::remove_dir_all(&etc);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let pid: u64 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
+    let record = agent.wait_record("resolve-then-connect", |r| {
+        r["process"]["pid"] == pid && r["kind"] == "network"
+    });
+    assert_eq!(
+        record["network"]["hostname"], "ssm.us-west-2.amazonaws.com",
+        "{record:#}"
+    );
+    assert_eq!(record["secret"]["name"], "aws-ssm");
+    assert_eq!(record["network"]["address"], "10.99.0.11");
 }

@@ -107,6 +107,21 @@ impl Catalog {
         keys
     }
 
+    /// Ports of the endpoints known by host name: connects to them right after a DNS answer
+    /// reach the agent even before it has learned the answer (at most NAMED_PORT_SLOTS).
+    pub fn named_ports(&self) -> Vec<u16> {
+        let mut ports: Vec<u16> = self
+            .endpoints
+            .iter()
+            .filter(|e| !e.hosts.is_empty())
+            .flat_map(|e| e.ports.iter().copied())
+            .collect();
+        ports.sort_unstable();
+        ports.dedup();
+        ports.truncate(credwatch_common::NAMED_PORT_SLOTS as usize);
+        ports
+    }
+
     /// The endpoint a recorded connect matched (the kernel's map value).
     pub fn endpoint(&self, id: u32) -> Option<&EndpointRule> {
         self.endpoints.get((id as usize).checked_sub(1)?)

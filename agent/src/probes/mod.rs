@@ -47,6 +47,8 @@ pub struct KernelFilter {
     pub inodes: BTreeMap<InodeKey, u32>,
     /// (IPv6-form network, prefix length) → endpoint.
     pub endpoints: BTreeMap<([u8; 16], u32), EndpointValue>,
+    /// Ports of host-name endpoints (see `Catalog::named_ports`).
+    pub named_ports: Vec<u16>,
 }
 
 impl Probes {
@@ -336,6 +338,15 @@ impl Probes {
             &want.paths.suffixes,
         )?;
         self.sync_endpoints(&want.endpoints)?;
+        let mut named: aya::maps::Array<_, u16> = aya::maps::Array::try_from(
+            self.ebpf
+                .map_mut(maps::NAMED_PORTS)
+                .ok_or_else(|| anyhow!("named-port map missing"))?,
+        )?;
+        for slot in 0..credwatch_common::NAMED_PORT_SLOTS {
+            let port = want.named_ports.get(slot as usize).copied().unwrap_or(0);
+            named.set(slot, port, 0).context("setting a named port")?;
+        }
         self.inodes = want.inodes.clone();
         self.paths = PathKeys {
             prefixes: want.paths.prefixes.clone(),

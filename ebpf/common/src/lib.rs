@@ -21,6 +21,11 @@ pub const DNS_BYTES: usize = 512;
 
 /// Ports kept per catalogue endpoint in the kernel's address map (0 entries = any port).
 pub const ENDPOINT_PORTS: usize = 8;
+/// Ports of the catalogue's host-name endpoints (slots of the NAMED_PORTS array).
+pub const NAMED_PORT_SLOTS: u32 = 16;
+/// How long after a DNS answer a cgroup's connects to those ports still reach userspace when
+/// the address is not (yet) in the endpoint map: the agent learns answers asynchronously.
+pub const DNS_GRACE_NS: u64 = 2_000_000_000;
 
 /// Bytes kept of a cgroup path.
 pub const CGROUP_PATH_BYTES: usize = 512;
@@ -48,6 +53,7 @@ pub mod maps {
     pub const PATH_PREFIXES: &str = "PATH_PREFIXES";
     pub const PATH_SUFFIXES: &str = "PATH_SUFFIXES";
     pub const ENDPOINTS: &str = "ENDPOINTS";
+    pub const NAMED_PORTS: &str = "NAMED_PORTS";
 }
 
 /// Names of the load-time globals the agent sets.
@@ -128,7 +134,8 @@ pub struct ConnectRecord {
     pub family: u16,
     /// Host byte order.
     pub port: u16,
-    /// The endpoint map's value (catalogue endpoint index + 1).
+    /// The endpoint map's value (catalogue endpoint index + 1), or 0: not in the map, but the
+    /// cgroup received a DNS answer just before (the agent decides from what it learned).
     pub endpoint: u32,
     /// IPv6, or IPv4 mapped into IPv6 (::ffff:a.b.c.d).
     pub addr: [u8; 16],

@@ -12,10 +12,11 @@ use aya_ebpf::{
     maps::lpm_trie::Key,
 };
 use credwatch_common::{
-    ConnectRecord, ENDPOINT_PORTS, KIND_CONNECT, RecordHeader, WIRE_VERSION, outcome, probe,
+    ConnectRecord, DNS_GRACE_NS, ENDPOINT_PORTS, KIND_CONNECT, NAMED_PORT_SLOTS, RecordHeader,
+    WIRE_VERSION, outcome, probe,
 };
 
-use crate::{AGENT_TGID, ENDPOINTS, EVENTS, OFFSETS, stats::count, vfs};
+use crate::{AGENT_TGID, DNS_RECENT, ENDPOINTS, EVENTS, NAMED_PORTS, OFFSETS, stats::count, vfs};
 
 const AF_INET: u16 = 2;
 const AF_INET6: u16 = 10;
@@ -66,12 +67,14 @@ pub fn exit(ret: i64) {
         _ => return count(probe::CONNECT, outcome::FILTERED),
     }
     let port = u16::from_be_bytes(port_bytes);
-    let Some(endpoint) = ENDPOINTS.get(Key::new(128, addr)) else {
-        return count(probe::CONNECT, outcome::FILTERED);
+    let cgroup_id = unsafe { bpf_get_current_cgroup_id() };
+    let endpoint_id = match ENDPOINTS.get(Key::new(128, addr)) {
+        Some(endpoint) if port_matches(endpoint.port_count, &endpoint.ports, port) => endpoint.id,
+        // Not (yet) known: the agent learns DNS answers asynchronously, so a connect right after
+        // an answer to this cgroup, on a host-name endpoint's port, goes up unconfirmed.
+        _ if just_resolved(cgroup_id) && named_port(port) => 0,
+        _ => return count(probe::CONNECT, outcome::FILTERED),
     };
-    if !port_matches(endpoint.port_count, &endpoint.ports, port) {
-        return count(probe::CONNECT, outcome::FILTERED);
-    }
     let uid_gid = bpf_get_current_uid_gid();
     let record = ConnectRecord {
         header: RecordHeader {
@@ -84,7 +87,7 @@ pub fn exit(ret: i64) {
         tid: pid_tgid as u32,
         uid: uid_gid as u32,
         gid: (uid_gid >> 32) as u32,
-        cgroup_id: unsafe { bpf_get_current_cgroup_id() },
+        cgroup_id,
         start_boottime: unsafe {
             vfs::read(generated::bpf_get_current_task(), o.task_start_boottime)
         }
@@ -92,7 +95,7 @@ pub fn exit(ret: i64) {
         result: ret,
         family,
         port,
-        endpoint: endpoint.id,
+        endpoint: endpoint_id,
         addr,
         comm: bpf_get_current_comm().unwrap_or([0; 16]),
     };
@@ -101,6 +104,23 @@ pub fn exit(ret: i64) {
     } else {
         count(probe::CONNECT, outcome::LOST);
     }
+}
+
+fn just_resolved(cgroup_id: u64) -> bool {
+    let Some(at) = (unsafe { DNS_RECENT.get(&cgroup_id) }).copied() else {
+        return false;
+    };
+    unsafe { bpf_ktime_get_boot_ns() }.saturating_sub(at) < DNS_GRACE_NS
+}
+
+fn named_port(port: u16) -> bool {
+    let mut found = false;
+    for slot in 0..NAMED_PORT_SLOTS {
+        if let Some(p) = NAMED_PORTS.get(slot) {
+            found |= *p != 0 && *p == port;
+        }
+    }
+    found
 }
 
 /// An empty port set means any port.

@@ -11,7 +11,7 @@ use credwatch_common::{
     DNS_BYTES, DnsRecord, KIND_DNS, RecordHeader, WIRE_VERSION, outcome, probe,
 };
 
-use crate::{DNS_SCRATCH, EVENTS, stats::count};
+use crate::{DNS_RECENT, DNS_SCRATCH, EVENTS, stats::count};
 
 const UDP: u8 = 17;
 const DNS_PORT: u16 = 53;
@@ -54,6 +54,9 @@ pub fn ingress(ctx: &SkBuffContext) {
     };
     rec.boot_ns = unsafe { bpf_ktime_get_boot_ns() };
     rec.cgroup_id = unsafe { bpf_skb_cgroup_id(ctx.as_ptr().cast()) };
+    // Connects from this cgroup right after the answer may go to an address the agent has not
+    // put into the endpoint map yet (see connect.rs).
+    let _ = DNS_RECENT.insert(&rec.cgroup_id, &rec.boot_ns, 0);
     rec.len = len as u32;
     rec._pad = 0;
     if EVENTS.output::<DnsRecord>(rec, 0).is_ok() {

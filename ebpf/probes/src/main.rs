@@ -25,7 +25,7 @@ use aya_ebpf::{
 };
 use credwatch_common::{
     CGROUP_MKDIR, CGROUP_RMDIR, CgroupRecord, DnsRecord, EndpointValue, InodeKey, KernelOffsets,
-    PathKeyData, ProcessRecord, STATS_ENTRIES, probe,
+    NAMED_PORT_SLOTS, PathKeyData, ProcessRecord, STATS_ENTRIES, probe,
 };
 
 /// Filled by the agent from `/sys/kernel/btf/vmlinux` before load.
@@ -58,6 +58,14 @@ static PENDING_SPILL: HashMap<u64, open::PendingOpen> = HashMap::with_max_entrie
 /// Credential endpoint addresses (v6, IPv4 mapped), filled from the catalogue.
 #[map(name = "ENDPOINTS")]
 static ENDPOINTS: LpmTrie<[u8; 16], EndpointValue> = LpmTrie::with_max_entries(4096, 0);
+/// Ports of host-name endpoints (0 = unused slot), filled by the agent.
+#[map(name = "NAMED_PORTS")]
+static NAMED_PORTS: aya_ebpf::maps::Array<u16> =
+    aya_ebpf::maps::Array::with_max_entries(NAMED_PORT_SLOTS, 0);
+/// When each cgroup last received a DNS answer (boot ns).
+#[map(name = "DNS_RECENT")]
+static DNS_RECENT: aya_ebpf::maps::LruHashMap<u64, u64> =
+    aya_ebpf::maps::LruHashMap::with_max_entries(16384, 0);
 /// Per-CPU working memory for DNS records.
 #[map(name = "DNS_SCRATCH")]
 static DNS_SCRATCH: PerCpuArray<DnsRecord> = PerCpuArray::with_max_entries(1, 0);
