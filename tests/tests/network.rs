@@ -315,8 +315,8 @@ fn the_api_server_address_from_the_environment_is_an_endpoint() {
     );
 }
 
-/// An SDK resolves and connects at once: glibc's getaddrinfo (paired A/AAAA queries in one
-/// sendmmsg) answered by dnsmasq, then an immediate connect, in one process. The connect can
+/// An SDK resolves and connects at once: glibc's getaddrinfo with an unspecified family (paired
+/// A/AAAA queries in one sendmmsg) answered by dnsmasq, then an immediate connect, in one process. The connect can
 /// reach the kernel before the agent has learned the answer; the kernel passes it up
 /// unconfirmed and the agent names it from the answer it has by then read.
 #[test]
@@ -347,7 +347,8 @@ fn resolve_then_connect_at_once_is_still_named() {
     ]);
     std::thread::sleep(Duration::from_millis(500));
     let client = "import socket, os\n\
-                  addr = socket.getaddrinfo('ssm.us-west-2.amazonaws.com', 443, socket.AF_INET, socket.SOCK_STREAM)[0][4]\n\
+                  infos = socket.getaddrinfo('ssm.us-west-2.amazonaws.com', 443, socket.AF_UNSPEC, socket.SOCK_STREAM)\n\
+                  addr = [i[4] for i in infos if i[0] == socket.AF_INET][0]\n\
                   socket.create_connection(addr, 2).close()\n\
                   print(os.getpid())\n";
     let out = Command::new("ip")
