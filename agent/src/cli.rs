@@ -1,6 +1,6 @@
 //! Command line (DESIGN §5). Exit codes: 0 ok, 1 runtime failure, 2 bad usage or invalid policies.
 
-use std::{net::SocketAddr, path::PathBuf, process::ExitCode};
+use std::{path::PathBuf, process::ExitCode};
 
 use clap::{Parser, Subcommand};
 
@@ -20,25 +20,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Attach the probes and report credential accesses.
-    Run {
-        #[arg(long, default_value = "./policies")]
-        policies: PathBuf,
-        /// Forensic log: a file path, or - for stdout.
-        #[arg(long, default_value = "-")]
-        log: String,
-        #[arg(long, default_value = "127.0.0.1:9750")]
-        metrics_addr: SocketAddr,
-        /// Node name in records (default: the host name).
-        #[arg(long)]
-        node_name: Option<String>,
-        /// CRI runtime socket (default: auto-detected).
-        #[arg(long)]
-        cri_socket: Option<PathBuf>,
-        #[arg(long, default_value_t = 100 * 1024 * 1024)]
-        log_max_bytes: u64,
-        #[arg(long, default_value_t = 5)]
-        log_keep: u32,
-    },
+    Run(run::RunOptions),
     /// Validate a policy directory.
     Check {
         #[arg(long, default_value = "./policies")]
@@ -83,23 +65,7 @@ pub fn main() -> ExitCode {
         }
     };
     let result = match cli.command {
-        Command::Run {
-            policies,
-            log,
-            metrics_addr,
-            node_name,
-            cri_socket,
-            log_max_bytes,
-            log_keep,
-        } => run::run(run::RunOptions {
-            policies,
-            log,
-            metrics_addr,
-            node_name,
-            cri_socket,
-            log_max_bytes,
-            log_keep,
-        }),
+        Command::Run(options) => run::run(options),
         Command::Check { policies } => check(&policies),
         Command::Replay { policies, file } => crate::replay::replay(&policies, &file),
         Command::Version => {

@@ -4,18 +4,17 @@
 //! addresses go into the kernel's endpoint map, and records name the host.
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::HashMap,
     net::IpAddr,
     time::{Duration, Instant},
 };
 
-use credwatch_common::EndpointValue;
 use hickory_proto::{
     op::{Message, MessageType},
     rr::RData,
 };
 
-use crate::policy::Catalog;
+use crate::policy::{Catalog, catalog::EndpointKeys};
 
 /// Bounds on what is learned: the map stays small under any DNS traffic.
 const MAX_LEARNED: usize = 4096;
@@ -158,7 +157,7 @@ impl LearnedHosts {
     }
 
     /// Kernel endpoint map entries for the learned addresses (/32 or /128).
-    pub fn endpoint_keys(&self, catalog: &Catalog) -> BTreeMap<([u8; 16], u32), EndpointValue> {
+    pub fn endpoint_keys(&self, catalog: &Catalog) -> EndpointKeys {
         self.by_address
             .iter()
             .filter_map(|(address, learned)| {

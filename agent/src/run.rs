@@ -20,15 +20,28 @@ use crate::{
 /// How often existing secret files are looked up again (new files, replaced inodes).
 const SECRET_REFRESH: Duration = Duration::from_secs(10);
 
+/// `credwatch run` arguments (DESIGN §5).
+#[derive(clap::Args, Debug)]
 pub struct RunOptions {
+    #[arg(long, default_value = "./policies")]
     pub policies: PathBuf,
+    /// Forensic log: a file path, or - for stdout.
+    #[arg(long, default_value = "-")]
     pub log: String,
+    #[arg(long, default_value = "127.0.0.1:9750")]
     pub metrics_addr: SocketAddr,
+    /// Node name in records (default: the host name).
+    #[arg(long)]
     pub node_name: Option<String>,
-    /// The runtime socket for the containerd API / CRI (auto-detected when None).
+    /// CRI runtime socket (default: the first of /run/containerd/containerd.sock,
+    /// /var/run/crio/crio.sock that exists).
+    #[arg(long)]
     pub cri_socket: Option<PathBuf>,
-    /// Rotate the log file at this size, keeping this many old files.
+    /// Rotate the forensic log file at this size.
+    #[arg(long, default_value_t = 100 * 1024 * 1024)]
     pub log_max_bytes: u64,
+    /// Rotated log files to keep.
+    #[arg(long, default_value_t = 5)]
     pub log_keep: u32,
 }
 

@@ -103,6 +103,24 @@ impl Netns {
         self.wait_listening(addr, port);
     }
 
+    /// dnsmasq (Debian) on the namespace's 127.0.0.1:53, answering `name` with `address`.
+    fn dns(&mut self, name: &str, address: &str) {
+        credwatch_tests::runc::ensure_packages(&[("/usr/sbin/dnsmasq", "dnsmasq")]);
+        let answer = format!("--address=/{name}/{address}");
+        self.spawn(&[
+            "dnsmasq",
+            "--no-daemon",
+            "--no-resolv",
+            "--no-hosts",
+            "--user=root",
+            "--listen-address=127.0.0.1",
+            "--bind-interfaces",
+            "--port=53",
+            &answer,
+        ]);
+        std::thread::sleep(Duration::from_millis(500));
+    }
+
     fn spawn(&mut self, command: &[&str]) {
         let child = Command::new("ip")
             .args(["netns", "exec", &self.name])
@@ -230,22 +248,10 @@ fn connects_to_credential_endpoints_are_recorded_and_judged() {
 /// container resolves it and connects, and the record names the host.
 #[test]
 fn a_connect_to_an_address_learned_from_dns_is_named() {
-    credwatch_tests::runc::ensure_packages(&[("/usr/sbin/dnsmasq", "dnsmasq")]);
     let agent = setup();
     let mut netns = Netns::create(&format!("cwd-{}", std::process::id()));
     netns.serve("10.99.0.10", "443");
-    netns.spawn(&[
-        "dnsmasq",
-        "--no-daemon",
-        "--no-resolv",
-        "--no-hosts",
-        "--user=root",
-        "--listen-address=127.0.0.1",
-        "--bind-interfaces",
-        "--port=53",
-        "--address=/secretsmanager.us-east-1.amazonaws.com/10.99.0.10",
-    ]);
-    std::thread::sleep(Duration::from_millis(500));
+    netns.dns("secretsmanager.us-east-1.amazonaws.com", "10.99.0.10");
     let id = format!("cw-{}-dns", std::process::id());
     // Connect right after resolving, as an SDK does: the kernel passes the connect up as
     // unconfirmed (the agent may not have learned the answer yet) and the agent decides.
@@ -321,7 +327,6 @@ fn the_api_server_address_from_the_environment_is_an_endpoint() {
 /// unconfirmed and the agent names it from the answer it has by then read.
 #[test]
 fn resolve_then_connect_at_once_is_still_named() {
-    credwatch_tests::runc::ensure_packages(&[("/usr/sbin/dnsmasq", "dnsmasq")]);
     let agent = setup();
     let name = format!("cwr-{}", std::process::id());
     let mut netns = Netns::create(&name);
@@ -334,18 +339,7 @@ fn resolve_then_connect_at_once_is_still_named() {
         "nameserver 127.0.0.1\noptions attempts:1 timeout:2\n",
     )
     .unwrap();
-    netns.spawn(&[
-        "dnsmasq",
-        "--no-daemon",
-        "--no-resolv",
-        "--no-hosts",
-        "--user=root",
-        "--listen-address=127.0.0.1",
-        "--bind-interfaces",
-        "--port=53",
-        "--address=/ssm.us-west-2.amazonaws.com/10.99.0.11",
-    ]);
-    std::thread::sleep(Duration::from_millis(500));
+    netns.dns("ssm.us-west-2.amazonaws.com", "10.99.0.11");
     let client = "import socket, os\n\
                   infos = socket.getaddrinfo('ssm.us-west-2.amazonaws.com', 443, socket.AF_UNSPEC, socket.SOCK_STREAM)\n\
                   addr = [i[4] for i in infos if i[0] == socket.AF_INET][0]\n\

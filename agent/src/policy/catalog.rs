@@ -95,7 +95,7 @@ pub struct PathKeys {
 impl Catalog {
     /// The kernel's endpoint map: (IPv6-form address, prefix length) → endpoint id and ports.
     /// On overlapping networks the longer prefix wins (LPM); equal ones go to the first entry.
-    pub fn endpoint_keys(&self) -> BTreeMap<([u8; 16], u32), EndpointValue> {
+    pub fn endpoint_keys(&self) -> EndpointKeys {
         let mut keys = BTreeMap::new();
         for (index, rule) in self.endpoints.iter().enumerate() {
             let value = rule.kernel_value(index);
@@ -163,6 +163,9 @@ impl Catalog {
         keys
     }
 }
+
+/// The kernel's endpoint map: (IPv6-form address, prefix length in bits) → endpoint.
+pub type EndpointKeys = BTreeMap<([u8; 16], u32), EndpointValue>;
 
 /// One `endpoints` entry of the catalogue, compiled.
 #[derive(Debug, Clone)]

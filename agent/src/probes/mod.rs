@@ -17,7 +17,7 @@ use credwatch_common::{
 };
 use log::{info, warn};
 
-use crate::policy::catalog::PathKeys;
+use crate::policy::catalog::{EndpointKeys, PathKeys};
 
 /// The kernel programs, built by `agent/build.rs`.
 static PROGRAMS: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/credwatch-probes"));
@@ -37,7 +37,7 @@ pub struct Probes {
     /// (dev, ino) currently in the kernel's secret-inode map.
     inodes: BTreeMap<InodeKey, u32>,
     paths: PathKeys,
-    endpoints: BTreeMap<([u8; 16], u32), EndpointValue>,
+    endpoints: EndpointKeys,
 }
 
 /// The entries the in-kernel filter should hold.
@@ -46,7 +46,7 @@ pub struct KernelFilter {
     pub paths: PathKeys,
     pub inodes: BTreeMap<InodeKey, u32>,
     /// (IPv6-form network, prefix length) → endpoint.
-    pub endpoints: BTreeMap<([u8; 16], u32), EndpointValue>,
+    pub endpoints: EndpointKeys,
     /// Ports of host-name endpoints (see `Catalog::named_ports`).
     pub named_ports: Vec<u16>,
 }
@@ -282,10 +282,7 @@ impl Probes {
     }
 
     /// Brings the endpoint map in line with `want` (add first, then remove).
-    pub fn sync_endpoints(
-        &mut self,
-        want: &BTreeMap<([u8; 16], u32), EndpointValue>,
-    ) -> Result<()> {
+    pub fn sync_endpoints(&mut self, want: &EndpointKeys) -> Result<()> {
         let mut endpoints: LpmTrie<_, [u8; 16], EndpointValue> = LpmTrie::try_from(
             self.ebpf
                 .map_mut(maps::ENDPOINTS)
