@@ -7,7 +7,7 @@ use credwatch_common::{
     ARGS_BYTES, CGROUP_MKDIR, CGROUP_PATH_BYTES, CGROUP_RMDIR, CgroupRecord, ConnectRecord,
     DNS_BYTES, DnsRecord, FILENAME_BYTES, FileOpenRecord, KIND_CGROUP, KIND_CONNECT, KIND_DNS,
     KIND_FILE_OPEN, KIND_PROCESS, PATH_BYTES, ProcessRecord, RAW_PATH_BYTES, RecordHeader,
-    WIRE_VERSION, probe, process_event,
+    WIRE_VERSION, connect_source, probe, process_event,
 };
 
 /// A file-open syscall, decoded.
@@ -123,7 +123,9 @@ pub struct Connect {
     pub gid: u32,
     pub cgroup_id: u64,
     pub start_boottime: u64,
-    pub result: i64,
+    /// connect(2)'s result; `None` for a connect seen outside connect(2) (io_uring, TCP Fast
+    /// Open) by the cgroup hook, before it was attempted.
+    pub result: Option<i64>,
     /// The address as the process gave it (v4-mapped IPv6 shown as IPv4).
     pub address: std::net::IpAddr,
     pub ipv6_socket: bool,
@@ -228,6 +230,11 @@ fn decode_connect(bytes: &[u8], header: RecordHeader) -> Result<Event, DecodeErr
         10 => true,
         other => return Err(DecodeError::BadField("family", other as u64)),
     };
+    let result = match rec.source {
+        connect_source::SYSCALL => Some(rec.result),
+        connect_source::CGROUP_HOOK => None,
+        other => return Err(DecodeError::BadField("source", other as u64)),
+    };
     let v6 = std::net::Ipv6Addr::from(rec.addr);
     let address = match v6.to_ipv4_mapped() {
         Some(v4) => std::net::IpAddr::V4(v4),
@@ -241,7 +248,7 @@ fn decode_connect(bytes: &[u8], header: RecordHeader) -> Result<Event, DecodeErr
         gid: rec.gid,
         cgroup_id: rec.cgroup_id,
         start_boottime: rec.start_boottime,
-        result: rec.result,
+        result,
         address,
         ipv6_socket,
         port: rec.port,

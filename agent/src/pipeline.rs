@@ -186,6 +186,11 @@ impl Pipeline {
             hostname: self.learned.hostname(&c.address).map(str::to_string),
             service: endpoint.name.clone(),
             result: c.result,
+            source: if c.result.is_some() {
+                "connect"
+            } else {
+                "cgroup_hook"
+            },
         };
         let secret = (endpoint.name.clone(), endpoint.catalog.clone());
         let mut record = self.new_record(c.boot_ns, c.tid, "network", secret, &process);

@@ -205,7 +205,7 @@ impl ProcessTable {
             cgroup_id: c.cgroup_id,
             syscall: crate::events::Syscall::Openat,
             flags: 0,
-            result: c.result,
+            result: c.result.unwrap_or(0),
             dev: 0,
             ino: 0,
             dirfd: 0,

@@ -87,6 +87,7 @@ impl Container {
         args: &[&str],
         edit: impl FnOnce(&mut Value),
     ) -> Container {
+        let rootfs = rootfs(); // also installs runc on a fresh machine
         let bundle = std::env::temp_dir().join(format!("credwatch-bundle-{id}"));
         let _ = std::fs::remove_dir_all(&bundle);
         let secrets_dir = bundle.join("secrets");
@@ -102,7 +103,7 @@ impl Container {
         assert!(status.success(), "runc spec");
         let spec_path = bundle.join("config.json");
         let mut spec: Value = serde_json::from_slice(&std::fs::read(&spec_path).unwrap()).unwrap();
-        spec["root"] = json!({"path": rootfs(), "readonly": true});
+        spec["root"] = json!({"path": rootfs, "readonly": true});
         spec["process"]["terminal"] = json!(false);
         spec["process"]["args"] = json!(args);
         spec["mounts"].as_array_mut().unwrap().push(json!({

@@ -238,7 +238,7 @@ fn connects_to_credential_endpoints_are_recorded_and_judged() {
     );
     assert_eq!(agent.metric(&series), 1.0, "{}", agent.metrics());
     assert_eq!(
-        agent.metric(r#"credwatch_probe_attached{mode="tracepoint-exit",probe="connect"}"#),
+        agent.metric(r#"credwatch_probe_attached{mode="tracepoint-enter-exit",probe="connect"}"#),
         1.0
     );
 }
@@ -365,4 +365,69 @@ fn resolve_then_connect_at_once_is_still_named() {
     );
     assert_eq!(record["secret"]["name"], "aws-ssm");
     assert_eq!(record["network"]["address"], "10.99.0.11");
+}
+
+/// Connects that bypass connect(2) — io_uring's IORING_OP_CONNECT and a TCP Fast Open
+/// sendto(2) — reach the kernel's `cgroup/connect4` hook; the syscall tracepoints never see
+/// them. A plain connect(2), seen by both the hook and the tracepoints, is reported once, with
+/// its result.
+#[test]
+fn connects_that_bypass_the_connect_syscall_are_seen_once() {
+    let agent = setup();
+    let name = format!("cwu-{}", std::process::id());
+    let netns = Netns::create(&name);
+    let connector = credwatch_tests::helper_binary("credwatch-connector");
+    for how in ["io_uring", "fastopen", "connect"] {
+        let out = Command::new("ip")
+            .args(["netns", "exec", &name])
+            .arg(&connector)
+            .args([how, "169.254.169.254", "80"])
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{how}: {stdout} {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let field = |key: &str| -> i64 {
+            stdout
+                .lines()
+                .find_map(|l| l.strip_prefix(key))
+                .and_then(|v| v.parse().ok())
+                .unwrap_or_else(|| panic!("{how}: no {key} in {stdout}"))
+        };
+        let (pid, result) = (field("pid="), field("result="));
+        assert!(
+            result == 0 || result == -libc::EINPROGRESS as i64,
+            "{how}: {stdout}"
+        );
+        let record = agent.wait_record(&format!("{how} connect"), |r| {
+            r["process"]["pid"] == pid && r["kind"] == "network"
+        });
+        assert_eq!(
+            record["network"]["service"], "instance-metadata",
+            "{record:#}"
+        );
+        assert_eq!(record["network"]["address"], "169.254.169.254");
+        assert_eq!(record["network"]["port"], 80);
+        if how == "connect" {
+            assert_eq!(record["network"]["source"], "connect", "{record:#}");
+            assert_eq!(record["network"]["result"], result);
+        } else {
+            assert_eq!(record["network"]["source"], "cgroup_hook", "{record:#}");
+            assert!(record["network"]["result"].is_null());
+        }
+        std::thread::sleep(Duration::from_millis(300));
+        let count = agent
+            .records()
+            .iter()
+            .filter(|r| r["process"]["pid"] == pid && r["kind"] == "network")
+            .count();
+        assert_eq!(count, 1, "{how}: one record per connect");
+    }
+    assert_eq!(
+        agent.metric(r#"credwatch_probe_attached{mode="cgroup_sock_addr",probe="cgroup_connect"}"#),
+        1.0
+    );
 }

@@ -106,15 +106,11 @@ impl Probes {
         }
         let status = probes.attach_dns();
         probes.record(status);
+        // connect(2) is rare next to open(2): enter+exit costs little and needs no registers.
         let connect = probe::NAMES[probe::CONNECT as usize];
-        let status = match mode {
-            ArgsMode::FromRegisters { .. } => probes.attach_syscall(connect, mode),
-            ArgsMode::SavedAtEntry => ProbeStatus {
-                probe: connect,
-                mode: None,
-                detail: "needs bpf_task_pt_regs (the tracepoint-exit mode)".into(),
-            },
-        };
+        let status = probes.attach_syscall(connect, ArgsMode::SavedAtEntry);
+        probes.record(status);
+        let status = probes.attach_connect_hooks();
         probes.record(status);
         Ok(probes)
     }
@@ -144,29 +140,13 @@ impl Probes {
                 .with_context(|| format!("attaching {name}"))?;
             Ok(())
         })();
-        match result {
-            Ok(()) => ProbeStatus {
-                probe: name,
-                mode: Some("tp_btf"),
-                detail: String::new(),
-            },
-            Err(err) => ProbeStatus {
-                probe: name,
-                mode: None,
-                detail: format!("{err:#}"),
-            },
-        }
+        probe_status(name, "tp_btf", result)
     }
 
-    /// DNS responses to every process: a cgroup_skb ingress program on the cgroup2 root,
-    /// attached with the legacy path (bpf_link cgroup attach is refused on some kernels).
+    /// DNS responses to every process: a cgroup_skb ingress program on the cgroup2 root.
     fn attach_dns(&mut self) -> ProbeStatus {
         let name = probe::NAMES[probe::DNS as usize];
         let result = (|| -> Result<()> {
-            let root = crate::containers::cgroup::cgroup2_mount()
-                .ok_or_else(|| anyhow!("no cgroup2 mount"))?;
-            let cgroup = std::fs::File::open(&root)
-                .with_context(|| format!("opening {}", root.display()))?;
             let program: &mut aya::programs::CgroupSkb = self
                 .ebpf
                 .program_mut("dns_answers")
@@ -175,25 +155,35 @@ impl Probes {
             program.load().context("loading dns_answers")?;
             program
                 .attach(
-                    cgroup,
+                    cgroup2_root()?,
                     aya::programs::CgroupSkbAttachType::Ingress,
                     aya::programs::CgroupAttachMode::Single,
                 )
                 .context("attaching dns_answers to the cgroup2 root")?;
             Ok(())
         })();
-        match result {
-            Ok(()) => ProbeStatus {
-                probe: name,
-                mode: Some("cgroup_skb"),
-                detail: String::new(),
-            },
-            Err(err) => ProbeStatus {
-                probe: name,
-                mode: None,
-                detail: format!("{err:#}"),
-            },
-        }
+        probe_status(name, "cgroup_skb", result)
+    }
+
+    /// `cgroup/connect4|6` on the cgroup2 root: connects that bypass connect(2) (io_uring,
+    /// TCP Fast Open), and the address of those that do not, already copied by the kernel.
+    fn attach_connect_hooks(&mut self) -> ProbeStatus {
+        let name = probe::NAMES[probe::CGROUP_CONNECT as usize];
+        let result = (|| -> Result<()> {
+            for hook in ["connect4", "connect6"] {
+                let program: &mut aya::programs::CgroupSockAddr = self
+                    .ebpf
+                    .program_mut(hook)
+                    .ok_or_else(|| anyhow!("program {hook} missing from the object"))?
+                    .try_into()?;
+                program.load().with_context(|| format!("loading {hook}"))?;
+                program
+                    .attach(cgroup2_root()?, aya::programs::CgroupAttachMode::Single)
+                    .with_context(|| format!("attaching {hook} to the cgroup2 root"))?;
+            }
+            Ok(())
+        })();
+        probe_status(name, "cgroup_sock_addr", result)
     }
 
     /// cgroup creation and removal: without them, containers are found from their live cgroup
@@ -212,18 +202,7 @@ impl Probes {
                 .with_context(|| format!("attaching {name}"))?;
             Ok(())
         })();
-        match result {
-            Ok(()) => ProbeStatus {
-                probe: name,
-                mode: Some("tracepoint"),
-                detail: String::new(),
-            },
-            Err(err) => ProbeStatus {
-                probe: name,
-                mode: None,
-                detail: format!("{err:#}"),
-            },
-        }
+        probe_status(name, "tracepoint", result)
     }
 
     fn attach_syscall(&mut self, name: &'static str, mode: ArgsMode) -> ProbeStatus {
@@ -249,18 +228,7 @@ impl Probes {
             }
             Ok(())
         })();
-        match result {
-            Ok(()) => ProbeStatus {
-                probe: name,
-                mode: Some(mode.label()),
-                detail: String::new(),
-            },
-            Err(err) => ProbeStatus {
-                probe: name,
-                mode: None,
-                detail: format!("{err:#}"),
-            },
-        }
+        probe_status(name, mode.label(), result)
     }
 
     pub fn take_events(&mut self) -> Result<RingBuf<MapData>> {
@@ -473,4 +441,27 @@ fn raise_memlock_limit() -> std::io::Result<()> {
         return Err(std::io::Error::last_os_error());
     }
     Ok(())
+}
+
+/// The cgroup2 root, where the cgroup programs attach (their effect is inherited by every
+/// cgroup below, so all containers are covered).
+fn cgroup2_root() -> Result<std::fs::File> {
+    let root =
+        crate::containers::cgroup::cgroup2_mount().ok_or_else(|| anyhow!("no cgroup2 mount"))?;
+    std::fs::File::open(&root).with_context(|| format!("opening {}", root.display()))
+}
+
+fn probe_status(probe: &'static str, mode: &'static str, result: Result<()>) -> ProbeStatus {
+    match result {
+        Ok(()) => ProbeStatus {
+            probe,
+            mode: Some(mode),
+            detail: String::new(),
+        },
+        Err(err) => ProbeStatus {
+            probe,
+            mode: None,
+            detail: format!("{err:#}"),
+        },
+    }
 }

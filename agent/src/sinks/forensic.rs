@@ -140,8 +140,11 @@ pub struct NetworkSection {
     pub hostname: Option<String>,
     /// The catalogue endpoint.
     pub service: String,
-    /// 0, or -errno (-EINPROGRESS: a non-blocking connect under way).
-    pub result: i64,
+    /// 0, or -errno (-EINPROGRESS: a non-blocking connect under way); null when the connect
+    /// was seen outside connect(2), before it was attempted.
+    pub result: Option<i64>,
+    /// "connect" (the syscall) or "cgroup_hook" (io_uring, TCP Fast Open: not connect(2)).
+    pub source: &'static str,
 }
 
 #[derive(Serialize, Debug, Default)]

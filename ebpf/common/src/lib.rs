@@ -78,7 +78,9 @@ pub mod probe {
     pub const CGROUP_RMDIR: u32 = 9;
     pub const CONNECT: u32 = 10;
     pub const DNS: u32 = 11;
-    pub const COUNT: u32 = 12;
+    /// Connects outside connect(2) (io_uring, TCP Fast Open), seen by `cgroup/connect4|6`.
+    pub const CGROUP_CONNECT: u32 = 12;
+    pub const COUNT: u32 = 13;
     /// How many of the first probes are file-open syscalls.
     pub const FILE_OPEN_COUNT: u32 = 5;
     /// Names as used in metrics and log records (`sys_` dropped).
@@ -95,6 +97,7 @@ pub mod probe {
         "cgroup_rmdir",
         "connect",
         "dns",
+        "cgroup_connect",
     ];
 }
 
@@ -137,9 +140,21 @@ pub struct ConnectRecord {
     /// The endpoint map's value (catalogue endpoint index + 1), or 0: not in the map, but the
     /// cgroup received a DNS answer just before (the agent decides from what it learned).
     pub endpoint: u32,
+    /// Which program saw it (`connect_source`).
+    pub source: u32,
+    pub _pad: u32,
     /// IPv6, or IPv4 mapped into IPv6 (::ffff:a.b.c.d).
     pub addr: [u8; 16],
     pub comm: [u8; 16],
+}
+
+/// Where a connect was seen.
+pub mod connect_source {
+    /// connect(2): the record carries its result.
+    pub const SYSCALL: u32 = 0;
+    /// A `cgroup/connect4|6` hook outside connect(2) (io_uring, TCP Fast Open): the connect
+    /// is about to be attempted, so there is no result.
+    pub const CGROUP_HOOK: u32 = 1;
 }
 
 /// A DNS response (UDP from port 53) received by a process, for learning which addresses

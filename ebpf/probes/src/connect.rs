@@ -1,7 +1,17 @@
-//! `connect()` to credential endpoints: at syscall exit (arguments from the saved registers),
-//! the address the process asked for — IPv4, IPv6 or v4-mapped IPv6 — is looked up in the
-//! endpoint LPM trie (IPv4 as ::ffff:a.b.c.d), then its port in that entry's port set. Only
-//! matches leave the kernel.
+//! Connects to credential endpoints. Three programs share the work:
+//!
+//! - `sys_enter_connect` marks the thread as inside connect(2) and keeps the user's sockaddr
+//!   pointer (tracepoint arguments, so this works in both probe modes);
+//! - `cgroup/connect4|6` (on the cgroup2 root) see the address the kernel is about to connect
+//!   to, already copied from user memory, for every TCP/UDP connect — including those that do
+//!   not go through connect(2): io_uring's IORING_OP_CONNECT and TCP Fast Open sendmsg. Inside
+//!   connect(2) they only note the match on the thread's mark; outside it they emit at once
+//!   (there is no result to wait for);
+//! - `sys_exit_connect` emits a matched connect with its result. Where the hooks could not be
+//!   attached (or did not run: a non-INET socket, an early error) it reads the sockaddr itself.
+//!
+//! An address matches when it is in the endpoint LPM trie (IPv4 as ::ffff:a.b.c.d) with the
+//! port in that entry's port set. Everything else is only counted.
 
 use aya_ebpf::{
     helpers::{
@@ -10,38 +20,192 @@ use aya_ebpf::{
         generated::{self, bpf_get_current_cgroup_id, bpf_ktime_get_boot_ns},
     },
     maps::lpm_trie::Key,
+    programs::SockAddrContext,
 };
 use credwatch_common::{
     ConnectRecord, DNS_GRACE_NS, ENDPOINT_PORTS, KIND_CONNECT, NAMED_PORT_SLOTS, RecordHeader,
-    WIRE_VERSION, outcome, probe,
+    WIRE_VERSION, connect_source, outcome, probe,
 };
 
-use crate::{AGENT_TGID, DNS_RECENT, ENDPOINTS, EVENTS, NAMED_PORTS, OFFSETS, stats::count, vfs};
+use crate::{
+    AGENT_TGID, CONNECTS, DNS_RECENT, ENDPOINTS, EVENTS, NAMED_PORTS, OFFSETS, stats::count, vfs,
+};
 
 const AF_INET: u16 = 2;
 const AF_INET6: u16 = 10;
 
+/// What the cgroup hook found for a thread inside connect(2).
+const ENTERED: u32 = 0;
+const HOOK_FILTERED: u32 = 1;
+const HOOK_MATCHED: u32 = 2;
+
+/// A thread inside connect(2).
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct InConnect {
+    sockaddr: u64,
+    state: u32,
+    endpoint: u32,
+    family: u16,
+    port: u16,
+    _pad: u32,
+    addr: [u8; 16],
+}
+
+/// An address and port as the process asked (IPv4 mapped into IPv6).
+struct Target {
+    family: u16,
+    port: u16,
+    addr: [u8; 16],
+}
+
+fn is_agent(pid_tgid: u64) -> bool {
+    (pid_tgid >> 32) as u32 == AGENT_TGID.load()
+}
+
+pub fn enter(sockaddr: u64) {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    if is_agent(pid_tgid) {
+        return;
+    }
+    let mark = InConnect {
+        sockaddr,
+        state: ENTERED,
+        endpoint: 0,
+        family: 0,
+        port: 0,
+        _pad: 0,
+        addr: [0; 16],
+    };
+    let _ = CONNECTS.insert(&pid_tgid, &mark, 0);
+}
+
+/// `cgroup/connect4`: the IPv4 address and port the kernel is about to connect to.
+pub fn hook4(ctx: &SockAddrContext) {
+    // Plain loads at constant offsets: the verifier refuses arithmetic on the context pointer.
+    let (ip4, port) = unsafe {
+        let sa = ctx.sock_addr;
+        (
+            core::ptr::read_volatile(&raw const (*sa).user_ip4),
+            core::ptr::read_volatile(&raw const (*sa).user_port),
+        )
+    };
+    let mut addr = [0u8; 16];
+    addr[10] = 0xff;
+    addr[11] = 0xff;
+    addr[12..16].copy_from_slice(&ip4.to_ne_bytes());
+    hook(Target {
+        family: AF_INET,
+        // user_port holds the port in network byte order in its low 16 bits.
+        port: u16::from_be(port as u16),
+        addr,
+    });
+}
+
+/// `cgroup/connect6`: the IPv6 (or v4-mapped) address and port.
+pub fn hook6(ctx: &SockAddrContext) {
+    let (words, port) = unsafe {
+        let sa = ctx.sock_addr;
+        (
+            [
+                core::ptr::read_volatile(&raw const (*sa).user_ip6[0]),
+                core::ptr::read_volatile(&raw const (*sa).user_ip6[1]),
+                core::ptr::read_volatile(&raw const (*sa).user_ip6[2]),
+                core::ptr::read_volatile(&raw const (*sa).user_ip6[3]),
+            ],
+            core::ptr::read_volatile(&raw const (*sa).user_port),
+        )
+    };
+    let mut addr = [0u8; 16];
+    for (i, word) in words.iter().enumerate() {
+        addr[i * 4..i * 4 + 4].copy_from_slice(&word.to_ne_bytes());
+    }
+    hook(Target {
+        family: AF_INET6,
+        port: u16::from_be(port as u16),
+        addr,
+    });
+}
+
+/// Both hooks; the connect always proceeds.
+fn hook(target: Target) {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    if is_agent(pid_tgid) {
+        return;
+    }
+    let endpoint = endpoint_for(&target);
+    if let Some(mark) = CONNECTS.get_ptr_mut(&pid_tgid) {
+        // Inside connect(2): sys_exit_connect emits it with the result.
+        let mark = unsafe { &mut *mark };
+        match endpoint {
+            Some(id) => {
+                mark.state = HOOK_MATCHED;
+                mark.endpoint = id;
+                mark.family = target.family;
+                mark.port = target.port;
+                mark.addr = target.addr;
+            }
+            None => mark.state = HOOK_FILTERED,
+        }
+        return;
+    }
+    count(probe::CGROUP_CONNECT, outcome::SEEN);
+    match endpoint {
+        Some(id) => emit(
+            probe::CGROUP_CONNECT,
+            pid_tgid,
+            &target,
+            id,
+            0,
+            connect_source::CGROUP_HOOK,
+        ),
+        None => count(probe::CGROUP_CONNECT, outcome::FILTERED),
+    }
+}
+
 pub fn exit(ret: i64) {
     let pid_tgid = bpf_get_current_pid_tgid();
-    if (pid_tgid >> 32) as u32 == AGENT_TGID.load() {
-        return;
-    }
-    count(probe::CONNECT, outcome::SEEN);
-    let o = OFFSETS.load();
-    if o.valid == 0 || o.args_from_regs == 0 {
-        return;
-    }
-    let words: [u64; 8] = match unsafe {
-        let task = generated::bpf_get_current_task_btf();
-        let regs = generated::bpf_task_pt_regs(task) as u64;
-        vfs::read(regs, o.regs_base)
-    } {
-        Ok(words) => words,
-        Err(_) => return count(probe::CONNECT, outcome::READ_ERROR),
+    let Some(mark) = (unsafe { CONNECTS.get(&pid_tgid) }).copied() else {
+        return; // the agent itself, or entered before the probes were attached
     };
-    let sockaddr = words[(o.regs_arg[1] & 7) as usize];
+    let _ = CONNECTS.remove(&pid_tgid);
+    count(probe::CONNECT, outcome::SEEN);
+    let (target, endpoint) = match mark.state {
+        HOOK_MATCHED => (
+            Target {
+                family: mark.family,
+                port: mark.port,
+                addr: mark.addr,
+            },
+            mark.endpoint,
+        ),
+        HOOK_FILTERED => return count(probe::CONNECT, outcome::FILTERED),
+        // No hook ran (not attached here, a non-INET socket, an early error): read it ourselves.
+        _ => {
+            let Some(target) = read_sockaddr(mark.sockaddr) else {
+                return;
+            };
+            match endpoint_for(&target) {
+                Some(id) => (target, id),
+                None => return count(probe::CONNECT, outcome::FILTERED),
+            }
+        }
+    };
+    emit(
+        probe::CONNECT,
+        pid_tgid,
+        &target,
+        endpoint,
+        ret,
+        connect_source::SYSCALL,
+    );
+}
+
+/// The sockaddr a process passed to connect(2); `None` (counted) when unreadable or not INET.
+fn read_sockaddr(sockaddr: u64) -> Option<Target> {
     let Ok(family) = (unsafe { bpf_probe_read_user(sockaddr as *const u16) }) else {
-        return count(probe::CONNECT, outcome::READ_ERROR);
+        count(probe::CONNECT, outcome::READ_ERROR);
+        return None;
     };
     let mut addr = [0u8; 16];
     let port_bytes: [u8; 2];
@@ -49,7 +213,8 @@ pub fn exit(ret: i64) {
         AF_INET => {
             // sockaddr_in: family, port (network order), address.
             let Ok(sin) = (unsafe { bpf_probe_read_user(sockaddr as *const [u8; 8]) }) else {
-                return count(probe::CONNECT, outcome::READ_ERROR);
+                count(probe::CONNECT, outcome::READ_ERROR);
+                return None;
             };
             addr[10] = 0xff;
             addr[11] = 0xff;
@@ -59,22 +224,42 @@ pub fn exit(ret: i64) {
         AF_INET6 => {
             // sockaddr_in6: family, port, flowinfo, address.
             let Ok(sin6) = (unsafe { bpf_probe_read_user(sockaddr as *const [u8; 24]) }) else {
-                return count(probe::CONNECT, outcome::READ_ERROR);
+                count(probe::CONNECT, outcome::READ_ERROR);
+                return None;
             };
             addr.copy_from_slice(&sin6[8..24]);
             port_bytes = [sin6[2], sin6[3]];
         }
-        _ => return count(probe::CONNECT, outcome::FILTERED),
+        _ => {
+            count(probe::CONNECT, outcome::FILTERED);
+            return None;
+        }
     }
-    let port = u16::from_be_bytes(port_bytes);
-    let cgroup_id = unsafe { bpf_get_current_cgroup_id() };
-    let endpoint_id = match ENDPOINTS.get(Key::new(128, addr)) {
-        Some(endpoint) if port_matches(endpoint.port_count, &endpoint.ports, port) => endpoint.id,
+    Some(Target {
+        family,
+        port: u16::from_be_bytes(port_bytes),
+        addr,
+    })
+}
+
+/// The endpoint map's value for a credential endpoint; `Some(0)` for an unconfirmed connect
+/// (see `just_resolved`); `None` for everything else.
+fn endpoint_for(target: &Target) -> Option<u32> {
+    match ENDPOINTS.get(Key::new(128, target.addr)) {
+        Some(e) if port_matches(e.port_count, &e.ports, target.port) => Some(e.id),
         // Not (yet) known: the agent learns DNS answers asynchronously, so a connect right after
         // an answer to this cgroup, on a host-name endpoint's port, goes up unconfirmed.
-        _ if just_resolved(cgroup_id) && named_port(port) => 0,
-        _ => return count(probe::CONNECT, outcome::FILTERED),
-    };
+        _ if just_resolved(unsafe { bpf_get_current_cgroup_id() }) && named_port(target.port) => {
+            Some(0)
+        }
+        _ => None,
+    }
+}
+
+// Inlined: BPF calls take at most five arguments.
+#[inline(always)]
+fn emit(probe: u32, pid_tgid: u64, target: &Target, endpoint: u32, result: i64, source: u32) {
+    let o = OFFSETS.load();
     let uid_gid = bpf_get_current_uid_gid();
     let record = ConnectRecord {
         header: RecordHeader {
@@ -87,22 +272,24 @@ pub fn exit(ret: i64) {
         tid: pid_tgid as u32,
         uid: uid_gid as u32,
         gid: (uid_gid >> 32) as u32,
-        cgroup_id,
+        cgroup_id: unsafe { bpf_get_current_cgroup_id() },
         start_boottime: unsafe {
             vfs::read(generated::bpf_get_current_task(), o.task_start_boottime)
         }
         .unwrap_or(0),
-        result: ret,
-        family,
-        port,
-        endpoint: endpoint_id,
-        addr,
+        result,
+        family: target.family,
+        port: target.port,
+        endpoint,
+        source,
+        _pad: 0,
+        addr: target.addr,
         comm: bpf_get_current_comm().unwrap_or([0; 16]),
     };
     if EVENTS.output::<ConnectRecord>(&record, 0).is_ok() {
-        count(probe::CONNECT, outcome::EMITTED);
+        count(probe, outcome::EMITTED);
     } else {
-        count(probe::CONNECT, outcome::LOST);
+        count(probe, outcome::LOST);
     }
 }
 

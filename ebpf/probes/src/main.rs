@@ -19,9 +19,9 @@ mod vfs;
 
 use aya_ebpf::{
     Global,
-    macros::{btf_tracepoint, cgroup_skb, map, tracepoint},
-    maps::{HashMap, LpmTrie, PerCpuArray, RingBuf},
-    programs::{BtfTracePointContext, SkBuffContext, TracePointContext},
+    macros::{btf_tracepoint, cgroup_skb, cgroup_sock_addr, map, tracepoint},
+    maps::{HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
+    programs::{BtfTracePointContext, SkBuffContext, SockAddrContext, TracePointContext},
 };
 use credwatch_common::{
     CGROUP_MKDIR, CGROUP_RMDIR, CgroupRecord, DnsRecord, EndpointValue, InodeKey, KernelOffsets,
@@ -62,10 +62,13 @@ static ENDPOINTS: LpmTrie<[u8; 16], EndpointValue> = LpmTrie::with_max_entries(4
 #[map(name = "NAMED_PORTS")]
 static NAMED_PORTS: aya_ebpf::maps::Array<u16> =
     aya_ebpf::maps::Array::with_max_entries(NAMED_PORT_SLOTS, 0);
+/// Threads inside connect(2) (pid_tgid → what the cgroup hook found), see `connect.rs`. LRU so
+/// that a mark whose exit never ran (probes attached mid-syscall) cannot fill it.
+#[map(name = "CONNECTS")]
+static CONNECTS: LruHashMap<u64, connect::InConnect> = LruHashMap::with_max_entries(16384, 0);
 /// When each cgroup last received a DNS answer (boot ns).
 #[map(name = "DNS_RECENT")]
-static DNS_RECENT: aya_ebpf::maps::LruHashMap<u64, u64> =
-    aya_ebpf::maps::LruHashMap::with_max_entries(16384, 0);
+static DNS_RECENT: LruHashMap<u64, u64> = LruHashMap::with_max_entries(16384, 0);
 /// Per-CPU working memory for DNS records.
 #[map(name = "DNS_SCRATCH")]
 static DNS_SCRATCH: PerCpuArray<DnsRecord> = PerCpuArray::with_max_entries(1, 0);
@@ -187,6 +190,24 @@ pub fn sched_process_exec(ctx: BtfTracePointContext) -> i32 {
 pub fn sched_process_exit(ctx: BtfTracePointContext) -> i32 {
     process::exit(&ctx);
     0
+}
+
+#[tracepoint(category = "syscalls", name = "sys_enter_connect")]
+pub fn sys_enter_connect(ctx: TracePointContext) -> u32 {
+    connect::enter(arg(&ctx, ARG1));
+    0
+}
+
+#[cgroup_sock_addr(connect4)]
+pub fn connect4(ctx: SockAddrContext) -> i32 {
+    connect::hook4(&ctx);
+    1
+}
+
+#[cgroup_sock_addr(connect6)]
+pub fn connect6(ctx: SockAddrContext) -> i32 {
+    connect::hook6(&ctx);
+    1
 }
 
 #[tracepoint(category = "syscalls", name = "sys_exit_connect")]
