@@ -17,6 +17,7 @@ use std::{
 use serde_json::Value;
 
 pub mod containerd;
+pub mod python;
 pub mod runc;
 
 pub const READY_TIMEOUT: Duration = Duration::from_secs(120);

@@ -26,6 +26,14 @@ spec:
   selector: {cgroup: "/cw-*-dnsok"}
   allow:
     - secret: aws-secretsmanager
+---
+apiVersion: credwatch.dev/v1alpha1
+kind: SecretFootprint
+metadata: {name: fp-boto3-client}
+spec:
+  selector: {cgroup: "/cw-*-boto3ok"}
+  allow:
+    - secret: aws-secretsmanager
 "#;
 
 fn prepare(work: &Path) -> String {
@@ -86,6 +94,12 @@ impl Netns {
 
     /// Another local address, and an HTTP server on it.
     fn serve(&mut self, addr: &str, port: &str) {
+        self.add_address(addr);
+        self.spawn(&["python3", "-m", "http.server", "--bind", addr, port]);
+        self.wait_listening(addr, port);
+    }
+
+    fn add_address(&self, addr: &str) {
         let status = Command::new("ip")
             .args([
                 "-n",
@@ -99,8 +113,6 @@ impl Netns {
             .status()
             .unwrap();
         assert!(status.success());
-        self.spawn(&["python3", "-m", "http.server", "--bind", addr, port]);
-        self.wait_listening(addr, port);
     }
 
     /// dnsmasq (Debian) on the namespace's 127.0.0.1:53, answering `name` with `address`.
@@ -150,14 +162,29 @@ impl Netns {
     }
 
     fn container(&self, id: &str, script: &str) -> Container {
-        let path = format!("/var/run/netns/{}", self.name);
-        Container::with_spec(id, &[], &["/bin/sh", "-c", script], |spec| {
-            for ns in spec["linux"]["namespaces"].as_array_mut().unwrap() {
-                if ns["type"] == "network" {
-                    ns["path"] = Value::String(path.clone());
-                }
-            }
+        Container::with_spec(id, &[], &["/bin/sh", "-c", script], |spec| self.join(spec))
+    }
+
+    /// A container running the test venv's Python (boto3) on the glibc rootfs.
+    fn python_container(&self, id: &str, script: &str, env: &[&str]) -> Container {
+        let python = credwatch_tests::python::env().python();
+        let args = [python.to_str().unwrap(), "-c", script];
+        Container::with_spec(id, &[], &args, |spec| {
+            self.join(spec);
+            credwatch_tests::python::use_rootfs(spec);
+            let vars = spec["process"]["env"].as_array_mut().unwrap();
+            vars.extend(env.iter().map(|v| Value::String(v.to_string())));
         })
+    }
+
+    /// Puts a container into this network namespace.
+    fn join(&self, spec: &mut Value) {
+        let path = format!("/var/run/netns/{}", self.name);
+        for ns in spec["linux"]["namespaces"].as_array_mut().unwrap() {
+            if ns["type"] == "network" {
+                ns["path"] = Value::String(path.clone());
+            }
+        }
     }
 }
 
@@ -375,7 +402,7 @@ fn resolve_then_connect_at_once_is_still_named() {
 fn connects_that_bypass_the_connect_syscall_are_seen_once() {
     let agent = setup();
     let name = format!("cwu-{}", std::process::id());
-    let netns = Netns::create(&name);
+    let _netns = Netns::create(&name); // kept until the end of the test
     let connector = credwatch_tests::helper_binary("credwatch-connector");
     for how in ["io_uring", "fastopen", "connect"] {
         let out = Command::new("ip")
@@ -429,5 +456,70 @@ fn connects_that_bypass_the_connect_syscall_are_seen_once() {
     assert_eq!(
         agent.metric(r#"credwatch_probe_attached{mode="cgroup_sock_addr",probe="cgroup_connect"}"#),
         1.0
+    );
+}
+
+/// A real AWS SDK in a container: boto3 (PyPI) builds Secrets Manager's production host name
+/// itself and resolves it through glibc; dnsmasq answers with an address in the namespace,
+/// where moto's server (PyPI) serves the Secrets Manager API over TLS on 443. The record names
+/// the host from the container's own DNS answer; a container whose footprint allows the
+/// secret manager is `allowed`.
+#[test]
+fn boto3_calling_secrets_manager_is_named_and_judged() {
+    let agent = setup();
+    let python = credwatch_tests::python::env();
+    let mut netns = Netns::create(&format!("cwb-{}", std::process::id()));
+    netns.add_address("10.99.0.12");
+    let moto = python.bin("moto_server");
+    netns.spawn(&[
+        moto.to_str().unwrap(),
+        "-H",
+        "10.99.0.12",
+        "-p",
+        "443",
+        "--ssl",
+    ]);
+    netns.wait_listening("10.99.0.12", "443");
+    netns.dns("secretsmanager.us-east-1.amazonaws.com", "10.99.0.12");
+    // moto's certificate is self-signed, hence verify=False; everything else is the SDK's own.
+    let script = "import boto3, urllib3\n\
+                  urllib3.disable_warnings()\n\
+                  sm = boto3.client('secretsmanager', region_name='us-east-1', verify=False)\n\
+                  assert sm.meta.endpoint_url == 'https://secretsmanager.us-east-1.amazonaws.com'\n\
+                  try:\n    sm.create_secret(Name='db', SecretString='not-a-real-secret')\n\
+                  except sm.exceptions.ResourceExistsException:\n    pass\n\
+                  sm.get_secret_value(SecretId='db')\n";
+    let env = [
+        "AWS_ACCESS_KEY_ID=testing",
+        "AWS_SECRET_ACCESS_KEY=testing",
+        "HOME=/root",
+    ];
+    let id = format!("cw-{}-boto3", std::process::id());
+    netns
+        .python_container(&id, script, &env)
+        .run_to_completion();
+    let record = network_record(agent, &id, "aws-secretsmanager");
+    assert_eq!(
+        record["network"]["hostname"], "secretsmanager.us-east-1.amazonaws.com",
+        "{record:#}"
+    );
+    assert_eq!(record["network"]["address"], "10.99.0.12");
+    assert_eq!(record["network"]["port"], 443);
+    assert_eq!(record["network"]["source"], "connect");
+    assert_eq!(record["secret"]["name"], "aws-secretsmanager");
+    assert_eq!(record["verdict"], "undeclared");
+    let exe = record["process"]["exe"].as_str().unwrap_or_default();
+    assert!(exe.contains("python"), "{record:#}");
+
+    let ok_id = format!("cw-{}-boto3ok", std::process::id());
+    netns
+        .python_container(&ok_id, script, &env)
+        .run_to_completion();
+    let allowed = network_record(agent, &ok_id, "aws-secretsmanager");
+    assert_eq!(allowed["verdict"], "allowed", "{allowed:#}");
+    assert_eq!(allowed["policy"]["name"], "fp-boto3-client");
+    assert_eq!(
+        allowed["network"]["hostname"],
+        "secretsmanager.us-east-1.amazonaws.com"
     );
 }
