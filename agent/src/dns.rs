@@ -1,7 +1,8 @@
 //! Which addresses catalogue host names resolve to, learned from the DNS responses processes
 //! receive (the kernel's `dns` probe). Connect hooks only see an address, and cloud APIs share
-//! front-end addresses, so the names come from the workloads' own DNS traffic. Learned
-//! addresses go into the kernel's endpoint map, and records name the host.
+//! front-end addresses (all Google APIs, for one), so the names come from the workloads' own
+//! DNS traffic, and what one cgroup's answers taught applies to that cgroup's connects only.
+//! Learned addresses go into the kernel's learned-endpoint map, and records name the host.
 
 use std::{
     collections::HashMap,
@@ -14,10 +15,13 @@ use hickory_proto::{
     rr::RData,
 };
 
+use credwatch_common::{EndpointValue, LearnedKey};
+
 use crate::policy::{Catalog, catalog::EndpointKeys};
 
-/// Bounds on what is learned: the map stays small under any DNS traffic.
-const MAX_LEARNED: usize = 4096;
+/// Bounds on what is learned (the kernel map's size): memory stays bounded under any DNS
+/// traffic and container churn.
+pub const MAX_LEARNED: usize = 8192;
 const MIN_TTL: Duration = Duration::from_secs(60);
 const MAX_TTL: Duration = Duration::from_secs(3600);
 
@@ -28,8 +32,15 @@ struct Learned {
     until: Instant,
 }
 
+/// Kernel learned-endpoint map entries.
+pub type LearnedKeys = std::collections::BTreeMap<LearnedKey, EndpointValue>;
+
 #[derive(Default)]
 pub struct LearnedHosts {
+    /// From DNS answers, by the cgroup that received them.
+    by_cgroup: HashMap<(u64, IpAddr), Learned>,
+    /// From containers' endpoint variables: node-wide (a Service address is the same for
+    /// every pod).
     by_address: HashMap<IpAddr, Learned>,
     /// Host names from containers' endpoint variables (VAULT_ADDR), matched like catalogue hosts.
     extra_names: HashMap<String, usize>,
@@ -37,8 +48,15 @@ pub struct LearnedHosts {
 }
 
 impl LearnedHosts {
-    /// Learns from one DNS message; returns how many addresses it named.
-    pub fn learn(&mut self, catalog: &Catalog, bytes: &[u8], now: Instant) -> usize {
+    /// Learns from one DNS message received by `cgroup_id`; returns how many addresses it
+    /// named.
+    pub fn learn(
+        &mut self,
+        catalog: &Catalog,
+        cgroup_id: u64,
+        bytes: &[u8],
+        now: Instant,
+    ) -> usize {
         let Ok(message) = Message::from_vec(bytes) else {
             return 0;
         };
@@ -68,9 +86,10 @@ impl LearnedHosts {
                 RData::AAAA(aaaa) => IpAddr::V6(aaaa.0),
                 _ => continue,
             };
-            if self.by_address.len() >= MAX_LEARNED && !self.by_address.contains_key(&address) {
+            let key = (cgroup_id, address);
+            if self.by_cgroup.len() >= MAX_LEARNED && !self.by_cgroup.contains_key(&key) {
                 self.expire(now);
-                if self.by_address.len() >= MAX_LEARNED {
+                if self.by_cgroup.len() >= MAX_LEARNED {
                     log::warn!("{MAX_LEARNED} learned endpoint addresses; ignoring more");
                     break;
                 }
@@ -81,7 +100,7 @@ impl LearnedHosts {
                 hostname: hostname.clone(),
                 until: now + ttl,
             };
-            let previous = self.by_address.insert(address, entry);
+            let previous = self.by_cgroup.insert(key, entry);
             self.changed |= previous.is_none_or(|p| p.endpoint != endpoint);
             learned += 1;
         }
@@ -135,20 +154,53 @@ impl LearnedHosts {
         learned
     }
 
-    /// The catalogue host name an address was learned for.
-    pub fn hostname(&self, address: &IpAddr) -> Option<&str> {
-        self.by_address.get(address).map(|l| l.hostname.as_str())
+    fn lookup(&self, cgroup_id: u64, address: &IpAddr) -> Option<&Learned> {
+        (self.by_cgroup.get(&(cgroup_id, *address))).or_else(|| self.by_address.get(address))
+    }
+
+    /// The catalogue host name an address was learned for, by this cgroup's DNS answers or
+    /// from a container's environment.
+    pub fn hostname(&self, cgroup_id: u64, address: &IpAddr) -> Option<&str> {
+        self.lookup(cgroup_id, address).map(|l| l.hostname.as_str())
     }
 
     /// The endpoint an address was learned for (index into the catalogue's endpoints).
-    pub fn endpoint(&self, address: &IpAddr) -> Option<usize> {
-        self.by_address.get(address).map(|l| l.endpoint)
+    pub fn endpoint(&self, cgroup_id: u64, address: &IpAddr) -> Option<usize> {
+        self.lookup(cgroup_id, address).map(|l| l.endpoint)
     }
 
     pub fn expire(&mut self, now: Instant) {
-        let before = self.by_address.len();
+        let before = self.by_cgroup.len() + self.by_address.len();
+        self.by_cgroup.retain(|_, l| l.until > now);
         self.by_address.retain(|_, l| l.until > now);
-        self.changed |= self.by_address.len() != before;
+        self.changed |= self.by_cgroup.len() + self.by_address.len() != before;
+    }
+
+    /// After a catalogue reload: entries follow their endpoint by name; those whose endpoint
+    /// is gone are dropped.
+    pub fn remap(&mut self, old: &Catalog, new: &Catalog) {
+        let index_in_new = |endpoint: usize| {
+            let name = &old.endpoints.get(endpoint)?.name;
+            new.endpoints.iter().position(|e| &e.name == name)
+        };
+        self.by_address
+            .retain(|_, l| index_in_new(l.endpoint).map(|i| l.endpoint = i).is_some());
+        self.by_cgroup
+            .retain(|_, l| index_in_new(l.endpoint).map(|i| l.endpoint = i).is_some());
+        self.extra_names
+            .retain(|_, endpoint| index_in_new(*endpoint).map(|i| *endpoint = i).is_some());
+        self.changed = true;
+    }
+
+    /// A removed cgroup's answers are of no further use.
+    pub fn forget_cgroup(&mut self, cgroup_id: u64) {
+        let before = self.by_cgroup.len();
+        self.by_cgroup.retain(|(id, _), _| *id != cgroup_id);
+        self.changed |= self.by_cgroup.len() != before;
+    }
+
+    pub fn len(&self) -> usize {
+        self.by_cgroup.len() + self.by_address.len()
     }
 
     /// Whether the kernel map needs updating (cleared by the call).
@@ -156,19 +208,41 @@ impl LearnedHosts {
         std::mem::take(&mut self.changed)
     }
 
-    /// Kernel endpoint map entries for the learned addresses (/32 or /128).
+    /// Kernel endpoint (LPM) map entries for the node-wide addresses (/128).
     pub fn endpoint_keys(&self, catalog: &Catalog) -> EndpointKeys {
         self.by_address
             .iter()
             .filter_map(|(address, learned)| {
                 let rule = catalog.endpoints.get(learned.endpoint)?;
-                let v6 = match address {
-                    IpAddr::V4(v4) => v4.to_ipv6_mapped(),
-                    IpAddr::V6(v6) => *v6,
-                };
-                Some(((v6.octets(), 128), rule.kernel_value(learned.endpoint)))
+                Some((
+                    (v6_octets(address), 128),
+                    rule.kernel_value(learned.endpoint),
+                ))
             })
             .collect()
+    }
+
+    /// Kernel learned-endpoint map entries: (cgroup, address) from DNS answers.
+    pub fn learned_keys(&self, catalog: &Catalog) -> LearnedKeys {
+        self.by_cgroup
+            .iter()
+            .filter_map(|((cgroup_id, address), learned)| {
+                let rule = catalog.endpoints.get(learned.endpoint)?;
+                let key = LearnedKey {
+                    cgroup_id: *cgroup_id,
+                    addr: v6_octets(address),
+                };
+                Some((key, rule.kernel_value(learned.endpoint)))
+            })
+            .collect()
+    }
+}
+
+/// IPv6 as is, IPv4 mapped (::ffff:a.b.c.d), as the kernel maps key them.
+fn v6_octets(address: &IpAddr) -> [u8; 16] {
+    match address {
+        IpAddr::V4(v4) => v4.to_ipv6_mapped().octets(),
+        IpAddr::V6(v6) => v6.octets(),
     }
 }
 
@@ -240,16 +314,22 @@ mod tests {
                 ),
             ],
         );
-        assert_eq!(hosts.learn(&catalog, &bytes, now), 2);
+        let (cgroup, other_cgroup) = (7, 8);
+        assert_eq!(hosts.learn(&catalog, cgroup, &bytes, now), 2);
         let addr: IpAddr = "10.99.0.10".parse().unwrap();
         assert_eq!(
-            hosts.hostname(&addr),
+            hosts.hostname(cgroup, &addr),
             Some("secretsmanager.us-east-1.amazonaws.com")
         );
-        let endpoint = &catalog.endpoints[hosts.endpoint(&addr).unwrap()];
+        let endpoint = &catalog.endpoints[hosts.endpoint(cgroup, &addr).unwrap()];
         assert_eq!(endpoint.name, "aws-secretsmanager");
         assert!(hosts.take_changed());
-        assert_eq!(hosts.endpoint_keys(&catalog).len(), 2);
+        // Only for the cgroup that received the answer.
+        assert_eq!(hosts.hostname(other_cgroup, &addr), None);
+        let keys = hosts.learned_keys(&catalog);
+        assert_eq!(keys.len(), 2);
+        assert!(keys.keys().all(|k| k.cgroup_id == cgroup));
+        assert!(hosts.endpoint_keys(&catalog).is_empty());
         // A name the catalogue does not list teaches nothing; entries expire.
         let other = response(
             "example.com.",
@@ -258,9 +338,16 @@ mod tests {
                 RData::A(rdata::A("10.0.0.1".parse().unwrap())),
             )],
         );
-        assert_eq!(hosts.learn(&catalog, &other, now), 0);
+        assert_eq!(hosts.learn(&catalog, cgroup, &other, now), 0);
         hosts.expire(now + MAX_TTL + Duration::from_secs(1));
-        assert_eq!(hosts.hostname(&addr), None);
+        assert_eq!(hosts.hostname(cgroup, &addr), None);
+        // A removed cgroup's answers go with it.
+        hosts.learn(&catalog, cgroup, &bytes, now);
+        hosts.learn(&catalog, other_cgroup, &bytes, now);
+        hosts.forget_cgroup(cgroup);
+        assert_eq!(hosts.len(), 2);
+        assert_eq!(hosts.hostname(cgroup, &addr), None);
+        assert!(hosts.hostname(other_cgroup, &addr).is_some());
     }
 
     #[test]

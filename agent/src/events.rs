@@ -139,7 +139,11 @@ pub enum Event {
     FileOpen(Box<FileOpen>),
     Connect(Box<Connect>),
     /// A DNS response a process received (the message bytes).
-    Dns(Vec<u8>),
+    /// A DNS response and the cgroup of the socket that received it.
+    Dns {
+        cgroup_id: u64,
+        message: Vec<u8>,
+    },
     Process(Box<ProcessEvent>),
     Cgroup(CgroupEvent),
 }
@@ -187,7 +191,10 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
             if len > DNS_BYTES {
                 return Err(DecodeError::BadField("len", len as u64));
             }
-            Ok(Event::Dns(rec.data[..len].to_vec()))
+            Ok(Event::Dns {
+                cgroup_id: rec.cgroup_id,
+                message: rec.data[..len].to_vec(),
+            })
         }
         other => Err(DecodeError::Kind(other)),
     }

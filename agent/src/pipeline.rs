@@ -107,9 +107,10 @@ impl Pipeline {
         match event {
             Event::FileOpen(open) => self.file_open(&open),
             Event::Connect(connect) => self.connect(&connect),
-            Event::Dns(message) => {
+            Event::Dns { cgroup_id, message } => {
+                let catalog = &self.policies.catalog;
                 self.learned
-                    .learn(&self.policies.catalog, &message, Instant::now());
+                    .learn(catalog, cgroup_id, &message, Instant::now());
             }
             Event::Process(process) => {
                 self.processes.apply(&process);
@@ -130,7 +131,12 @@ impl Pipeline {
                     }
                 }
             }
-            Event::Cgroup(cgroup) => self.containers.on_cgroup(&cgroup),
+            Event::Cgroup(cgroup) => {
+                if !cgroup.created {
+                    self.learned.forget_cgroup(cgroup.id);
+                }
+                self.containers.on_cgroup(&cgroup);
+            }
         }
     }
 
@@ -166,7 +172,7 @@ impl Pipeline {
             // taught (it was handled before this record: the ring buffer keeps their order).
             0 => self
                 .learned
-                .endpoint(&c.address)
+                .endpoint(c.cgroup_id, &c.address)
                 .and_then(|i| catalog.endpoints.get(i))
                 .filter(|e| e.ports.is_empty() || e.ports.contains(&c.port)),
             id => catalog.endpoint(id),
@@ -183,7 +189,10 @@ impl Pipeline {
             address: c.address.to_string(),
             port: c.port,
             family,
-            hostname: self.learned.hostname(&c.address).map(str::to_string),
+            hostname: self
+                .learned
+                .hostname(c.cgroup_id, &c.address)
+                .map(str::to_string),
             service: endpoint.name.clone(),
             result: c.result,
             source: if c.result.is_some() {

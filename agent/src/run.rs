@@ -193,6 +193,9 @@ fn refresh_endpoints(pipeline: &mut Pipeline, probes: &mut Probes) {
     if let Err(err) = probes.sync_endpoints(&endpoints) {
         warn!("updating the endpoint map failed: {err:#}");
     }
+    if let Err(err) = probes.sync_learned(&pipeline.learned.learned_keys(catalog)) {
+        warn!("updating the learned-endpoint map failed: {err:#}");
+    }
 }
 
 /// How often the policy directory is checked for changes (SIGHUP reloads at once).
@@ -247,8 +250,13 @@ impl Reloader {
                     .with_label_values(&["success"])
                     .inc();
                 pipeline.secrets = table;
+                // What was learned names endpoints by catalogue position: carry it over by name.
+                pipeline
+                    .learned
+                    .remap(&pipeline.policies.catalog, &set.catalog);
                 pipeline.policies = set;
                 self.rejected = None;
+                refresh_endpoints(pipeline, probes);
             }
             Err(problems) => {
                 for p in &problems {

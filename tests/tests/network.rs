@@ -299,14 +299,19 @@ fn a_connect_to_an_address_learned_from_dns_is_named() {
         1.0
     );
 
-    // The same call from a container whose footprint allows the secret manager.
-    let ok_id = format!("cw-{}-dnsok", std::process::id());
+    // What one container's DNS answer taught applies to its own connects only (cloud APIs
+    // share front-end addresses): the same address without a lookup of its own is not named.
+    let other_id = format!("cw-{}-nodns", std::process::id());
     netns
         .container(
-            &ok_id,
+            &other_id,
             "wget -q -O /dev/null http://10.99.0.10:443/; exit 0",
         )
         .run_to_completion();
+
+    // The same calls from a container whose footprint allows the secret manager.
+    let ok_id = format!("cw-{}-dnsok", std::process::id());
+    netns.container(&ok_id, script).run_to_completion();
     let allowed = network_record(agent, &ok_id, "aws-secretsmanager");
     assert_eq!(allowed["verdict"], "allowed", "{allowed:#}");
     assert_eq!(allowed["policy"]["name"], "fp-secrets-client");
@@ -314,6 +319,13 @@ fn a_connect_to_an_address_learned_from_dns_is_named() {
         allowed["network"]["hostname"],
         "secretsmanager.us-east-1.amazonaws.com"
     );
+    // By now the container without a lookup would have been reported (records are in order).
+    let unnamed: Vec<Value> = agent
+        .records()
+        .into_iter()
+        .filter(|r| r["container"]["id"] == other_id.as_str())
+        .collect();
+    assert!(unnamed.is_empty(), "{unnamed:#?}");
 }
 
 /// A container's KUBERNETES_SERVICE_HOST names the API server's address: connects to it are

@@ -12,8 +12,8 @@ use aya::{
     programs::TracePoint,
 };
 use credwatch_common::{
-    EndpointValue, InodeKey, PATH_KEY_BYTES, PathKeyData, STATS_ENTRIES, globals, maps, outcome,
-    probe,
+    EndpointValue, InodeKey, LearnedKey, PATH_KEY_BYTES, PathKeyData, STATS_ENTRIES, globals, maps,
+    outcome, probe,
 };
 use log::{info, warn};
 
@@ -38,6 +38,7 @@ pub struct Probes {
     inodes: BTreeMap<InodeKey, u32>,
     paths: PathKeys,
     endpoints: EndpointKeys,
+    learned: crate::dns::LearnedKeys,
 }
 
 /// The entries the in-kernel filter should hold.
@@ -85,6 +86,7 @@ impl Probes {
             status: Vec::new(),
             inodes: BTreeMap::new(),
             endpoints: BTreeMap::new(),
+            learned: BTreeMap::new(),
             paths: PathKeys::default(),
         };
         let file_probes = &probe::NAMES[..probe::FILE_OPEN_COUNT as usize];
@@ -267,6 +269,28 @@ impl Probes {
             let _ = endpoints.remove(&Key::new(*len, *addr));
         }
         self.endpoints = want.clone();
+        Ok(())
+    }
+
+    /// Brings the learned-endpoint map (per-cgroup DNS answers) in line with `want`.
+    pub fn sync_learned(&mut self, want: &crate::dns::LearnedKeys) -> Result<()> {
+        let mut learned: aya::maps::HashMap<_, LearnedKey, EndpointValue> =
+            aya::maps::HashMap::try_from(
+                self.ebpf
+                    .map_mut(maps::LEARNED_ENDPOINTS)
+                    .ok_or_else(|| anyhow!("learned-endpoint map missing"))?,
+            )?;
+        for (key, value) in want {
+            if self.learned.get(key) != Some(value) {
+                learned
+                    .insert(key, value, 0)
+                    .context("inserting a learned endpoint")?;
+            }
+        }
+        for key in self.learned.keys().filter(|k| !want.contains_key(k)) {
+            let _ = learned.remove(key);
+        }
+        self.learned = want.clone();
         Ok(())
     }
 

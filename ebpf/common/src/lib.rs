@@ -54,6 +54,7 @@ pub mod maps {
     pub const PATH_SUFFIXES: &str = "PATH_SUFFIXES";
     pub const ENDPOINTS: &str = "ENDPOINTS";
     pub const NAMED_PORTS: &str = "NAMED_PORTS";
+    pub const LEARNED_ENDPOINTS: &str = "LEARNED_ENDPOINTS";
 }
 
 /// Names of the load-time globals the agent sets.
@@ -181,6 +182,17 @@ pub struct EndpointValue {
     /// How many of `ports` are used; 0 = any port.
     pub port_count: u32,
     pub ports: [u16; ENDPOINT_PORTS],
+}
+
+/// Key of the learned-endpoint map: an address that DNS answers received by one cgroup gave
+/// for a catalogue host name (IPv4 mapped into IPv6). Learning is per cgroup because cloud
+/// APIs share front-end addresses: another container's connect to the same address may be a
+/// different service.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct LearnedKey {
+    pub cgroup_id: u64,
+    pub addr: [u8; 16],
 }
 
 /// Values of [`ProcessRecord::event`].
@@ -402,6 +414,7 @@ mod user {
     unsafe impl aya::Pod for super::ConnectRecord {}
     unsafe impl aya::Pod for super::DnsRecord {}
     unsafe impl aya::Pod for super::EndpointValue {}
+    unsafe impl aya::Pod for super::LearnedKey {}
     unsafe impl aya::Pod for super::InodeKey {}
     unsafe impl aya::Pod for super::KernelOffsets {}
 }

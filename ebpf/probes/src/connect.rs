@@ -23,12 +23,13 @@ use aya_ebpf::{
     programs::SockAddrContext,
 };
 use credwatch_common::{
-    ConnectRecord, DNS_GRACE_NS, ENDPOINT_PORTS, KIND_CONNECT, NAMED_PORT_SLOTS, RecordHeader,
-    WIRE_VERSION, connect_source, outcome, probe,
+    ConnectRecord, DNS_GRACE_NS, ENDPOINT_PORTS, KIND_CONNECT, LearnedKey, NAMED_PORT_SLOTS,
+    RecordHeader, WIRE_VERSION, connect_source, outcome, probe,
 };
 
 use crate::{
-    AGENT_TGID, CONNECTS, DNS_RECENT, ENDPOINTS, EVENTS, NAMED_PORTS, OFFSETS, stats::count, vfs,
+    AGENT_TGID, CONNECTS, DNS_RECENT, ENDPOINTS, EVENTS, LEARNED_ENDPOINTS, NAMED_PORTS, OFFSETS,
+    stats::count, vfs,
 };
 
 const AF_INET: u16 = 2;
@@ -242,18 +243,28 @@ fn read_sockaddr(sockaddr: u64) -> Option<Target> {
     })
 }
 
-/// The endpoint map's value for a credential endpoint; `Some(0)` for an unconfirmed connect
-/// (see `just_resolved`); `None` for everything else.
+/// The catalogue endpoint (index + 1) of a credential endpoint: a catalogue address, or one
+/// this cgroup's own DNS answers named. `Some(0)` for an unconfirmed connect (see
+/// `just_resolved`); `None` for everything else.
 fn endpoint_for(target: &Target) -> Option<u32> {
-    match ENDPOINTS.get(Key::new(128, target.addr)) {
-        Some(e) if port_matches(e.port_count, &e.ports, target.port) => Some(e.id),
-        // Not (yet) known: the agent learns DNS answers asynchronously, so a connect right after
-        // an answer to this cgroup, on a host-name endpoint's port, goes up unconfirmed.
-        _ if just_resolved(unsafe { bpf_get_current_cgroup_id() }) && named_port(target.port) => {
-            Some(0)
-        }
-        _ => None,
+    if let Some(e) = ENDPOINTS.get(Key::new(128, target.addr))
+        && port_matches(e.port_count, &e.ports, target.port)
+    {
+        return Some(e.id);
     }
+    let cgroup_id = unsafe { bpf_get_current_cgroup_id() };
+    let learned = LearnedKey {
+        cgroup_id,
+        addr: target.addr,
+    };
+    if let Some(e) = unsafe { LEARNED_ENDPOINTS.get(&learned) }
+        && port_matches(e.port_count, &e.ports, target.port)
+    {
+        return Some(e.id);
+    }
+    // Not (yet) known: the agent learns DNS answers asynchronously, so a connect right after
+    // an answer to this cgroup, on a host-name endpoint's port, goes up unconfirmed.
+    (just_resolved(cgroup_id) && named_port(target.port)).then_some(0)
 }
 
 // Inlined: BPF calls take at most five arguments.

@@ -25,7 +25,7 @@ use aya_ebpf::{
 };
 use credwatch_common::{
     CGROUP_MKDIR, CGROUP_RMDIR, CgroupRecord, DnsRecord, EndpointValue, InodeKey, KernelOffsets,
-    NAMED_PORT_SLOTS, PathKeyData, ProcessRecord, STATS_ENTRIES, probe,
+    LearnedKey, NAMED_PORT_SLOTS, PathKeyData, ProcessRecord, STATS_ENTRIES, probe,
 };
 
 /// Filled by the agent from `/sys/kernel/btf/vmlinux` before load.
@@ -58,6 +58,9 @@ static PENDING_SPILL: HashMap<u64, open::PendingOpen> = HashMap::with_max_entrie
 /// Credential endpoint addresses (v6, IPv4 mapped), filled from the catalogue.
 #[map(name = "ENDPOINTS")]
 static ENDPOINTS: LpmTrie<[u8; 16], EndpointValue> = LpmTrie::with_max_entries(4096, 0);
+/// Addresses learned from each cgroup's own DNS answers, filled by the agent.
+#[map(name = "LEARNED_ENDPOINTS")]
+static LEARNED_ENDPOINTS: HashMap<LearnedKey, EndpointValue> = HashMap::with_max_entries(8192, 0);
 /// Ports of host-name endpoints (0 = unused slot), filled by the agent.
 #[map(name = "NAMED_PORTS")]
 static NAMED_PORTS: aya_ebpf::maps::Array<u16> =
