@@ -10,8 +10,11 @@ use std::{
 
 use serde_json::{Value, json};
 
-/// Installs the Debian packages a test needs when their binaries are missing.
+/// Installs the Debian packages a test needs when their binaries are missing. Tests run in
+/// parallel and apt refuses to run twice at once, so installs take turns.
 pub fn ensure_packages(wanted: &[(&str, &str)]) {
+    static APT: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _turn = APT.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
     let missing: Vec<&str> = wanted
         .iter()
         .filter(|(binary, _)| !Path::new(binary).exists())
@@ -28,6 +31,8 @@ pub fn ensure_packages(wanted: &[(&str, &str)]) {
     assert!(
         ok(Command::new("apt-get")
             .args(["install", "-y", "-q", "--no-install-recommends"])
+            // Another apt (outside the tests) may hold the lock for a while.
+            .args(["-o", "DPkg::Lock::Timeout=300"])
             .args(&missing)
             .env("DEBIAN_FRONTEND", "noninteractive")),
         "apt-get install {missing:?} failed"

@@ -1,6 +1,6 @@
 //! `cargo xtask bench`: the cost of watching file opens, against no tracer and two common
-//! tracers, measured in one run with the configurations interleaved (these machines are noisy,
-//! so only ratios against the same run's baseline mean anything).
+//! tracers, and of watching connects, measured in one run with the configurations interleaved
+//! (these machines are noisy, so only ratios against the same run's baseline mean anything).
 
 use std::{
     io::{BufRead as _, BufReader, Read},
@@ -15,6 +15,10 @@ use anyhow::{Context as _, Result, bail};
 use crate::{build_agent, cargo, is_root, setup, status, workspace_root};
 
 const CONFIGS: [&str; 4] = ["baseline", "credwatch", "opensnoop", "bpftrace"];
+/// Connects: the comparison tracers watch opens only, so just with and without credwatch.
+const CONNECT_CONFIGS: [&str; 2] = ["baseline", "credwatch"];
+/// Connects per round (each is a socket, a connect and a close: slower than an open).
+const CONNECT_ITERATIONS: u64 = 200_000;
 const BPFTRACE_PROGRAM: &str = "tracepoint:syscalls:sys_enter_openat { @opens = count(); }";
 
 pub fn bench(iterations: u64, rounds: u32) -> Result<()> {
@@ -31,7 +35,10 @@ pub fn bench(iterations: u64, rounds: u32) -> Result<()> {
         "credwatch-tests",
         "--bin",
         "credwatch-openloop",
+        "--bin",
+        "credwatch-connectloop",
     ]))?;
+    let connectloop = workspace_root().join("target/release/credwatch-connectloop");
     let openloop = workspace_root().join("target/release/credwatch-openloop");
     let dir = std::env::temp_dir().join("credwatch-bench");
     std::fs::create_dir_all(&dir)?;
@@ -39,48 +46,70 @@ pub fn bench(iterations: u64, rounds: u32) -> Result<()> {
     std::fs::write(&target, b"benchmark\n")?;
 
     let mut results: Vec<Vec<f64>> = vec![Vec::new(); CONFIGS.len()];
+    let mut connect_results: Vec<Vec<f64>> = vec![Vec::new(); CONNECT_CONFIGS.len()];
     for round in 1..=rounds {
         for (i, config) in CONFIGS.iter().enumerate() {
             let tracer = start_tracer(config, &agent)?;
-            let ns = run_loop(&openloop, &target, iterations)?;
+            let ns = run_loop(
+                Command::new(&openloop)
+                    .arg(&target)
+                    .arg(iterations.to_string()),
+            )?;
             if let Some(tracer) = tracer {
                 stop(tracer);
             }
             println!("round {round}/{rounds}: {config:<10} {ns:>8.1} ns/open");
             results[i].push(ns);
         }
+        for (i, config) in CONNECT_CONFIGS.iter().enumerate() {
+            let tracer = start_tracer(config, &agent)?;
+            let ns = run_loop(Command::new(&connectloop).arg(CONNECT_ITERATIONS.to_string()))?;
+            if let Some(tracer) = tracer {
+                stop(tracer);
+            }
+            println!("round {round}/{rounds}: {config:<10} {ns:>8.1} ns/connect");
+            connect_results[i].push(ns);
+        }
     }
 
-    let medians: Vec<f64> = results.iter_mut().map(|r| median(r)).collect();
-    let baseline = medians[0];
     println!();
     println!(
         "open+close of a non-credential file, {iterations} iterations, median of {rounds} interleaved rounds"
     );
-    println!("| configuration | ns per open | vs baseline |");
+    print_table("ns per open", &CONFIGS, &mut results);
+    println!();
+    println!(
+        "UDP socket+connect+close to 127.0.0.1:9 (not an endpoint), {CONNECT_ITERATIONS} iterations, median of {rounds} interleaved rounds"
+    );
+    print_table("ns per connect", &CONNECT_CONFIGS, &mut connect_results);
+    Ok(())
+}
+
+/// A Markdown table of medians and ratios against the first configuration (the baseline).
+fn print_table(unit: &str, configs: &[&str], results: &mut [Vec<f64>]) {
+    let medians: Vec<f64> = results.iter_mut().map(|r| median(r)).collect();
+    let baseline = medians[0];
+    println!("| configuration | {unit} | vs baseline |");
     println!("|---|---:|---:|");
-    for (config, ns) in CONFIGS.iter().zip(&medians) {
+    for (config, ns) in configs.iter().zip(&medians) {
         let ratio = ns / baseline;
         println!(
             "| {config} | {ns:.1} | {ratio:.2}x ({:+.1}%) |",
             (ratio - 1.0) * 100.0
         );
     }
-    Ok(())
 }
 
-fn run_loop(openloop: &Path, target: &Path, iterations: u64) -> Result<f64> {
-    let out = Command::new(openloop)
-        .arg(target)
-        .arg(iterations.to_string())
-        .output()?;
+/// Runs a load loop; it prints the mean ns per operation.
+fn run_loop(cmd: &mut Command) -> Result<f64> {
+    let out = cmd.output()?;
     if !out.status.success() {
-        bail!("open loop failed: {}", String::from_utf8_lossy(&out.stderr));
+        bail!("load loop failed: {}", String::from_utf8_lossy(&out.stderr));
     }
     String::from_utf8_lossy(&out.stdout)
         .trim()
         .parse()
-        .context("parsing the open loop's result")
+        .context("parsing the load loop's result")
 }
 
 /// Starts a tracer and returns once it is attached.
