@@ -1,5 +1,5 @@
 //! DNS responses arriving at any process (a `cgroup_skb` ingress program on the cgroup2 root,
-//! attached with the legacy path): UDP packets from port 53 are copied to userspace, which
+//! inherited by every cgroup below): UDP packets from port 53 are copied to userspace, which
 //! learns the addresses of catalogue host names from them. Every packet is let through.
 
 use aya_ebpf::{
