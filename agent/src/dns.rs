@@ -199,7 +199,8 @@ impl LearnedHosts {
         self.changed |= self.by_cgroup.len() != before;
     }
 
-    pub fn len(&self) -> usize {
+    /// Learned entries, DNS and environment.
+    pub fn entries(&self) -> usize {
         self.by_cgroup.len() + self.by_address.len()
     }
 
@@ -345,7 +346,7 @@ mod tests {
         hosts.learn(&catalog, cgroup, &bytes, now);
         hosts.learn(&catalog, other_cgroup, &bytes, now);
         hosts.forget_cgroup(cgroup);
-        assert_eq!(hosts.len(), 2);
+        assert_eq!(hosts.entries(), 2);
         assert_eq!(hosts.hostname(cgroup, &addr), None);
         assert!(hosts.hostname(other_cgroup, &addr).is_some());
     }

@@ -44,6 +44,8 @@ pub enum Syscall {
     Openat2,
     Creat,
     OpenByHandleAt,
+    /// IORING_OP_OPENAT/OPENAT2 (the discriminant is the probe id, for `name`).
+    IoUringOpen = probe::IO_URING_OPEN as isize,
 }
 
 impl Syscall {
@@ -61,6 +63,7 @@ impl TryFrom<u32> for Syscall {
             probe::OPENAT2 => Syscall::Openat2,
             probe::CREAT => Syscall::Creat,
             probe::OPEN_BY_HANDLE_AT => Syscall::OpenByHandleAt,
+            probe::IO_URING_OPEN => Syscall::IoUringOpen,
             other => return Err(DecodeError::BadField("probe", other as u64)),
         })
     }
@@ -307,7 +310,9 @@ fn decode_file_open(bytes: &[u8], header: RecordHeader) -> Result<Event, DecodeE
     if raw_len > RAW_PATH_BYTES {
         return Err(DecodeError::BadField("raw_len", raw_len as u64));
     }
+    // Neither open_by_handle_at nor an io_uring completion has a user path string.
     let has_raw = rec.probe != probe::OPEN_BY_HANDLE_AT
+        && rec.probe != probe::IO_URING_OPEN
         && rec.path_flags & credwatch_common::path_flag::RAW_READ_ERROR == 0;
     Ok(Event::FileOpen(Box::new(FileOpen {
         boot_ns: rec.boot_ns,

@@ -208,6 +208,33 @@ fn every_open_syscall() {
     assert_eq!(flags, ["O_WRONLY", "O_CREAT", "O_TRUNC"]);
 }
 
+/// io_uring opens never enter an open syscall: IORING_OP_OPENAT is followed from submission to
+/// completion and judged like any open. An open into a fixed-file slot has no fd to follow:
+/// it is counted (`unmatched`), not lost silently.
+#[test]
+fn io_uring_opens() {
+    let agent = setup();
+    let secret = secret_path(agent);
+    let record = assert_names_the_secret(&["io_uring", &secret]);
+    assert_eq!(record["file"]["syscall"], "io_uring_open", "{record:#}");
+    assert_eq!(record["file"]["flags"][0], "O_RDONLY", "{record:#}");
+    assert!(record["file"].get("raw_path").is_none(), "{record:#}");
+
+    let series = r#"credwatch_kernel_events_total{outcome="unmatched",probe="io_uring_open"}"#;
+    let before = agent.metric(series);
+    // A fixed-slot open, then an ordinary one from the same process as a positive control.
+    let workload = Workload::run(&["io_uring-fixed", &secret, "--next", "io_uring", &secret]);
+    assert_eq!(workload.results, [0, workload.results[1]]);
+    let records = agent.wait_records(workload.pid, 1);
+    assert_eq!(records.len(), 1, "{records:#?}");
+    assert_eq!(records[0]["file"]["syscall"], "io_uring_open");
+    assert_eq!(agent.metric(series) - before, 1.0, "{}", agent.metrics());
+    assert_eq!(
+        agent.metric(r#"credwatch_probe_attached{mode="tracepoint",probe="io_uring_open"}"#),
+        1.0
+    );
+}
+
 #[test]
 fn non_credential_opens_stay_in_the_kernel() {
     let agent = setup();

@@ -234,6 +234,6 @@ fn on_path(binary: &str) -> bool {
         .unwrap_or(false)
 }
 
-fn is_executable(path: &PathBuf) -> bool {
+fn is_executable(path: &Path) -> bool {
     path.is_file()
 }

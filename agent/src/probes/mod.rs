@@ -12,8 +12,8 @@ use aya::{
     programs::TracePoint,
 };
 use credwatch_common::{
-    EndpointValue, InodeKey, LearnedKey, PATH_KEY_BYTES, PathKeyData, STATS_ENTRIES, globals, maps,
-    outcome, probe,
+    EndpointValue, InodeKey, IoUringOffsets, LearnedKey, PATH_KEY_BYTES, PathKeyData,
+    STATS_ENTRIES, globals, maps, outcome, probe,
 };
 use log::{info, warn};
 
@@ -71,6 +71,7 @@ impl Probes {
             offsets.regs_arg = words;
         }
         info!("file probes: {}", mode.describe());
+        let uring = offsets::io_uring_from_btf_file(btf_path);
         let agent_tgid = std::process::id();
         let nr_cpus = aya::util::nr_cpus()
             .map_err(|(_, e)| e)
@@ -79,6 +80,11 @@ impl Probes {
             .override_global(globals::OFFSETS, &offsets, true)
             .override_global(globals::AGENT_TGID, &agent_tgid, true)
             .override_global(globals::NR_CPUS, &nr_cpus, true)
+            .override_global(
+                globals::URING_OFFSETS,
+                uring.as_ref().unwrap_or(&IoUringOffsets::default()),
+                true,
+            )
             .load(PROGRAMS)
             .context("loading the eBPF object")?;
         let mut probes = Probes {
@@ -106,6 +112,15 @@ impl Probes {
             let status = probes.attach_cgroup_tracepoint(probe::NAMES[probe as usize]);
             probes.record(status);
         }
+        let status = match &uring {
+            Ok(_) => probes.attach_io_uring(),
+            Err(err) => ProbeStatus {
+                probe: probe::NAMES[probe::IO_URING_OPEN as usize],
+                mode: None,
+                detail: format!("io_uring request layout not in kernel BTF: {err:#}"),
+            },
+        };
+        probes.record(status);
         let status = probes.attach_dns();
         probes.record(status);
         // connect(2) is rare next to open(2): enter+exit costs little and needs no registers.
@@ -165,6 +180,33 @@ impl Probes {
             Ok(())
         })();
         probe_status(name, "cgroup_skb", result)
+    }
+
+    /// io_uring opens: `io_uring_submit_req` and `io_uring_complete` (see `uring.rs`).
+    fn attach_io_uring(&mut self) -> ProbeStatus {
+        let name = probe::NAMES[probe::IO_URING_OPEN as usize];
+        let result = (|| -> Result<()> {
+            let layouts: [(&str, &tracefs::Fields); 2] = [
+                ("io_uring_submit_req", &[("req", 16, 8), ("opcode", 32, 1)]),
+                ("io_uring_complete", &[("req", 16, 8), ("res", 32, 4)]),
+            ];
+            for (tracepoint, fields) in layouts {
+                tracefs::check_format("io_uring", tracepoint, fields)?;
+                let program: &mut TracePoint = self
+                    .ebpf
+                    .program_mut(tracepoint)
+                    .ok_or_else(|| anyhow!("program {tracepoint} missing from the object"))?
+                    .try_into()?;
+                program
+                    .load()
+                    .with_context(|| format!("loading {tracepoint}"))?;
+                program
+                    .attach("io_uring", tracepoint)
+                    .with_context(|| format!("attaching {tracepoint}"))?;
+            }
+            Ok(())
+        })();
+        probe_status(name, "tracepoint", result)
     }
 
     /// `cgroup/connect4|6` on the cgroup2 root: connects that bypass connect(2) (io_uring,

@@ -8,7 +8,7 @@ use std::path::Path;
 
 use anyhow::{Context as _, Result, anyhow, bail};
 use btf_rs::{Btf, Struct, Type};
-use credwatch_common::KernelOffsets;
+use credwatch_common::{IoUringOffsets, KernelOffsets};
 
 pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
 
@@ -86,6 +86,20 @@ pub fn from_btf_file(path: &Path) -> Result<KernelOffsets> {
     }
     offsets.valid = 1;
     Ok(offsets)
+}
+
+/// io_uring's request layout (internal, so from BTF like the rest): where an open request's
+/// `io_open` sits (the request's command area) plus its `file_slot`, and the request's opcode.
+pub fn io_uring_from_btf_file(path: &Path) -> Result<IoUringOffsets> {
+    let btf = Btf::from_file(path)?;
+    let command = field_offset(&btf, "io_kiocb", "cmd", 0).context("io_kiocb.cmd")?;
+    let slot = field_offset(&btf, "io_open", "file_slot", 4).context("io_open.file_slot")?;
+    let opcode = field_offset(&btf, "io_kiocb", "opcode", 1).context("io_kiocb.opcode")?;
+    Ok(IoUringOffsets {
+        open_file_slot: command + slot,
+        opcode,
+        valid: 1,
+    })
 }
 
 /// Where the first four syscall arguments sit in the saved user registers (`struct pt_regs`),

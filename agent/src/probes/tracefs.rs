@@ -43,12 +43,28 @@ pub fn ensure_mounted() -> Result<()> {
 /// The cgroup tracepoints are read at fixed offsets (`root` @8, `id` @16, `path` @24): refuse
 /// to attach when the kernel's layout differs.
 pub fn check_cgroup_format(tracepoint: &str) -> Result<()> {
+    check_format(
+        "cgroup",
+        tracepoint,
+        &[("root", 8, 4), ("id", 16, 8), ("path", 24, 4)],
+    )
+}
+
+/// A tracepoint's fields as its program reads them: (name, offset, size).
+pub type Fields = [(&'static str, usize, usize)];
+
+/// Checks that a tracepoint's fields are where its program reads them.
+pub fn check_format(category: &str, tracepoint: &str, wanted: &Fields) -> Result<()> {
     let root = root().context("tracefs not mounted")?;
-    let path = root.join("events/cgroup").join(tracepoint).join("format");
+    let path = root
+        .join("events")
+        .join(category)
+        .join(tracepoint)
+        .join("format");
     let text = std::fs::read_to_string(&path)
-        .with_context(|| format!("tracepoint cgroup/{tracepoint} not available"))?;
+        .with_context(|| format!("tracepoint {category}/{tracepoint} not available"))?;
     let fields = parse_fields(&text);
-    for (name, offset, size) in [("root", 8, 4), ("id", 16, 8), ("path", 24, 4)] {
+    for &(name, offset, size) in wanted {
         if !fields
             .iter()
             .any(|f| f.0 == name && f.1 == offset && f.2 == size)

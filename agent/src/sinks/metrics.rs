@@ -30,8 +30,11 @@ pub struct Metrics {
     /// Records written without the container's full metadata.
     pub missing_metadata: prometheus::IntCounter,
     /// The kernel counters are cumulative in the kernel; we add the difference at each scrape.
-    kernel: Mutex<Option<(KernelStats, HashMap<(&'static str, &'static str), u64>)>>,
+    kernel: Mutex<Option<(KernelStats, KernelTotals)>>,
 }
+
+/// The kernel counters' totals at the last scrape, by (probe, outcome).
+type KernelTotals = HashMap<(&'static str, &'static str), u64>;
 
 fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
     let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");

@@ -62,6 +62,7 @@ pub mod globals {
     pub const OFFSETS: &str = "OFFSETS";
     pub const AGENT_TGID: &str = "AGENT_TGID";
     pub const NR_CPUS: &str = "NR_CPUS";
+    pub const URING_OFFSETS: &str = "URING_OFFSETS";
 }
 
 /// The probes, in the order of the stats map rows: the file-open syscalls, then the process
@@ -81,7 +82,9 @@ pub mod probe {
     pub const DNS: u32 = 11;
     /// Connects outside connect(2) (io_uring, TCP Fast Open), seen by `cgroup/connect4|6`.
     pub const CGROUP_CONNECT: u32 = 12;
-    pub const COUNT: u32 = 13;
+    /// IORING_OP_OPENAT/OPENAT2 through io_uring (no syscall of their own).
+    pub const IO_URING_OPEN: u32 = 13;
+    pub const COUNT: u32 = 14;
     /// How many of the first probes are file-open syscalls.
     pub const FILE_OPEN_COUNT: u32 = 5;
     /// Names as used in metrics and log records (`sys_` dropped).
@@ -99,6 +102,7 @@ pub mod probe {
         "connect",
         "dns",
         "cgroup_connect",
+        "io_uring_open",
     ];
 }
 
@@ -405,6 +409,20 @@ pub struct KernelOffsets {
     pub valid: u32,
 }
 
+/// io_uring's request layout, from BTF; optional (io_uring may be compiled out), so kept apart
+/// from [`KernelOffsets`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct IoUringOffsets {
+    /// Offset in `struct io_kiocb` of an open request's `io_open.file_slot` (non-zero: the file
+    /// goes into the ring's fixed-file table, not the fd table).
+    pub open_file_slot: u32,
+    /// Offset of `io_kiocb.opcode` (u8).
+    pub opcode: u32,
+    /// Non-zero when the agent found both.
+    pub valid: u32,
+}
+
 #[cfg(feature = "user")]
 mod user {
     // SAFETY: all are #[repr(C)] structs of integers and byte arrays with no implicit padding.
@@ -415,6 +433,7 @@ mod user {
     unsafe impl aya::Pod for super::DnsRecord {}
     unsafe impl aya::Pod for super::EndpointValue {}
     unsafe impl aya::Pod for super::LearnedKey {}
+    unsafe impl aya::Pod for super::IoUringOffsets {}
     unsafe impl aya::Pod for super::InodeKey {}
     unsafe impl aya::Pod for super::KernelOffsets {}
 }

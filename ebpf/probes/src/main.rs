@@ -15,6 +15,7 @@ mod filter;
 mod open;
 mod process;
 mod stats;
+mod uring;
 mod vfs;
 
 use aya_ebpf::{
@@ -24,8 +25,8 @@ use aya_ebpf::{
     programs::{BtfTracePointContext, SkBuffContext, SockAddrContext, TracePointContext},
 };
 use credwatch_common::{
-    CGROUP_MKDIR, CGROUP_RMDIR, CgroupRecord, DnsRecord, EndpointValue, InodeKey, KernelOffsets,
-    LearnedKey, NAMED_PORT_SLOTS, PathKeyData, ProcessRecord, STATS_ENTRIES, probe,
+    CGROUP_MKDIR, CGROUP_RMDIR, CgroupRecord, DnsRecord, EndpointValue, InodeKey, IoUringOffsets,
+    KernelOffsets, LearnedKey, NAMED_PORT_SLOTS, PathKeyData, ProcessRecord, STATS_ENTRIES, probe,
 };
 
 /// Filled by the agent from `/sys/kernel/btf/vmlinux` before load.
@@ -34,6 +35,9 @@ static OFFSETS: Global<KernelOffsets> = Global::new(unsafe { core::mem::zeroed()
 /// The agent's own pid: its file opens are not reported.
 #[unsafe(no_mangle)]
 static AGENT_TGID: Global<u32> = Global::new(0);
+/// io_uring's request layout, filled by the agent from BTF (`valid` = 0: not known).
+#[unsafe(no_mangle)]
+static URING_OFFSETS: Global<IoUringOffsets> = Global::new(unsafe { core::mem::zeroed() });
 /// Number of possible CPUs, for finding a slot left on another CPU.
 #[unsafe(no_mangle)]
 static NR_CPUS: Global<u32> = Global::new(1);
@@ -69,6 +73,9 @@ static NAMED_PORTS: aya_ebpf::maps::Array<u16> =
 /// that a mark whose exit never ran (probes attached mid-syscall) cannot fill it.
 #[map(name = "CONNECTS")]
 static CONNECTS: LruHashMap<u64, connect::InConnect> = LruHashMap::with_max_entries(16384, 0);
+/// io_uring open requests between submission and completion: request → `io_open.file_slot`.
+#[map(name = "URING_OPENS")]
+static URING_OPENS: LruHashMap<u64, u32> = LruHashMap::with_max_entries(16384, 0);
 /// When each cgroup last received a DNS answer (boot ns).
 #[map(name = "DNS_RECENT")]
 static DNS_RECENT: LruHashMap<u64, u64> = LruHashMap::with_max_entries(16384, 0);
@@ -223,6 +230,22 @@ pub fn sys_exit_connect(ctx: TracePointContext) -> u32 {
 pub fn dns_answers(ctx: SkBuffContext) -> i32 {
     dns::ingress(&ctx);
     1
+}
+
+// io_uring tracepoints: `req` at 16; submit_req's `opcode` (u8) and complete's `res` (int) at
+// 32 (checked against the format files by the agent).
+#[tracepoint(category = "io_uring", name = "io_uring_submit_req")]
+pub fn io_uring_submit_req(ctx: TracePointContext) -> u32 {
+    let opcode = unsafe { ctx.read_at::<u8>(32) }.unwrap_or(0);
+    uring::submit(arg(&ctx, 16), opcode);
+    0
+}
+
+#[tracepoint(category = "io_uring", name = "io_uring_complete")]
+pub fn io_uring_complete(ctx: TracePointContext) -> u32 {
+    let res = unsafe { ctx.read_at::<i32>(32) }.unwrap_or(-1);
+    uring::complete(arg(&ctx, 16), res);
+    0
 }
 
 #[tracepoint(category = "cgroup", name = "cgroup_mkdir")]

@@ -25,6 +25,7 @@ use crate::{
 pub const AT_FDCWD: i32 = -100;
 /// creat(path, mode) == open(path, O_CREAT|O_WRONLY|O_TRUNC, mode)
 pub const CREAT_FLAGS: u32 = 0o1101;
+const O_LARGEFILE: u32 = 0o100000;
 const RAW_MASK: usize = RAW_PATH_BYTES - 1;
 
 /// Syscall arguments saved at entry for the exit program.
@@ -198,14 +199,60 @@ pub fn exit(probe: u32, ret: i64) {
     let Some(pending) = pending else {
         return count(probe, outcome::UNMATCHED);
     };
+    judge(&offsets, pending, ret);
+}
+
+/// An open that io_uring completed into fd `fd` of the task's fd table (see `uring.rs`): judged
+/// like a syscall's. There is no user path to keep (io_uring copied it at submission), and the
+/// flags are the opened file's.
+pub fn io_uring_opened(fd: i64) {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    if (pid_tgid >> 32) as u32 == AGENT_TGID.load() {
+        return;
+    }
+    let offsets = OFFSETS.load();
+    if offsets.valid == 0 {
+        return;
+    }
+    let flags = unsafe {
+        vfs::task_fs_files(&offsets, bpf_get_current_task())
+            .and_then(|(_, files)| vfs::fd_to_file(&offsets, files, fd as u32))
+            .and_then(|file| vfs::read::<u32>(file, offsets.file_f_flags))
+    };
+    let Ok(flags) = flags else {
+        return count(probe::IO_URING_OPEN, outcome::READ_ERROR);
+    };
+    let pending = PendingOpen {
+        pid_tgid,
+        path_ptr: 0,
+        dirfd: AT_FDCWD,
+        // The kernel adds O_LARGEFILE on 64-bit; the process did not ask for it.
+        flags: flags & !O_LARGEFILE,
+        probe: probe::IO_URING_OPEN,
+        _pad: 0,
+    };
+    judge(&offsets, pending, fd);
+}
+
+/// Inspects an open's result, filters it and emits the record; counts every outcome.
+#[inline(always)]
+fn judge(offsets: &KernelOffsets, pending: PendingOpen, ret: i64) {
+    let probe = pending.probe;
     count(probe, outcome::SEEN);
     let Some(scratch) = SCRATCH.get_ptr_mut(0) else {
         return;
     };
     let scratch = unsafe { &mut *scratch };
-    match unsafe { inspect(&offsets, scratch, &pending, ret) } {
+    match unsafe { inspect(offsets, scratch, &pending, ret) } {
         Ok(true) => {
-            fill_record(&offsets, &mut scratch.rec, probe, &pending, pid_tgid, ret);
+            fill_record(
+                offsets,
+                &mut scratch.rec,
+                probe,
+                &pending,
+                pending.pid_tgid,
+                ret,
+            );
             if EVENTS.output::<FileOpenRecord>(&scratch.rec, 0).is_ok() {
                 count(probe, outcome::EMITTED);
             } else {
@@ -225,7 +272,9 @@ pub fn exit(probe: u32, ret: i64) {
 }
 
 /// Resolves the opened file (or, for a failed open, the lexical path) into `scratch` and runs
-/// the filter. Returns whether the open must be reported.
+/// the filter. Returns whether the open must be reported. Inlined into each caller (as a
+/// function of its own its frame and the caller's together exceed the BPF stack).
+#[inline(always)]
 unsafe fn inspect(
     o: &KernelOffsets,
     scratch: &mut Scratch,

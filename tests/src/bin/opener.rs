@@ -2,6 +2,7 @@
 //!
 //! Usage: credwatch-opener [--cpu N] [--uid N] [--hold] OP ARGS [xN] [--next OP ARGS [xN]]...
 //!   open PATH | openat PATH | openat2 PATH | creat PATH | by-handle PATH
+//!   io_uring PATH | io_uring-fixed PATH   (IORING_OP_OPENAT; -fixed: into a direct descriptor)
 //!   openat-dir DIR REL      (openat relative to a directory fd)
 //!   chdir-open DIR REL      (chdir, then open a relative path)
 //! A trailing `xN` repeats the op N times. Prints `pid=P` then one `result=R` (fd or -errno)
@@ -71,13 +72,43 @@ fn run(op: &str, args: &[OsString]) -> i64 {
                 ))
             }
             "by-handle" => by_handle(&a(0)),
+            "io_uring" => io_uring_open(&a(0), false),
+            "io_uring-fixed" => io_uring_open(&a(0), true),
             other => panic!("unknown op {other}"),
         };
-        if fd >= 0 {
+        if fd > 0 || (fd == 0 && op != "io_uring-fixed") {
             libc::close(fd as i32);
         }
         fd
     }
+}
+
+/// IORING_OP_OPENAT through an io_uring: into the fd table, or (`fixed`) into slot 0 of the
+/// ring's fixed-file table (a "direct descriptor": no fd at all). Returns the completion's
+/// result (the fd, 0 for a fixed slot, or -errno).
+fn io_uring_open(path: &CString, fixed: bool) -> i64 {
+    let mut ring = io_uring::IoUring::new(4).expect("io_uring_setup");
+    let mut op = io_uring::opcode::OpenAt::new(io_uring::types::Fd(libc::AT_FDCWD), path.as_ptr())
+        // Direct descriptors refuse O_CLOEXEC (they are not fds).
+        .flags(libc::O_RDONLY | if fixed { 0 } else { libc::O_CLOEXEC });
+    if fixed {
+        ring.submitter()
+            .register_files_sparse(1)
+            .expect("register a fixed-file table");
+        let slot = io_uring::types::DestinationSlot::try_from_slot_target(0).unwrap();
+        op = op.file_index(Some(slot));
+    }
+    let entry = op.build().user_data(1);
+    // SAFETY: the path outlives the request (we wait for its completion).
+    unsafe {
+        ring.submission()
+            .push(&entry)
+            .expect("submission queue full")
+    };
+    ring.submit_and_wait(1).expect("io_uring_enter");
+    let result = ring.completion().next().expect("a completion").result() as i64;
+    // A fixed slot is not an fd: report it as 0 so the caller does not close fd 0.
+    if fixed && result >= 0 { 0 } else { result }
 }
 
 /// name_to_handle_at + open_by_handle_at (needs CAP_DAC_READ_SEARCH).
