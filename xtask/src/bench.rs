@@ -4,7 +4,7 @@
 
 use std::{
     io::{BufRead as _, BufReader, Read},
-    path::{Path, PathBuf},
+    path::Path,
     process::{Child, Command, Stdio},
     thread,
     time::{Duration, Instant},
