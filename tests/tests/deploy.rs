@@ -155,3 +155,92 @@ fn the_pieces_agree() {
         assert!(mounts.contains(&needed), "{needed} is mounted");
     }
 }
+
+/// The DaemonSet's capabilities are enough: the agent, started as root with exactly that
+/// capability set (as its bounding set, and with no_new_privs as `allowPrivilegeEscalation:
+/// false` gives), attaches every probe.
+#[test]
+fn the_daemonset_capabilities_attach_every_probe() {
+    ensure_kubernetes_validate();
+    let ds = yaml("daemonset.yaml");
+    let container = &ds["spec"]["template"]["spec"]["containers"][0];
+    let caps: Vec<String> = container["securityContext"]["capabilities"]["add"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c.as_str().unwrap().to_ascii_lowercase())
+        .collect();
+    let bounding = std::iter::once("-all".to_string())
+        .chain(caps.iter().map(|c| format!("+{c}")))
+        .collect::<Vec<_>>()
+        .join(",");
+    let bin = std::env::var("CREDWATCH_BIN").expect("CREDWATCH_BIN: use `cargo xtask test`");
+    let work = std::env::temp_dir().join(format!("credwatch-caps-{}", std::process::id()));
+    std::fs::create_dir_all(&work).unwrap();
+    let stderr = work.join("agent.stderr");
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let mut agent = Command::new("setpriv")
+        .arg("--no-new-privs")
+        .arg(format!("--bounding-set={bounding}"))
+        .arg("--")
+        .arg(&bin)
+        .args(["run", "--policies"])
+        .arg(repo.join("policies"))
+        .arg("--log")
+        .arg(work.join("forensic.jsonl"))
+        .args(["--metrics-addr", "127.0.0.1:0"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&stderr).unwrap())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let text = loop {
+        let text = std::fs::read_to_string(&stderr).unwrap_or_default();
+        if text.contains("credwatch: ready") {
+            break text;
+        }
+        if let Ok(Some(status)) = agent.try_wait() {
+            panic!("the agent exited ({status}):\n{text}");
+        }
+        assert!(std::time::Instant::now() < deadline, "not ready:\n{text}");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    // The agent really ran with only those capabilities.
+    let effective = capabilities(&format!("/proc/{}/status", agent.id()), "CapEff:");
+    let _ = agent.kill();
+    let _ = agent.wait();
+    let _ = std::fs::remove_dir_all(&work);
+    // What the manifest asks for, as far as this machine grants it at all (some sandboxes
+    // withhold SYS_RESOURCE, which only kernels older than 5.11 need).
+    let ours = capabilities("/proc/self/status", "CapBnd:");
+    let asked = caps
+        .iter()
+        .fold(0u64, |mask, c| mask | 1 << capability_number(c));
+    assert_eq!(effective, asked & ours, "CapEff {effective:#x}");
+    assert!(!text.contains("probe unavailable"), "{text}");
+    assert!(text.contains("credwatch: probes attached:"), "{text}");
+}
+
+/// A capability mask line (`CapEff:`, `CapBnd:`) of a /proc status file.
+fn capabilities(status: &str, line: &str) -> u64 {
+    std::fs::read_to_string(status)
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix(line))
+        .map(|v| u64::from_str_radix(v.trim(), 16).unwrap())
+        .unwrap()
+}
+
+/// Capability numbers (linux/capability.h) of the ones a manifest may name.
+fn capability_number(name: &str) -> u32 {
+    match name {
+        "dac_read_search" => 2,
+        "net_admin" => 12,
+        "sys_ptrace" => 19,
+        "sys_admin" => 21,
+        "sys_resource" => 24,
+        "perfmon" => 38,
+        "bpf" => 39,
+        other => panic!("capability {other}: add its number here"),
+    }
+}

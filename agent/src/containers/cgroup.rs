@@ -16,14 +16,11 @@ pub fn cgroup2_mount() -> Option<PathBuf> {
 }
 
 fn last_cgroup2_mount(mountinfo: &str) -> Option<PathBuf> {
-    mountinfo
-        .lines()
-        .rev()
-        .find_map(|line| {
-            let (left, right) = line.split_once(" - ")?;
-            let mount_point = left.split(' ').nth(4)?;
-            (right.split(' ').next() == Some("cgroup2")).then(|| PathBuf::from(mount_point))
-        })
+    mountinfo.lines().rev().find_map(|line| {
+        let (left, right) = line.split_once(" - ")?;
+        let mount_point = left.split(' ').nth(4)?;
+        (right.split(' ').next() == Some("cgroup2")).then(|| PathBuf::from(mount_point))
+    })
 }
 
 /// Resolves cgroup ids with `open_by_handle_at` on the cgroup2 mount: a kernfs file handle is
