@@ -208,9 +208,9 @@ fn every_open_syscall() {
     assert_eq!(flags, ["O_WRONLY", "O_CREAT", "O_TRUNC"]);
 }
 
-/// io_uring opens never enter an open syscall: IORING_OP_OPENAT is followed from submission to
-/// completion and judged like any open. An open into a fixed-file slot has no fd to follow:
-/// it is counted (`unmatched`), not lost silently.
+/// io_uring opens never enter an open syscall: IORING_OP_OPENAT is followed to its completion
+/// and judged like any open. An open into a fixed-file slot has no fd to follow, and one that
+/// skips its completion is not traced: both are counted (`unmatched`), not lost silently.
 #[test]
 fn io_uring_opens() {
     let agent = setup();
@@ -222,13 +222,23 @@ fn io_uring_opens() {
 
     let series = r#"credwatch_kernel_events_total{outcome="unmatched",probe="io_uring_open"}"#;
     let before = agent.metric(series);
-    // A fixed-slot open, then an ordinary one from the same process as a positive control.
-    let workload = Workload::run(&["io_uring-fixed", &secret, "--next", "io_uring", &secret]);
-    assert_eq!(workload.results, [0, workload.results[1]]);
+    // A fixed-slot open and one without a completion, then an ordinary one from the same
+    // process as a positive control.
+    let workload = Workload::run(&[
+        "io_uring-fixed",
+        &secret,
+        "--next",
+        "io_uring-skip",
+        &secret,
+        "--next",
+        "io_uring",
+        &secret,
+    ]);
+    assert_eq!(workload.results[..2], [0, 0]);
     let records = agent.wait_records(workload.pid, 1);
     assert_eq!(records.len(), 1, "{records:#?}");
     assert_eq!(records[0]["file"]["syscall"], "io_uring_open");
-    assert_eq!(agent.metric(series) - before, 1.0, "{}", agent.metrics());
+    assert_eq!(agent.metric(series) - before, 2.0, "{}", agent.metrics());
     assert_eq!(
         agent.metric(r#"credwatch_probe_attached{mode="tracepoint",probe="io_uring_open"}"#),
         1.0

@@ -182,12 +182,16 @@ impl Probes {
         probe_status(name, "cgroup_skb", result)
     }
 
-    /// io_uring opens: `io_uring_submit_req` and `io_uring_complete` (see `uring.rs`).
+    /// io_uring opens: `io_uring_complete`, and `io_uring_submit_req` to count the opens whose
+    /// completion is skipped (see `uring.rs`).
     fn attach_io_uring(&mut self) -> ProbeStatus {
         let name = probe::NAMES[probe::IO_URING_OPEN as usize];
         let result = (|| -> Result<()> {
             let layouts: [(&str, &tracefs::Fields); 2] = [
-                ("io_uring_submit_req", &[("req", 16, 8), ("opcode", 32, 1)]),
+                (
+                    "io_uring_submit_req",
+                    &[("opcode", 32, 1), ("flags", 40, 8)],
+                ),
                 ("io_uring_complete", &[("req", 16, 8), ("res", 32, 4)]),
             ];
             for (tracepoint, fields) in layouts {

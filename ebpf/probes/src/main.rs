@@ -73,9 +73,6 @@ static NAMED_PORTS: aya_ebpf::maps::Array<u16> =
 /// that a mark whose exit never ran (probes attached mid-syscall) cannot fill it.
 #[map(name = "CONNECTS")]
 static CONNECTS: LruHashMap<u64, connect::InConnect> = LruHashMap::with_max_entries(16384, 0);
-/// io_uring open requests between submission and completion: request → `io_open.file_slot`.
-#[map(name = "URING_OPENS")]
-static URING_OPENS: LruHashMap<u64, u32> = LruHashMap::with_max_entries(16384, 0);
 /// When each cgroup last received a DNS answer (boot ns).
 #[map(name = "DNS_RECENT")]
 static DNS_RECENT: LruHashMap<u64, u64> = LruHashMap::with_max_entries(16384, 0);
@@ -232,12 +229,12 @@ pub fn dns_answers(ctx: SkBuffContext) -> i32 {
     1
 }
 
-// io_uring tracepoints: `req` at 16; submit_req's `opcode` (u8) and complete's `res` (int) at
-// 32 (checked against the format files by the agent).
+// io_uring tracepoints: `req` at 16; submit_req's `opcode` (u8) at 32 and `flags` at 40;
+// complete's `res` (int) at 32 (checked against the format files by the agent).
 #[tracepoint(category = "io_uring", name = "io_uring_submit_req")]
 pub fn io_uring_submit_req(ctx: TracePointContext) -> u32 {
     let opcode = unsafe { ctx.read_at::<u8>(32) }.unwrap_or(0);
-    uring::submit(arg(&ctx, 16), opcode);
+    uring::submit(opcode, arg(&ctx, 40));
     0
 }
 

@@ -199,7 +199,7 @@ pub fn exit(probe: u32, ret: i64) {
     let Some(pending) = pending else {
         return count(probe, outcome::UNMATCHED);
     };
-    judge(&offsets, pending, ret);
+    judge(&offsets, pending, pid_tgid, ret);
 }
 
 /// An open that io_uring completed into fd `fd` of the task's fd table (see `uring.rs`): judged
@@ -231,12 +231,13 @@ pub fn io_uring_opened(fd: i64) {
         probe: probe::IO_URING_OPEN,
         _pad: 0,
     };
-    judge(&offsets, pending, fd);
+    judge(&offsets, pending, pid_tgid, fd);
 }
 
 /// Inspects an open's result, filters it and emits the record; counts every outcome.
+/// (`pending.pid_tgid` is not used: a slot taken back has it cleared.)
 #[inline(always)]
-fn judge(offsets: &KernelOffsets, pending: PendingOpen, ret: i64) {
+fn judge(offsets: &KernelOffsets, pending: PendingOpen, pid_tgid: u64, ret: i64) {
     let probe = pending.probe;
     count(probe, outcome::SEEN);
     let Some(scratch) = SCRATCH.get_ptr_mut(0) else {
@@ -245,14 +246,7 @@ fn judge(offsets: &KernelOffsets, pending: PendingOpen, ret: i64) {
     let scratch = unsafe { &mut *scratch };
     match unsafe { inspect(offsets, scratch, &pending, ret) } {
         Ok(true) => {
-            fill_record(
-                offsets,
-                &mut scratch.rec,
-                probe,
-                &pending,
-                pending.pid_tgid,
-                ret,
-            );
+            fill_record(offsets, &mut scratch.rec, probe, &pending, pid_tgid, ret);
             if EVENTS.output::<FileOpenRecord>(&scratch.rec, 0).is_ok() {
                 count(probe, outcome::EMITTED);
             } else {

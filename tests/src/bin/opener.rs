@@ -2,7 +2,8 @@
 //!
 //! Usage: credwatch-opener [--cpu N] [--uid N] [--hold] OP ARGS [xN] [--next OP ARGS [xN]]...
 //!   open PATH | openat PATH | openat2 PATH | creat PATH | by-handle PATH
-//!   io_uring PATH | io_uring-fixed PATH   (IORING_OP_OPENAT; -fixed: into a direct descriptor)
+//!   io_uring PATH | io_uring-fixed PATH | io_uring-skip PATH
+//!                           (IORING_OP_OPENAT; into a direct descriptor; with no completion)
 //!   openat-dir DIR REL      (openat relative to a directory fd)
 //!   chdir-open DIR REL      (chdir, then open a relative path)
 //! A trailing `xN` repeats the op N times. Prints `pid=P` then one `result=R` (fd or -errno)
@@ -74,9 +75,10 @@ fn run(op: &str, args: &[OsString]) -> i64 {
             "by-handle" => by_handle(&a(0)),
             "io_uring" => io_uring_open(&a(0), false),
             "io_uring-fixed" => io_uring_open(&a(0), true),
+            "io_uring-skip" => io_uring_open_skipping_completion(&a(0)),
             other => panic!("unknown op {other}"),
         };
-        if fd > 0 || (fd == 0 && op != "io_uring-fixed") {
+        if fd > 0 || (fd == 0 && !op.starts_with("io_uring-")) {
             libc::close(fd as i32);
         }
         fd
@@ -109,6 +111,32 @@ fn io_uring_open(path: &CString, fixed: bool) -> i64 {
     let result = ring.completion().next().expect("a completion").result() as i64;
     // A fixed slot is not an fd: report it as 0 so the caller does not close fd 0.
     if fixed && result >= 0 { 0 } else { result }
+}
+
+/// IORING_OP_OPENAT with IOSQE_CQE_SKIP_SUCCESS (no completion when it succeeds), linked to a
+/// NOP whose completion says the open is done. Returns 0 (the fd is not known).
+fn io_uring_open_skipping_completion(path: &CString) -> i64 {
+    use io_uring::{opcode, squeue::Flags, types};
+    let mut ring = io_uring::IoUring::new(4).expect("io_uring_setup");
+    let open = opcode::OpenAt::new(types::Fd(libc::AT_FDCWD), path.as_ptr())
+        .flags(libc::O_RDONLY | libc::O_CLOEXEC)
+        .build()
+        .flags(Flags::SKIP_SUCCESS | Flags::IO_LINK)
+        .user_data(1);
+    let nop = opcode::Nop::new().build().user_data(2);
+    // SAFETY: the path outlives the requests (we wait for the linked NOP).
+    unsafe {
+        let mut sq = ring.submission();
+        sq.push(&open).expect("submission queue full");
+        sq.push(&nop).expect("submission queue full");
+    }
+    ring.submit_and_wait(1).expect("io_uring_enter");
+    let cqe = ring.completion().next().expect("a completion");
+    // The open's own completion appears only if it failed.
+    if cqe.user_data() == 1 {
+        return cqe.result() as i64;
+    }
+    0
 }
 
 /// name_to_handle_at + open_by_handle_at (needs CAP_DAC_READ_SEARCH).
