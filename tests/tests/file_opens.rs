@@ -240,7 +240,7 @@ fn io_uring_opens() {
     assert_eq!(records[0]["file"]["syscall"], "io_uring_open");
     assert_eq!(agent.metric(series) - before, 2.0, "{}", agent.metrics());
     assert_eq!(
-        agent.metric(r#"credwatch_probe_attached{mode="tracepoint",probe="io_uring_open"}"#),
+        agent.metric(r#"credwatch_probe_attached{mode="tp_btf",probe="io_uring_open"}"#),
         1.0
     );
 }

@@ -15,10 +15,13 @@ use anyhow::{Context as _, Result, bail};
 use crate::{build_agent, cargo, is_root, setup, status, workspace_root};
 
 const CONFIGS: [&str; 4] = ["baseline", "credwatch", "opensnoop", "bpftrace"];
-/// Connects: the comparison tracers watch opens only, so just with and without credwatch.
+/// Connects and io_uring requests: the comparison tracers watch opens only, so just with and
+/// without credwatch.
 const CONNECT_CONFIGS: [&str; 2] = ["baseline", "credwatch"];
 /// Connects per round (each is a socket, a connect and a close: slower than an open).
 const CONNECT_ITERATIONS: u64 = 200_000;
+/// io_uring NOPs per round (submitted and waited for one at a time).
+const URING_ITERATIONS: u64 = 1_000_000;
 const BPFTRACE_PROGRAM: &str = "tracepoint:syscalls:sys_enter_openat { @opens = count(); }";
 
 pub fn bench(iterations: u64, rounds: u32) -> Result<()> {
@@ -37,8 +40,11 @@ pub fn bench(iterations: u64, rounds: u32) -> Result<()> {
         "credwatch-openloop",
         "--bin",
         "credwatch-connectloop",
+        "--bin",
+        "credwatch-uringloop",
     ]))?;
     let connectloop = workspace_root().join("target/release/credwatch-connectloop");
+    let uringloop = workspace_root().join("target/release/credwatch-uringloop");
     let openloop = workspace_root().join("target/release/credwatch-openloop");
     let dir = std::env::temp_dir().join("credwatch-bench");
     std::fs::create_dir_all(&dir)?;
@@ -47,6 +53,7 @@ pub fn bench(iterations: u64, rounds: u32) -> Result<()> {
 
     let mut results: Vec<Vec<f64>> = vec![Vec::new(); CONFIGS.len()];
     let mut connect_results: Vec<Vec<f64>> = vec![Vec::new(); CONNECT_CONFIGS.len()];
+    let mut uring_results: Vec<Vec<f64>> = vec![Vec::new(); CONNECT_CONFIGS.len()];
     for round in 1..=rounds {
         for (i, config) in CONFIGS.iter().enumerate() {
             let tracer = start_tracer(config, &agent)?;
@@ -69,6 +76,13 @@ pub fn bench(iterations: u64, rounds: u32) -> Result<()> {
             }
             println!("round {round}/{rounds}: {config:<10} {ns:>8.1} ns/connect");
             connect_results[i].push(ns);
+            let tracer = start_tracer(config, &agent)?;
+            let ns = run_loop(Command::new(&uringloop).arg(URING_ITERATIONS.to_string()))?;
+            if let Some(tracer) = tracer {
+                stop(tracer);
+            }
+            println!("round {round}/{rounds}: {config:<10} {ns:>8.1} ns/io_uring NOP");
+            uring_results[i].push(ns);
         }
     }
 
@@ -82,6 +96,11 @@ pub fn bench(iterations: u64, rounds: u32) -> Result<()> {
         "UDP socket+connect+close to 127.0.0.1:9 (not an endpoint), {CONNECT_ITERATIONS} iterations, median of {rounds} interleaved rounds"
     );
     print_table("ns per connect", &CONNECT_CONFIGS, &mut connect_results);
+    println!();
+    println!(
+        "io_uring NOP submitted and waited for, {URING_ITERATIONS} iterations, median of {rounds} interleaved rounds"
+    );
+    print_table("ns per NOP", &CONNECT_CONFIGS, &mut uring_results);
     Ok(())
 }
 

@@ -113,7 +113,7 @@ impl Probes {
             probes.record(status);
         }
         let status = match &uring {
-            Ok(_) => probes.attach_io_uring(),
+            Ok(_) => probes.attach_io_uring(&btf),
             Err(err) => ProbeStatus {
                 probe: probe::NAMES[probe::IO_URING_OPEN as usize],
                 mode: None,
@@ -184,33 +184,18 @@ impl Probes {
 
     /// io_uring opens: `io_uring_complete`, and `io_uring_submit_req` to count the opens whose
     /// completion is skipped (see `uring.rs`).
-    fn attach_io_uring(&mut self) -> ProbeStatus {
+    fn attach_io_uring(&mut self, btf: &aya::Btf) -> ProbeStatus {
         let name = probe::NAMES[probe::IO_URING_OPEN as usize];
-        let result = (|| -> Result<()> {
-            let layouts: [(&str, &tracefs::Fields); 2] = [
-                (
-                    "io_uring_submit_req",
-                    &[("opcode", 32, 1), ("flags", 40, 8)],
-                ),
-                ("io_uring_complete", &[("req", 16, 8), ("res", 32, 4)]),
-            ];
-            for (tracepoint, fields) in layouts {
-                tracefs::check_format("io_uring", tracepoint, fields)?;
-                let program: &mut TracePoint = self
-                    .ebpf
-                    .program_mut(tracepoint)
-                    .ok_or_else(|| anyhow!("program {tracepoint} missing from the object"))?
-                    .try_into()?;
-                program
-                    .load()
-                    .with_context(|| format!("loading {tracepoint}"))?;
-                program
-                    .attach("io_uring", tracepoint)
-                    .with_context(|| format!("attaching {tracepoint}"))?;
+        for tracepoint in ["io_uring_submit_req", "io_uring_complete"] {
+            let status = self.attach_btf_tracepoint(tracepoint, btf);
+            if status.mode.is_none() {
+                return ProbeStatus {
+                    probe: name,
+                    ..status
+                };
             }
-            Ok(())
-        })();
-        probe_status(name, "tracepoint", result)
+        }
+        probe_status(name, "tp_btf", Ok(()))
     }
 
     /// `cgroup/connect4|6` on the cgroup2 root: connects that bypass connect(2) (io_uring,

@@ -89,17 +89,55 @@ pub fn from_btf_file(path: &Path) -> Result<KernelOffsets> {
 }
 
 /// io_uring's request layout (internal, so from BTF like the rest): where an open request's
-/// `io_open` sits (the request's command area) plus its `file_slot`, and the request's opcode.
+/// `io_open` sits (the request's command area) plus its `file_slot`, the request's opcode and
+/// flags. Also checks the `io_uring_complete` tracepoint's arguments (ctx, req, cqe), which
+/// older kernels passed differently.
 pub fn io_uring_from_btf_file(path: &Path) -> Result<IoUringOffsets> {
     let btf = Btf::from_file(path)?;
     let command = field_offset(&btf, "io_kiocb", "cmd", 0).context("io_kiocb.cmd")?;
     let slot = field_offset(&btf, "io_open", "file_slot", 4).context("io_open.file_slot")?;
     let opcode = field_offset(&btf, "io_kiocb", "opcode", 1).context("io_kiocb.opcode")?;
+    let flags = field_offset(&btf, "io_kiocb", "flags", 8).context("io_kiocb.flags")?;
+    let last = tracepoint_parameters(&btf, "btf_trace_io_uring_complete")?;
+    if last.len() != 4 || last[3] != "io_uring_cqe" {
+        bail!("io_uring_complete's arguments are {last:?}, not (ctx, req, struct io_uring_cqe *)");
+    }
     Ok(IoUringOffsets {
         open_file_slot: command + slot,
         opcode,
+        flags,
         valid: 1,
     })
+}
+
+/// The parameter types of a `btf_trace_*` typedef: for pointers to structs, the struct's
+/// name, otherwise the type's kind.
+fn tracepoint_parameters(btf: &Btf, typedef: &str) -> Result<Vec<String>> {
+    let ty = btf
+        .resolve_types_by_name(typedef)?
+        .into_iter()
+        .next()
+        .ok_or_else(|| anyhow!("{typedef} not found"))?;
+    let Type::Ptr(ptr) = strip_qualifiers(btf, ty)? else {
+        bail!("{typedef} is not a function pointer");
+    };
+    let Type::FuncProto(proto) = btf.resolve_chained_type(&ptr)? else {
+        bail!("{typedef} is not a function pointer");
+    };
+    proto
+        .parameters
+        .iter()
+        .map(|p| {
+            Ok(match strip_qualifiers(btf, btf.resolve_chained_type(p)?)? {
+                Type::Ptr(inner) => match strip_qualifiers(btf, btf.resolve_chained_type(&inner)?)?
+                {
+                    Type::Struct(s) => btf.resolve_name(&s)?,
+                    other => other.name().to_string(),
+                },
+                other => other.name().to_string(),
+            })
+        })
+        .collect()
 }
 
 /// Where the first four syscall arguments sit in the saved user registers (`struct pt_regs`),

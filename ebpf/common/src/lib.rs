@@ -419,6 +419,8 @@ pub struct IoUringOffsets {
     pub open_file_slot: u32,
     /// Offset of `io_kiocb.opcode` (u8).
     pub opcode: u32,
+    /// Offset of `io_kiocb.flags` (u64; its low bits are the SQE flags).
+    pub flags: u32,
     /// Non-zero when the agent found both.
     pub valid: u32,
 }

@@ -229,19 +229,18 @@ pub fn dns_answers(ctx: SkBuffContext) -> i32 {
     1
 }
 
-// io_uring tracepoints: `req` at 16; submit_req's `opcode` (u8) at 32 and `flags` at 40;
-// complete's `res` (int) at 32 (checked against the format files by the agent).
-#[tracepoint(category = "io_uring", name = "io_uring_submit_req")]
-pub fn io_uring_submit_req(ctx: TracePointContext) -> u32 {
-    let opcode = unsafe { ctx.read_at::<u8>(32) }.unwrap_or(0);
-    uring::submit(opcode, arg(&ctx, 40));
+// io_uring: raw (BTF) tracepoints, which hand over the kernel's pointers; a perf tracepoint
+// would first build its trace record (with the opcode's name) on every request.
+#[btf_tracepoint(function = "io_uring_submit_req")]
+pub fn io_uring_submit_req(ctx: BtfTracePointContext) -> i32 {
+    uring::submit(ctx.arg(0));
     0
 }
 
-#[tracepoint(category = "io_uring", name = "io_uring_complete")]
-pub fn io_uring_complete(ctx: TracePointContext) -> u32 {
-    let res = unsafe { ctx.read_at::<i32>(32) }.unwrap_or(-1);
-    uring::complete(arg(&ctx, 16), res);
+/// (ctx, req, cqe); the agent checks the prototype in BTF.
+#[btf_tracepoint(function = "io_uring_complete")]
+pub fn io_uring_complete(ctx: BtfTracePointContext) -> i32 {
+    uring::complete(ctx.arg(1), ctx.arg(2));
     0
 }
 

@@ -21,15 +21,26 @@ fn is_open(opcode: u8) -> bool {
 
 /// `io_uring_submit_req`: an open whose successful completion will not be posted (so not
 /// traced) cannot be followed; it is counted, not lost silently.
-pub fn submit(opcode: u8, flags: u64) {
-    if is_open(opcode) && flags & CQE_SKIP_SUCCESS != 0 {
+pub fn submit(req: u64) {
+    let o = URING_OFFSETS.load();
+    if o.valid == 0 {
+        return;
+    }
+    let Ok(opcode) = (unsafe { vfs::read::<u8>(req, o.opcode) }) else {
+        return;
+    };
+    if !is_open(opcode) {
+        return;
+    }
+    let flags: u64 = unsafe { vfs::read(req, o.flags) }.unwrap_or(0);
+    if flags & CQE_SKIP_SUCCESS != 0 {
         count(probe::IO_URING_OPEN, outcome::SEEN);
         count(probe::IO_URING_OPEN, outcome::UNMATCHED);
     }
 }
 
 /// `io_uring_complete`: `req` is null for auxiliary completions (the read then fails).
-pub fn complete(req: u64, res: i32) {
+pub fn complete(req: u64, cqe: u64) {
     let o = URING_OFFSETS.load();
     if o.valid == 0 {
         return;
@@ -41,6 +52,10 @@ pub fn complete(req: u64, res: i32) {
     if !is_open(opcode) {
         return;
     }
+    // struct io_uring_cqe (UAPI): u64 user_data, s32 res, ...
+    let Ok(res) = (unsafe { vfs::read::<i32>(cqe, 8) }) else {
+        return count(probe::IO_URING_OPEN, outcome::READ_ERROR);
+    };
     let file_slot: u32 = unsafe { vfs::read(req, o.open_file_slot) }.unwrap_or(0);
     if res < 0 || file_slot != 0 {
         count(probe::IO_URING_OPEN, outcome::SEEN);
