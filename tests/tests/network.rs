@@ -366,31 +366,49 @@ fn the_api_server_address_from_the_environment_is_an_endpoint() {
 }
 
 /// An SDK resolves and connects at once: glibc's getaddrinfo with an unspecified family (paired
-/// A/AAAA queries in one sendmmsg) answered by dnsmasq, then an immediate connect, in one process. The connect can
-/// reach the kernel before the agent has learned the answer; the kernel passes it up
-/// unconfirmed and the agent names it from the answer it has by then read.
+/// A/AAAA queries in one sendmmsg) answered by dnsmasq, then an immediate connect, in one
+/// process. The connect can reach the kernel before the agent has learned the answer; the
+/// kernel passes it up unconfirmed and the agent names it from the answer it has by then read.
 #[test]
 fn resolve_then_connect_at_once_is_still_named() {
+    let record = resolve_and_connect("cwr", "ssm.us-west-2.amazonaws.com", "10.99.0.11", "");
+    assert_eq!(record["secret"]["name"], "aws-ssm", "{record:#}");
+}
+
+/// The same over DNS-over-TCP (glibc's `options use-vc`; resolvers also fall back to TCP for
+/// large answers): the answer is learned from the TCP segment.
+#[test]
+fn answers_over_tcp_are_learned() {
+    let record = resolve_and_connect("cwt", "sts.us-east-2.amazonaws.com", "10.99.0.13", "use-vc");
+    assert_eq!(record["secret"]["name"], "aws-sts", "{record:#}");
+}
+
+/// In a new network namespace whose dnsmasq answers `host` with `address` (served on 443),
+/// Python resolves `host` through glibc (resolv.conf `options` extra) and connects at once.
+/// Returns the agent's record of that connect, checked to name the host.
+fn resolve_and_connect(prefix: &str, host: &str, address: &str, options: &str) -> Value {
     let agent = setup();
-    let name = format!("cwr-{}", std::process::id());
+    let name = format!("{prefix}-{}", std::process::id());
     let mut netns = Netns::create(&name);
-    netns.serve("10.99.0.11", "443");
+    netns.serve(address, "443");
     // `ip netns exec` bind-mounts /etc/netns/<name>/resolv.conf over /etc/resolv.conf.
     let etc = Path::new("/etc/netns").join(&name);
     std::fs::create_dir_all(&etc).unwrap();
     std::fs::write(
         etc.join("resolv.conf"),
-        "nameserver 127.0.0.1\noptions attempts:1 timeout:2\n",
+        format!("nameserver 127.0.0.1\noptions attempts:1 timeout:2 {options}\n"),
     )
     .unwrap();
-    netns.dns("ssm.us-west-2.amazonaws.com", "10.99.0.11");
-    let client = "import socket, os\n\
-                  infos = socket.getaddrinfo('ssm.us-west-2.amazonaws.com', 443, socket.AF_UNSPEC, socket.SOCK_STREAM)\n\
-                  addr = [i[4] for i in infos if i[0] == socket.AF_INET][0]\n\
-                  socket.create_connection(addr, 2).close()\n\
-                  print(os.getpid())\n";
+    netns.dns(host, address);
+    let client = format!(
+        "import socket, os\n\
+         infos = socket.getaddrinfo('{host}', 443, socket.AF_UNSPEC, socket.SOCK_STREAM)\n\
+         addr = [i[4] for i in infos if i[0] == socket.AF_INET][0]\n\
+         socket.create_connection(addr, 2).close()\n\
+         print(os.getpid())\n"
+    );
     let out = Command::new("ip")
-        .args(["netns", "exec", &name, "python3", "-c", client])
+        .args(["netns", "exec", &name, "python3", "-c", &client])
         .output()
         .unwrap();
     let _ = std::fs::remove_dir_all(&etc);
@@ -400,15 +418,12 @@ fn resolve_then_connect_at_once_is_still_named() {
         String::from_utf8_lossy(&out.stderr)
     );
     let pid: u64 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
-    let record = agent.wait_record("resolve-then-connect", |r| {
+    let record = agent.wait_record(&format!("{host} resolved and connected"), |r| {
         r["process"]["pid"] == pid && r["kind"] == "network"
     });
-    assert_eq!(
-        record["network"]["hostname"], "ssm.us-west-2.amazonaws.com",
-        "{record:#}"
-    );
-    assert_eq!(record["secret"]["name"], "aws-ssm");
-    assert_eq!(record["network"]["address"], "10.99.0.11");
+    assert_eq!(record["network"]["hostname"], host, "{record:#}");
+    assert_eq!(record["network"]["address"], address);
+    record
 }
 
 /// Connects that bypass connect(2) — io_uring's IORING_OP_CONNECT and a TCP Fast Open

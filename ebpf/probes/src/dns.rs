@@ -1,6 +1,8 @@
 //! DNS responses arriving at any process (a `cgroup_skb` ingress program on the cgroup2 root,
-//! inherited by every cgroup below): UDP packets from port 53 are copied to userspace, which
-//! learns the addresses of catalogue host names from them. Every packet is let through.
+//! inherited by every cgroup below): UDP packets and TCP segments from port 53 are copied to
+//! userspace, which learns the addresses of catalogue host names from them. Over TCP a message
+//! has a 2-byte length first, and only a segment that starts a message is useful (answers for
+//! API hosts fit in one). Every packet is let through.
 
 use aya_ebpf::{
     EbpfContext as _,
@@ -13,6 +15,7 @@ use credwatch_common::{
 
 use crate::{DNS_RECENT, DNS_SCRATCH, EVENTS, stats::count};
 
+const TCP: u8 = 6;
 const UDP: u8 = 17;
 const DNS_PORT: u16 = 53;
 const DNS_HEADER: usize = 12;
@@ -66,7 +69,7 @@ pub fn ingress(ctx: &SkBuffContext) {
     }
 }
 
-/// Offset of the UDP payload when the packet is UDP from port 53 (IPv4, or IPv6 without
+/// Offset of the DNS message when the packet is UDP or TCP from port 53 (IPv4, or IPv6 without
 /// extension headers).
 fn dns_payload(ctx: &SkBuffContext) -> Option<usize> {
     let first: u8 = ctx.load(0).ok()?;
@@ -75,9 +78,17 @@ fn dns_payload(ctx: &SkBuffContext) -> Option<usize> {
         6 => (ctx.load::<u8>(6).ok()?, 40),
         _ => return None,
     };
-    if protocol != UDP {
+    if protocol != UDP && protocol != TCP {
         return None;
     }
     let source_port: [u8; 2] = ctx.load(l4).ok()?;
-    (u16::from_be_bytes(source_port) == DNS_PORT).then_some(l4 + 8)
+    if u16::from_be_bytes(source_port) != DNS_PORT {
+        return None;
+    }
+    if protocol == UDP {
+        return Some(l4 + 8);
+    }
+    // TCP: data offset (in 32-bit words) in the high nibble of byte 12; then the length prefix.
+    let data_offset: u8 = ctx.load(l4 + 12).ok()?;
+    Some(l4 + ((data_offset >> 4) as usize) * 4 + 2)
 }
