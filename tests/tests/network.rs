@@ -122,9 +122,17 @@ impl Netns {
 
     /// dnsmasq (Debian) on the namespace's 127.0.0.1:53, answering `name` with `address`.
     fn dns(&mut self, name: &str, address: &str) {
+        self.dns_records(name, &[address.to_string()]);
+    }
+
+    /// dnsmasq answering `name` with all of `addresses`.
+    fn dns_records(&mut self, name: &str, addresses: &[String]) {
         credwatch_tests::runc::ensure_packages(&[("/usr/sbin/dnsmasq", "dnsmasq")]);
-        let answer = format!("--address=/{name}/{address}");
-        self.spawn(&[
+        let records: Vec<String> = addresses
+            .iter()
+            .map(|a| format!("--host-record={name},{a}"))
+            .collect();
+        let mut command = vec![
             "dnsmasq",
             "--no-daemon",
             "--no-resolv",
@@ -133,8 +141,9 @@ impl Netns {
             "--listen-address=127.0.0.1",
             "--bind-interfaces",
             "--port=53",
-            &answer,
-        ]);
+        ];
+        command.extend(records.iter().map(String::as_str));
+        self.spawn(&command);
         std::thread::sleep(Duration::from_millis(500));
     }
 
@@ -371,7 +380,8 @@ fn the_api_server_address_from_the_environment_is_an_endpoint() {
 /// kernel passes it up unconfirmed and the agent names it from the answer it has by then read.
 #[test]
 fn resolve_then_connect_at_once_is_still_named() {
-    let record = resolve_and_connect("cwr", "ssm.us-west-2.amazonaws.com", "10.99.0.11", "");
+    let addresses = ["10.99.0.11".to_string()];
+    let record = resolve_and_connect("cwr", "ssm.us-west-2.amazonaws.com", &addresses, "");
     assert_eq!(record["secret"]["name"], "aws-ssm", "{record:#}");
 }
 
@@ -379,18 +389,33 @@ fn resolve_then_connect_at_once_is_still_named() {
 /// large answers): the answer is learned from the TCP segment.
 #[test]
 fn answers_over_tcp_are_learned() {
-    let record = resolve_and_connect("cwt", "sts.us-east-2.amazonaws.com", "10.99.0.13", "use-vc");
+    let addresses = ["10.99.0.13".to_string()];
+    let record = resolve_and_connect("cwt", "sts.us-east-2.amazonaws.com", &addresses, "use-vc");
     assert_eq!(record["secret"]["name"], "aws-sts", "{record:#}");
 }
 
-/// In a new network namespace whose dnsmasq answers `host` with `address` (served on 443),
-/// Python resolves `host` through glibc (resolv.conf `options` extra) and connects at once.
-/// Returns the agent's record of that connect, checked to name the host.
-fn resolve_and_connect(prefix: &str, host: &str, address: &str, options: &str) -> Value {
+/// An answer larger than DNS's classic 512 bytes (50 addresses, 844 bytes over UDP with
+/// glibc's `options edns0`) is learned whole.
+#[test]
+fn large_answers_are_learned() {
+    let addresses: Vec<String> = (1..=50).map(|n| format!("10.99.1.{n}")).collect();
+    let host = "secretsmanager.eu-west-1.amazonaws.com";
+    let record = resolve_and_connect("cwl", host, &addresses, "edns0");
+    assert_eq!(record["secret"]["name"], "aws-secretsmanager", "{record:#}");
+}
+
+/// In a new network namespace whose dnsmasq answers `host` with `addresses` (all local, with
+/// HTTP on 443), Python resolves `host` through glibc (resolv.conf `options` extra) and
+/// connects at once. Returns the agent's record of that connect, checked to name the host.
+fn resolve_and_connect(prefix: &str, host: &str, addresses: &[String], options: &str) -> Value {
     let agent = setup();
     let name = format!("{prefix}-{}", std::process::id());
     let mut netns = Netns::create(&name);
-    netns.serve(address, "443");
+    for address in addresses {
+        netns.add_address(address);
+    }
+    netns.spawn(&["python3", "-m", "http.server", "--bind", "0.0.0.0", "443"]);
+    netns.wait_listening(&addresses[0], "443");
     // `ip netns exec` bind-mounts /etc/netns/<name>/resolv.conf over /etc/resolv.conf.
     let etc = Path::new("/etc/netns").join(&name);
     std::fs::create_dir_all(&etc).unwrap();
@@ -399,7 +424,7 @@ fn resolve_and_connect(prefix: &str, host: &str, address: &str, options: &str) -
         format!("nameserver 127.0.0.1\noptions attempts:1 timeout:2 {options}\n"),
     )
     .unwrap();
-    netns.dns(host, address);
+    netns.dns_records(host, addresses);
     let client = format!(
         "import socket, os\n\
          infos = socket.getaddrinfo('{host}', 443, socket.AF_UNSPEC, socket.SOCK_STREAM)\n\
@@ -422,7 +447,8 @@ fn resolve_and_connect(prefix: &str, host: &str, address: &str, options: &str) -
         r["process"]["pid"] == pid && r["kind"] == "network"
     });
     assert_eq!(record["network"]["hostname"], host, "{record:#}");
-    assert_eq!(record["network"]["address"], address);
+    let address = record["network"]["address"].as_str().unwrap_or_default();
+    assert!(addresses.iter().any(|a| a == address), "{record:#}");
     record
 }
 

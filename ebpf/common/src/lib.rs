@@ -16,8 +16,9 @@ pub const KIND_CGROUP: u16 = 3;
 pub const KIND_CONNECT: u16 = 4;
 pub const KIND_DNS: u16 = 5;
 
-/// Bytes kept of a DNS response (the classic UDP maximum).
-pub const DNS_BYTES: usize = 512;
+/// Bytes kept of a DNS response: the EDNS buffer size resolvers use by default (DNS Flag Day
+/// 2020), so answers with several records and a CNAME chain fit.
+pub const DNS_BYTES: usize = 1232;
 
 /// Ports kept per catalogue endpoint in the kernel's address map (0 entries = any port).
 pub const ENDPOINT_PORTS: usize = 8;
