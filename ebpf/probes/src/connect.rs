@@ -167,7 +167,12 @@ fn hook(target: Target) {
 pub fn exit(ret: i64) {
     let pid_tgid = bpf_get_current_pid_tgid();
     let Some(mark) = (unsafe { CONNECTS.get(&pid_tgid) }).copied() else {
-        return; // the agent itself, or entered before the probes were attached
+        // Entered before the probes were attached, or the mark could not be stored (then the
+        // cgroup hook reported the connect itself): counted, not guessed.
+        if !is_agent(pid_tgid) {
+            count(probe::CONNECT, outcome::UNMATCHED);
+        }
+        return;
     };
     let _ = CONNECTS.remove(&pid_tgid);
     count(probe::CONNECT, outcome::SEEN);
