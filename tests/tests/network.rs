@@ -105,13 +105,14 @@ impl Netns {
     }
 
     fn add_address(&self, addr: &str) {
+        let prefix = if addr.contains(':') { 128 } else { 32 };
         let status = Command::new("ip")
             .args([
                 "-n",
                 &self.name,
                 "addr",
                 "add",
-                &format!("{addr}/32"),
+                &format!("{addr}/{prefix}"),
                 "dev",
                 "lo",
             ])
@@ -460,13 +461,45 @@ fn resolve_and_connect(prefix: &str, host: &str, addresses: &[String], options: 
 fn connects_that_bypass_the_connect_syscall_are_seen_once() {
     let agent = setup();
     let name = format!("cwu-{}", std::process::id());
-    let _netns = Netns::create(&name); // kept until the end of the test
+    let mut netns = Netns::create(&name);
+    // IMDS's IPv6 address too, for the connect6 hook.
+    netns.add_address("fd00:ec2::254");
+    netns.spawn(&[
+        "python3",
+        "-m",
+        "http.server",
+        "--bind",
+        "fd00:ec2::254",
+        "80",
+    ]);
+    netns.wait_listening("fd00:ec2::254", "80");
     let connector = credwatch_tests::helper_binary("credwatch-connector");
-    for how in ["io_uring", "fastopen", "connect"] {
+    // (how, address asked for, family, address as recorded)
+    let cases = [
+        ("io_uring", "169.254.169.254", "ipv4", "169.254.169.254"),
+        ("fastopen", "169.254.169.254", "ipv4", "169.254.169.254"),
+        ("connect", "169.254.169.254", "ipv4", "169.254.169.254"),
+        ("io_uring", "fd00:ec2::254", "ipv6", "fd00:ec2::254"),
+        ("connect", "fd00:ec2::254", "ipv6", "fd00:ec2::254"),
+        // An IPv4 address through an IPv6 socket.
+        (
+            "io_uring",
+            "::ffff:169.254.169.254",
+            "ipv4-mapped",
+            "169.254.169.254",
+        ),
+        (
+            "connect",
+            "::ffff:169.254.169.254",
+            "ipv4-mapped",
+            "169.254.169.254",
+        ),
+    ];
+    for (how, target, family, recorded) in cases {
         let out = Command::new("ip")
             .args(["netns", "exec", &name])
             .arg(&connector)
-            .args([how, "169.254.169.254", "80"])
+            .args([how, target, "80"])
             .output()
             .unwrap();
         let stdout = String::from_utf8_lossy(&out.stdout);
@@ -494,7 +527,8 @@ fn connects_that_bypass_the_connect_syscall_are_seen_once() {
             record["network"]["service"], "instance-metadata",
             "{record:#}"
         );
-        assert_eq!(record["network"]["address"], "169.254.169.254");
+        assert_eq!(record["network"]["address"], recorded, "{record:#}");
+        assert_eq!(record["network"]["family"], family, "{record:#}");
         assert_eq!(record["network"]["port"], 80);
         if how == "connect" {
             assert_eq!(record["network"]["source"], "connect", "{record:#}");
@@ -509,7 +543,7 @@ fn connects_that_bypass_the_connect_syscall_are_seen_once() {
             .iter()
             .filter(|r| r["process"]["pid"] == pid && r["kind"] == "network")
             .count();
-        assert_eq!(count, 1, "{how}: one record per connect");
+        assert_eq!(count, 1, "{how} {target}: one record per connect");
     }
     assert_eq!(
         agent.metric(r#"credwatch_probe_attached{mode="cgroup_sock_addr",probe="cgroup_connect"}"#),
