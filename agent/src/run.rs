@@ -144,6 +144,8 @@ pub fn run(opts: RunOptions) -> Result<()> {
                     pipeline.containers.sweep();
                     pipeline.metrics.processes.set(pipeline.processes.len() as i64);
                     pipeline.metrics.containers.set(pipeline.containers.containers() as i64);
+                    let learned = pipeline.learned.entries() as i64;
+                    pipeline.metrics.learned_endpoints.set(learned);
                 }
                 _ = hold_check.tick() => {
                     pipeline.release_held(false);

@@ -341,6 +341,21 @@ fn a_connect_to_an_address_learned_from_dns_is_named() {
         .filter(|r| r["container"]["id"] == other_id.as_str())
         .collect();
     assert!(unnamed.is_empty(), "{unnamed:#?}");
+
+    // What a running container learned shows in the gauge (refreshed every 5 s). (That it goes
+    // with the container is unit-tested: other tests learn in parallel in this agent.)
+    let live_id = format!("cw-{}-dnslive", std::process::id());
+    let live = netns.container(
+        &live_id,
+        "nslookup secretsmanager.us-east-1.amazonaws.com 127.0.0.1; sleep 60",
+    );
+    live.start();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while agent.metric("credwatch_learned_endpoints") < 1.0 {
+        assert!(Instant::now() < deadline, "{}", agent.metrics());
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    live.stop();
 }
 
 /// A container's KUBERNETES_SERVICE_HOST names the API server's address: connects to it are

@@ -26,6 +26,8 @@ pub struct Metrics {
     probe_attached: IntGaugeVec,
     /// Processes in the process table (live, and exited within the grace period).
     pub processes: prometheus::IntGauge,
+    /// (cgroup, address) pairs learned from DNS plus environment-named addresses.
+    pub learned_endpoints: prometheus::IntGauge,
     pub containers: prometheus::IntGauge,
     /// Records written without the container's full metadata.
     pub missing_metadata: prometheus::IntCounter,
@@ -142,6 +144,11 @@ impl Metrics {
                 &registry,
                 "credwatch_containers",
                 "Containers the agent tracks now.",
+            ),
+            learned_endpoints: plain_gauge(
+                &registry,
+                "credwatch_learned_endpoints",
+                "Endpoint addresses learned from DNS answers (per container) and containers' environments.",
             ),
             missing_metadata: {
                 let c = prometheus::IntCounter::new(
