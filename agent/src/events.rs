@@ -310,9 +310,10 @@ fn decode_file_open(bytes: &[u8], header: RecordHeader) -> Result<Event, DecodeE
     if raw_len > RAW_PATH_BYTES {
         return Err(DecodeError::BadField("raw_len", raw_len as u64));
     }
-    // Neither open_by_handle_at nor an io_uring completion has a user path string.
+    // open_by_handle_at has no path string; an io_uring open has one when its submission was
+    // seen.
     let has_raw = rec.probe != probe::OPEN_BY_HANDLE_AT
-        && rec.probe != probe::IO_URING_OPEN
+        && (rec.probe != probe::IO_URING_OPEN || raw_len > 0)
         && rec.path_flags & credwatch_common::path_flag::RAW_READ_ERROR == 0;
     Ok(Event::FileOpen(Box::new(FileOpen {
         boot_ns: rec.boot_ns,

@@ -98,6 +98,13 @@ pub fn io_uring_from_btf_file(path: &Path) -> Result<IoUringOffsets> {
     let slot = field_offset(&btf, "io_open", "file_slot", 4).context("io_open.file_slot")?;
     let opcode = field_offset(&btf, "io_kiocb", "opcode", 1).context("io_kiocb.opcode")?;
     let flags = field_offset(&btf, "io_kiocb", "flags", 8).context("io_kiocb.flags")?;
+    let open_field = |field: &str, width: usize| {
+        field_offset(&btf, "io_open", field, width)
+            .map(|offset| command + offset)
+            .with_context(|| format!("io_open.{field}"))
+    };
+    let how = open_field("how", 0)?;
+    let how_flags = field_offset(&btf, "open_how", "flags", 8).context("open_how.flags")?;
     let last = tracepoint_parameters(&btf, "btf_trace_io_uring_complete")?;
     if last.len() != 4 || last[3] != "io_uring_cqe" {
         bail!("io_uring_complete's arguments are {last:?}, not (ctx, req, struct io_uring_cqe *)");
@@ -106,6 +113,10 @@ pub fn io_uring_from_btf_file(path: &Path) -> Result<IoUringOffsets> {
         open_file_slot: command + slot,
         opcode,
         flags,
+        open_filename: open_field("filename", 8)?,
+        open_dfd: open_field("dfd", 4)?,
+        open_how_flags: how + how_flags,
+        filename_name: field_offset(&btf, "filename", "name", 8).context("filename.name")?,
         valid: 1,
     })
 }

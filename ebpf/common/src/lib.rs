@@ -422,6 +422,13 @@ pub struct IoUringOffsets {
     pub opcode: u32,
     /// Offset of `io_kiocb.flags` (u64; its low bits are the SQE flags).
     pub flags: u32,
+    /// Offsets in `struct io_kiocb` of an open request's `io_open.filename` (a `struct
+    /// filename *`, whose `name` is the kernel's copy of the path), `dfd` and `how.flags`.
+    pub open_filename: u32,
+    pub open_dfd: u32,
+    pub open_how_flags: u32,
+    /// Offset of `filename.name`.
+    pub filename_name: u32,
     /// Non-zero when the agent found both.
     pub valid: u32,
 }

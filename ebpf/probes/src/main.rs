@@ -73,6 +73,12 @@ static NAMED_PORTS: aya_ebpf::maps::Array<u16> =
 /// that a mark whose exit never ran (probes attached mid-syscall) cannot fill it.
 #[map(name = "CONNECTS")]
 static CONNECTS: LruHashMap<u64, connect::InConnect> = LruHashMap::with_max_entries(16384, 0);
+/// io_uring open requests between submission and completion (see `uring.rs`).
+#[map(name = "URING_OPENS")]
+static URING_OPENS: LruHashMap<u64, uring::UringOpen> = LruHashMap::with_max_entries(1024, 0);
+/// Per-CPU working memory for an io_uring open request (too large for the stack).
+#[map(name = "URING_SCRATCH")]
+static URING_SCRATCH: PerCpuArray<uring::UringOpen> = PerCpuArray::with_max_entries(1, 0);
 /// When each cgroup last received a DNS answer (boot ns).
 #[map(name = "DNS_RECENT")]
 static DNS_RECENT: LruHashMap<u64, u64> = LruHashMap::with_max_entries(16384, 0);

@@ -6,7 +6,8 @@ use aya_ebpf::{
         bpf_probe_read_user,
         generated::{
             self as generated, bpf_get_current_cgroup_id, bpf_get_current_task,
-            bpf_ktime_get_boot_ns, bpf_probe_read_kernel, bpf_probe_read_user_str,
+            bpf_ktime_get_boot_ns, bpf_probe_read_kernel, bpf_probe_read_kernel_str,
+            bpf_probe_read_user_str,
         },
     },
     maps::lpm_trie::Key,
@@ -202,10 +203,15 @@ pub fn exit(probe: u32, ret: i64) {
     judge(&offsets, pending, pid_tgid, ret);
 }
 
-/// An open that io_uring completed into fd `fd` of the task's fd table (see `uring.rs`): judged
-/// like a syscall's. There is no user path to keep (io_uring copied it at submission), and the
-/// flags are the opened file's.
-pub fn io_uring_opened(fd: i64) {
+/// An open that io_uring completed (see `uring.rs`): `ret` is the new fd in the task's fd
+/// table or -errno; `submitted` is what the request held at submission (its path in kernel
+/// memory, dirfd and flags), when the probes saw it. A success is judged like a syscall's open
+/// (without the submission: no raw path, the opened file's flags). A failure is only counted:
+/// judging it by its path here pushes `exit` over the BPF stack limit (LLVM then lays out the
+/// shared code differently).
+/// Not inlined: its stack (like `exit`'s) is near the BPF limit on its own.
+#[inline(never)]
+pub fn io_uring_opened(ret: i64, submitted: Option<&crate::uring::UringOpen>) {
     let pid_tgid = bpf_get_current_pid_tgid();
     if (pid_tgid >> 32) as u32 == AGENT_TGID.load() {
         return;
@@ -214,24 +220,34 @@ pub fn io_uring_opened(fd: i64) {
     if offsets.valid == 0 {
         return;
     }
-    let flags = unsafe {
-        vfs::task_fs_files(&offsets, bpf_get_current_task())
-            .and_then(|(_, files)| vfs::fd_to_file(&offsets, files, fd as u32))
-            .and_then(|file| vfs::read::<u32>(file, offsets.file_f_flags))
-    };
-    let Ok(flags) = flags else {
-        return count(probe::IO_URING_OPEN, outcome::READ_ERROR);
+    if ret < 0 {
+        count(probe::IO_URING_OPEN, outcome::SEEN);
+        return count(probe::IO_URING_OPEN, outcome::FILTERED);
+    }
+    let (path_ptr, dirfd, flags) = match submitted {
+        Some(s) => (s.path.as_ptr() as u64, s.dirfd, s.flags),
+        None => {
+            let flags = unsafe {
+                vfs::task_fs_files(&offsets, bpf_get_current_task())
+                    .and_then(|(_, files)| vfs::fd_to_file(&offsets, files, ret as u32))
+                    .and_then(|file| vfs::read::<u32>(file, offsets.file_f_flags))
+            };
+            let Ok(flags) = flags else {
+                return count(probe::IO_URING_OPEN, outcome::READ_ERROR);
+            };
+            // The kernel adds O_LARGEFILE on 64-bit; the process did not ask for it.
+            (0, AT_FDCWD, flags & !O_LARGEFILE)
+        }
     };
     let pending = PendingOpen {
         pid_tgid,
-        path_ptr: 0,
-        dirfd: AT_FDCWD,
-        // The kernel adds O_LARGEFILE on 64-bit; the process did not ask for it.
-        flags: flags & !O_LARGEFILE,
+        path_ptr,
+        dirfd,
+        flags,
         probe: probe::IO_URING_OPEN,
         _pad: 0,
     };
-    judge(&offsets, pending, pid_tgid, fd);
+    judge(&offsets, pending, pid_tgid, ret);
 }
 
 /// Inspects an open's result, filters it and emits the record; counts every outcome.
@@ -361,17 +377,22 @@ unsafe fn base_dir(o: &KernelOffsets, files: u64, fs: u64, dirfd: i32) -> Result
     }
 }
 
-/// Copies the user's path string into the record (raw_len excludes the NUL).
+/// Copies the path string the process gave into the record (raw_len excludes the NUL): from
+/// its memory, or for io_uring from the copy kept at submission.
 fn read_raw_path(rec: &mut FileOpenRecord, pending: &PendingOpen) {
     if pending.path_ptr == 0 {
         return;
     }
     let n = unsafe {
-        bpf_probe_read_user_str(
+        let (to, from) = (
             rec.raw_path.as_mut_ptr().cast(),
-            RAW_PATH_BYTES as u32,
             pending.path_ptr as *const _,
-        )
+        );
+        if pending.probe == probe::IO_URING_OPEN {
+            bpf_probe_read_kernel_str(to, RAW_PATH_BYTES as u32, from)
+        } else {
+            bpf_probe_read_user_str(to, RAW_PATH_BYTES as u32, from)
+        }
     };
     if n <= 0 {
         rec.path_flags |= path_flag::RAW_READ_ERROR;
