@@ -17,6 +17,7 @@ use std::{
 use serde_json::Value;
 
 pub mod containerd;
+pub mod netns;
 pub mod python;
 pub mod runc;
 
