@@ -6,7 +6,7 @@
 //! and the SQPOLL thread share the submitter's. Failed ones are counted.
 
 use aya_ebpf::helpers::generated::bpf_probe_read_kernel_str;
-use credwatch_common::{RAW_PATH_BYTES, outcome, probe};
+use credwatch_common::{IoUringOffsets, RAW_PATH_BYTES, outcome, probe};
 
 use crate::{URING_OFFSETS, URING_OPENS, URING_SCRATCH, open, stats::count, vfs};
 
@@ -26,23 +26,23 @@ pub struct UringOpen {
     pub path: [u8; RAW_PATH_BYTES],
 }
 
-fn is_open(opcode: u8) -> bool {
-    opcode == IORING_OP_OPENAT || opcode == IORING_OP_OPENAT2
+/// The request layout when `req` is an open request (most requests are not: one read and
+/// out). `req` is null for auxiliary completions; the read then fails.
+fn open_request(req: u64) -> Option<IoUringOffsets> {
+    let o = URING_OFFSETS.load();
+    if o.valid == 0 {
+        return None;
+    }
+    let opcode: u8 = unsafe { vfs::read(req, o.opcode) }.ok()?;
+    (opcode == IORING_OP_OPENAT || opcode == IORING_OP_OPENAT2).then_some(o)
 }
 
 /// `io_uring_submit_req`: keeps an open's path, dirfd and flags for its completion. An open
 /// whose successful completion will not be posted (so not traced) cannot be followed: counted.
 pub fn submit(req: u64) {
-    let o = URING_OFFSETS.load();
-    if o.valid == 0 {
-        return;
-    }
-    let Ok(opcode) = (unsafe { vfs::read::<u8>(req, o.opcode) }) else {
+    let Some(o) = open_request(req) else {
         return;
     };
-    if !is_open(opcode) {
-        return;
-    }
     let flags: u64 = unsafe { vfs::read(req, o.flags) }.unwrap_or(0);
     if flags & CQE_SKIP_SUCCESS != 0 {
         count(probe::IO_URING_OPEN, outcome::SEEN);
@@ -72,19 +72,11 @@ pub fn submit(req: u64) {
     let _ = URING_OPENS.insert(&req, scratch, 0);
 }
 
-/// `io_uring_complete`: `req` is null for auxiliary completions (the read then fails).
+/// `io_uring_complete`.
 pub fn complete(req: u64, cqe: u64) {
-    let o = URING_OFFSETS.load();
-    if o.valid == 0 {
-        return;
-    }
-    // Most completions are not opens: one read and out.
-    let Ok(opcode) = (unsafe { vfs::read::<u8>(req, o.opcode) }) else {
+    let Some(o) = open_request(req) else {
         return;
     };
-    if !is_open(opcode) {
-        return;
-    }
     // struct io_uring_cqe (UAPI): u64 user_data, s32 res, ...
     let Ok(res) = (unsafe { vfs::read::<i32>(cqe, 8) }) else {
         return count(probe::IO_URING_OPEN, outcome::READ_ERROR);
