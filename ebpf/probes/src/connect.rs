@@ -10,8 +10,9 @@
 //! - `sys_exit_connect` emits a matched connect with its result. Where the hooks could not be
 //!   attached (or did not run: a non-INET socket, an early error) it reads the sockaddr itself.
 //!
-//! An address matches when it is in the endpoint LPM trie (IPv4 as ::ffff:a.b.c.d) with the
-//! port in that entry's port set. Everything else is only counted.
+//! An address matches when it is in the endpoint LPM trie (IPv4 as ::ffff:a.b.c.d), or was
+//! learned from this cgroup's own DNS answers (the learned-endpoint map), with the port in
+//! that entry's port set. Everything else is only counted.
 
 use aya_ebpf::{
     helpers::{

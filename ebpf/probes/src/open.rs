@@ -26,7 +26,7 @@ use crate::{
 pub const AT_FDCWD: i32 = -100;
 /// creat(path, mode) == open(path, O_CREAT|O_WRONLY|O_TRUNC, mode)
 pub const CREAT_FLAGS: u32 = 0o1101;
-const O_LARGEFILE: u32 = 0o100000;
+pub const O_LARGEFILE: u32 = 0o100000;
 const RAW_MASK: usize = RAW_PATH_BYTES - 1;
 
 /// Syscall arguments saved at entry for the exit program.

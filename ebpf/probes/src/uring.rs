@@ -13,7 +13,6 @@ use crate::{URING_OFFSETS, URING_OPENS, URING_SCRATCH, open, stats::count, vfs};
 /// UAPI opcodes (`enum io_uring_op`), fixed by the kernel ABI.
 const IORING_OP_OPENAT: u8 = 18;
 const IORING_OP_OPENAT2: u8 = 28;
-const O_LARGEFILE: u32 = 0o100000;
 /// IOSQE_CQE_SKIP_SUCCESS; the low request flags are the SQE flags (io_uring_types.h).
 const CQE_SKIP_SUCCESS: u64 = 1 << 6;
 
@@ -68,7 +67,7 @@ pub fn submit(req: u64) {
     scratch.dirfd = unsafe { vfs::read(req, o.open_dfd) }.unwrap_or(open::AT_FDCWD);
     let how_flags = unsafe { vfs::read::<u64>(req, o.open_how_flags) }.unwrap_or(0) as u32;
     // io_uring adds O_LARGEFILE on 64-bit; the process did not ask for it.
-    scratch.flags = how_flags & !O_LARGEFILE;
+    scratch.flags = how_flags & !open::O_LARGEFILE;
     let _ = URING_OPENS.insert(&req, scratch, 0);
 }
 
