@@ -380,11 +380,7 @@ mod tests {
     fn record() -> FileOpenRecord {
         // SAFETY: all-zero is a valid FileOpenRecord.
         let mut rec: FileOpenRecord = unsafe { std::mem::zeroed() };
-        rec.header = RecordHeader {
-            kind: KIND_FILE_OPEN,
-            version: WIRE_VERSION,
-            size: size_of::<FileOpenRecord>() as u32,
-        };
+        rec.header = RecordHeader::of::<FileOpenRecord>(KIND_FILE_OPEN);
         rec.probe = probe::OPENAT;
         rec.pid = 42;
         rec.result = 3;
@@ -397,15 +393,11 @@ mod tests {
         rec
     }
 
-    fn bytes(rec: &FileOpenRecord) -> Vec<u8> {
-        // SAFETY: reading the bytes of a plain struct.
-        unsafe {
-            std::slice::from_raw_parts(
-                (rec as *const FileOpenRecord).cast::<u8>(),
-                size_of::<FileOpenRecord>(),
-            )
-        }
-        .to_vec()
+    /// The wire bytes of a record.
+    fn bytes<T: Copy>(rec: &T) -> Vec<u8> {
+        // SAFETY: reading the bytes of a plain #[repr(C)] struct.
+        unsafe { std::slice::from_raw_parts((rec as *const T).cast::<u8>(), size_of::<T>()) }
+            .to_vec()
     }
 
     #[test]
@@ -453,25 +445,14 @@ mod tests {
     fn decodes_an_exec() {
         // SAFETY: all-zero is a valid ProcessRecord.
         let mut rec: ProcessRecord = unsafe { std::mem::zeroed() };
-        rec.header = RecordHeader {
-            kind: KIND_PROCESS,
-            version: WIRE_VERSION,
-            size: size_of::<ProcessRecord>() as u32,
-        };
+        rec.header = RecordHeader::of::<ProcessRecord>(KIND_PROCESS);
         rec.event = process_event::EXEC;
         rec.pid = 7;
         rec.filename[..7].copy_from_slice(b"/bin/sh");
         rec.filename_len = 7;
         rec.args[..10].copy_from_slice(b"sh\0-c\0id\xff\0");
         rec.args_len = 10;
-        // SAFETY: reading the bytes of a plain struct.
-        let data = unsafe {
-            std::slice::from_raw_parts(
-                (&rec as *const ProcessRecord).cast::<u8>(),
-                size_of::<ProcessRecord>(),
-            )
-        };
-        let Ok(Event::Process(p)) = decode(data) else {
+        let Ok(Event::Process(p)) = decode(&bytes(&rec)) else {
             panic!()
         };
         assert_eq!(p.kind, ProcessEventKind::Exec);
@@ -481,14 +462,7 @@ mod tests {
             Some(vec![b"sh".to_vec(), b"-c".to_vec(), b"id\xff".to_vec()])
         );
         rec.event = 9;
-        // SAFETY: as above.
-        let data = unsafe {
-            std::slice::from_raw_parts(
-                (&rec as *const ProcessRecord).cast::<u8>(),
-                size_of::<ProcessRecord>(),
-            )
-        };
-        assert_eq!(decode(data), Err(DecodeError::BadField("event", 9)));
+        assert_eq!(decode(&bytes(&rec)), Err(DecodeError::BadField("event", 9)));
     }
 
     #[test]

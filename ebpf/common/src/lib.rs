@@ -271,6 +271,17 @@ pub struct RecordHeader {
     pub size: u32,
 }
 
+impl RecordHeader {
+    /// The header of a `T` record of `kind`, in this wire version.
+    pub const fn of<T>(kind: u16) -> RecordHeader {
+        RecordHeader {
+            kind,
+            version: WIRE_VERSION,
+            size: core::mem::size_of::<T>() as u32,
+        }
+    }
+}
+
 /// One file-open syscall that the in-kernel filter let through.
 #[repr(C)]
 #[derive(Clone, Copy)]

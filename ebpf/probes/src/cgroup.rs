@@ -7,9 +7,7 @@ use aya_ebpf::{
     helpers::generated::{bpf_ktime_get_boot_ns, bpf_probe_read_kernel_str},
     programs::TracePointContext,
 };
-use credwatch_common::{
-    CGROUP_PATH_BYTES, CgroupRecord, KIND_CGROUP, RecordHeader, WIRE_VERSION, outcome,
-};
+use credwatch_common::{CGROUP_PATH_BYTES, CgroupRecord, KIND_CGROUP, RecordHeader, outcome};
 
 use crate::{CGROUP_SCRATCH, EVENTS, stats::count};
 
@@ -34,11 +32,7 @@ pub fn event(ctx: &TracePointContext, probe: u32, event: u32) {
     }) else {
         return count(probe, outcome::READ_ERROR);
     };
-    rec.header = RecordHeader {
-        kind: KIND_CGROUP,
-        version: WIRE_VERSION,
-        size: core::mem::size_of::<CgroupRecord>() as u32,
-    };
+    rec.header = RecordHeader::of::<CgroupRecord>(KIND_CGROUP);
     rec.boot_ns = unsafe { bpf_ktime_get_boot_ns() };
     rec.event = event;
     rec.id = id;

@@ -25,7 +25,7 @@ use aya_ebpf::{
 };
 use credwatch_common::{
     ConnectRecord, DNS_GRACE_NS, ENDPOINT_PORTS, KIND_CONNECT, LearnedKey, NAMED_PORT_SLOTS,
-    RecordHeader, WIRE_VERSION, connect_source, outcome, probe,
+    RecordHeader, connect_source, outcome, probe,
 };
 
 use crate::{
@@ -279,11 +279,7 @@ fn emit(probe: u32, pid_tgid: u64, target: &Target, endpoint: u32, result: i64, 
     let o = OFFSETS.load();
     let uid_gid = bpf_get_current_uid_gid();
     let record = ConnectRecord {
-        header: RecordHeader {
-            kind: KIND_CONNECT,
-            version: WIRE_VERSION,
-            size: core::mem::size_of::<ConnectRecord>() as u32,
-        },
+        header: RecordHeader::of::<ConnectRecord>(KIND_CONNECT),
         boot_ns: unsafe { bpf_ktime_get_boot_ns() },
         pid: (pid_tgid >> 32) as u32,
         tid: pid_tgid as u32,

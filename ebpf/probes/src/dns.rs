@@ -9,9 +9,7 @@ use aya_ebpf::{
     helpers::generated::{self, bpf_ktime_get_boot_ns, bpf_skb_cgroup_id},
     programs::SkBuffContext,
 };
-use credwatch_common::{
-    DNS_BYTES, DnsRecord, KIND_DNS, RecordHeader, WIRE_VERSION, outcome, probe,
-};
+use credwatch_common::{DNS_BYTES, DnsRecord, KIND_DNS, RecordHeader, outcome, probe};
 
 use crate::{DNS_RECENT, DNS_SCRATCH, EVENTS, stats::count};
 
@@ -50,11 +48,7 @@ pub fn ingress(ctx: &SkBuffContext) {
     if loaded != 0 {
         return count(probe::DNS, outcome::READ_ERROR);
     }
-    rec.header = RecordHeader {
-        kind: KIND_DNS,
-        version: WIRE_VERSION,
-        size: core::mem::size_of::<DnsRecord>() as u32,
-    };
+    rec.header = RecordHeader::of::<DnsRecord>(KIND_DNS);
     rec.boot_ns = unsafe { bpf_ktime_get_boot_ns() };
     rec.cgroup_id = unsafe { bpf_skb_cgroup_id(ctx.as_ptr().cast()) };
     // Connects from this cgroup right after the answer may go to an address the agent has not

@@ -14,7 +14,7 @@ use aya_ebpf::{
 };
 use credwatch_common::{
     FileOpenRecord, KIND_FILE_OPEN, KernelOffsets, PATH_BYTES, PathKeyData, RAW_PATH_BYTES,
-    RecordHeader, WIRE_VERSION, matched, outcome, path_flag, probe,
+    RecordHeader, matched, outcome, path_flag, probe,
 };
 
 use crate::{
@@ -414,11 +414,7 @@ fn fill_record(
     ret: i64,
 ) {
     let uid_gid = bpf_get_current_uid_gid();
-    rec.header = RecordHeader {
-        kind: KIND_FILE_OPEN,
-        version: WIRE_VERSION,
-        size: core::mem::size_of::<FileOpenRecord>() as u32,
-    };
+    rec.header = RecordHeader::of::<FileOpenRecord>(KIND_FILE_OPEN);
     rec.boot_ns = unsafe { bpf_ktime_get_boot_ns() };
     rec.pid = (pid_tgid >> 32) as u32;
     rec.tid = pid_tgid as u32;

@@ -14,7 +14,7 @@ use aya_ebpf::{
 };
 use credwatch_common::{
     ARGS_BYTES, FILENAME_BYTES, KIND_PROCESS, KernelOffsets, PATH_BYTES, ProcessRecord,
-    RecordHeader, WIRE_VERSION, outcome, path_flag, probe, process_event, process_flag,
+    RecordHeader, outcome, path_flag, probe, process_event, process_flag,
 };
 
 use crate::{
@@ -47,11 +47,7 @@ unsafe fn begin(o: &KernelOffsets, event: u32, task: u64) -> Option<&'static mut
     }
     let rec = unsafe { &mut *PROCESS_SCRATCH.get_ptr_mut(0)? };
     let uid_gid = bpf_get_current_uid_gid();
-    rec.header = RecordHeader {
-        kind: KIND_PROCESS,
-        version: WIRE_VERSION,
-        size: core::mem::size_of::<ProcessRecord>() as u32,
-    };
+    rec.header = RecordHeader::of::<ProcessRecord>(KIND_PROCESS);
     rec.boot_ns = unsafe { bpf_ktime_get_boot_ns() };
     rec.event = event;
     rec.pid = tgid;
