@@ -98,8 +98,9 @@ fn take_pending(pid_tgid: u64) -> Option<PendingOpen> {
     if let Some(slot) = PENDING_SLOT.get_ptr_mut(0) {
         let slot = unsafe { &mut *slot };
         if slot.pid_tgid == pid_tgid {
+            let taken = *slot;
             slot.pid_tgid = 0;
-            return Some(*slot);
+            return Some(taken);
         }
     }
     if let Some(spilled) = unsafe { PENDING_SPILL.get(&pid_tgid) }.copied() {
@@ -144,8 +145,8 @@ unsafe extern "C" fn search_slot(cpu: u64, ctx: *mut core::ffi::c_void) -> i64 {
     if slot.pid_tgid != search.pid_tgid {
         return 0;
     }
-    slot.pid_tgid = 0;
     search.found = Some(*slot);
+    slot.pid_tgid = 0;
     1
 }
 
@@ -200,7 +201,7 @@ pub fn exit(probe: u32, ret: i64) {
     let Some(pending) = pending else {
         return count(probe, outcome::UNMATCHED);
     };
-    judge(&offsets, pending, pid_tgid, ret);
+    judge(&offsets, pending, ret);
 }
 
 /// An open that io_uring completed (see `uring.rs`): `ret` is the new fd in the task's fd
@@ -247,13 +248,12 @@ pub fn io_uring_opened(ret: i64, submitted: Option<&crate::uring::UringOpen>) {
         probe: probe::IO_URING_OPEN,
         _pad: 0,
     };
-    judge(&offsets, pending, pid_tgid, ret);
+    judge(&offsets, pending, ret);
 }
 
 /// Inspects an open's result, filters it and emits the record; counts every outcome.
-/// (`pending.pid_tgid` is not used: a slot taken back has it cleared.)
 #[inline(always)]
-fn judge(offsets: &KernelOffsets, pending: PendingOpen, pid_tgid: u64, ret: i64) {
+fn judge(offsets: &KernelOffsets, pending: PendingOpen, ret: i64) {
     let probe = pending.probe;
     count(probe, outcome::SEEN);
     let Some(scratch) = SCRATCH.get_ptr_mut(0) else {
@@ -262,7 +262,7 @@ fn judge(offsets: &KernelOffsets, pending: PendingOpen, pid_tgid: u64, ret: i64)
     let scratch = unsafe { &mut *scratch };
     match unsafe { inspect(offsets, scratch, &pending, ret) } {
         Ok(true) => {
-            fill_record(offsets, &mut scratch.rec, probe, &pending, pid_tgid, ret);
+            fill_record(offsets, &mut scratch.rec, &pending, ret);
             if EVENTS.output::<FileOpenRecord>(&scratch.rec, 0).is_ok() {
                 count(probe, outcome::EMITTED);
             } else {
@@ -405,14 +405,8 @@ fn read_raw_path(rec: &mut FileOpenRecord, pending: &PendingOpen) {
     rec.raw_len = n;
 }
 
-fn fill_record(
-    o: &KernelOffsets,
-    rec: &mut FileOpenRecord,
-    probe: u32,
-    pending: &PendingOpen,
-    pid_tgid: u64,
-    ret: i64,
-) {
+fn fill_record(o: &KernelOffsets, rec: &mut FileOpenRecord, pending: &PendingOpen, ret: i64) {
+    let pid_tgid = pending.pid_tgid;
     let uid_gid = bpf_get_current_uid_gid();
     rec.header = RecordHeader::of::<FileOpenRecord>(KIND_FILE_OPEN);
     rec.boot_ns = unsafe { bpf_ktime_get_boot_ns() };
@@ -421,7 +415,7 @@ fn fill_record(
     rec.uid = uid_gid as u32;
     rec.gid = (uid_gid >> 32) as u32;
     rec.cgroup_id = unsafe { bpf_get_current_cgroup_id() };
-    rec.probe = probe;
+    rec.probe = pending.probe;
     rec.open_flags = pending.flags;
     rec.result = ret;
     rec.dirfd = pending.dirfd;
