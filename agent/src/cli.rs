@@ -1,4 +1,4 @@
-//! Command line (DESIGN §5). Exit codes: 0 ok, 1 runtime failure, 2 bad usage or invalid policies.
+//! Command line (docs/contract.md). Exit codes: 0 ok, 1 runtime failure, 2 bad usage or invalid policies.
 
 use std::{path::PathBuf, process::ExitCode};
 
@@ -33,6 +33,8 @@ enum Command {
         /// A forensic log (JSON lines).
         file: PathBuf,
     },
+    /// Write footprints from observed credential access (forensic logs, or --live).
+    Learn(crate::learn::LearnOptions),
     /// Print the version.
     Version,
 }
@@ -68,6 +70,11 @@ pub fn main() -> ExitCode {
         Command::Run(options) => run::run(options),
         Command::Check { policies } => check(&policies),
         Command::Replay { policies, file } => crate::replay::replay(&policies, &file),
+        Command::Learn(options) => match crate::learn::learn(options) {
+            // `--check` found accesses the footprints do not cover.
+            Ok(false) => return ExitCode::from(1),
+            other => other.map(|_| ()),
+        },
         Command::Version => {
             println!("credwatch {}", env!("CARGO_PKG_VERSION"));
             Ok(())

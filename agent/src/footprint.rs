@@ -1,5 +1,5 @@
 //! Verdicts: each credential access is compared with the footprints that select where it came
-//! from (DESIGN §4). Several footprints may select one container: their allows add up.
+//! from (docs/contract.md). Several footprints may select one container: their allows add up.
 
 use crate::{
     containers::Metadata,
@@ -104,24 +104,14 @@ pub fn judge<'a>(
     }
     let on_path: Vec<_> = for_secret
         .into_iter()
-        .filter(|(_, a)| match (&a.paths, path) {
-            (None, _) => true,
-            (Some(globs), Some(p)) => globs.is_match(std::path::Path::new(std::ffi::OsStr::new(
-                std::str::from_utf8(p).unwrap_or_default(),
-            ))),
-            (Some(_), None) => false,
-        })
+        .filter(|(_, a)| a.covers_path(secret, path))
         .collect();
     if on_path.is_empty() {
         return deviation("path not in footprint");
     }
     let by_binary = on_path
         .into_iter()
-        .find(|(_, a)| match (&a.binaries, subject.exe) {
-            (None, _) => true,
-            (Some(globs), Some(exe)) => std::str::from_utf8(exe).is_ok_and(|e| globs.is_match(e)),
-            (Some(_), None) => false,
-        });
+        .find(|(_, a)| a.covers(secret, path, subject.exe));
     match by_binary {
         Some((footprint, _)) => Judgement {
             verdict: Verdict::Allowed,
@@ -133,7 +123,7 @@ pub fn judge<'a>(
     }
 }
 
-fn selects(selector: &Selector, subject: &Subject) -> bool {
+pub fn selects(selector: &Selector, subject: &Subject) -> bool {
     let Some(meta) = subject.container else {
         // Host processes: only `host: true` selects them (narrowed by cgroup if given).
         return selector.host
@@ -212,6 +202,7 @@ mod tests {
                     .collect::<BTreeMap<_, _>>(),
             }),
             incomplete: false,
+            ..Default::default()
         }
     }
 

@@ -24,6 +24,8 @@ pub struct Proc {
     pub args: Option<Vec<Vec<u8>>>,
     pub cgroup_id: u64,
     exited: Option<Instant>,
+    /// The pid inside its pid namespace, looked up once (on its first access).
+    ns_pid: Option<Option<u32>>,
 }
 
 /// What a record says about the process that made an access.
@@ -54,6 +56,8 @@ pub struct Ancestor {
 pub struct ProcessTable {
     procs: HashMap<u32, Proc>,
     exited: VecDeque<(Instant, u32, u64)>,
+    /// Live entries whose process was missing from /proc at the last reconciliation.
+    gone_last_look: std::collections::HashSet<u32>,
     /// ns per clock tick, for comparing procfs start times with the kernel's.
     tick_ns: u64,
 }
@@ -69,6 +73,7 @@ impl ProcessTable {
         ProcessTable {
             procs: HashMap::new(),
             exited: VecDeque::new(),
+            gone_last_look: Default::default(),
             tick_ns: 1_000_000_000 / procfs::ticks_per_second().max(1),
         }
     }
@@ -105,6 +110,7 @@ impl ProcessTable {
                         .and_then(|m| cgroup_id_of(m, pid))
                         .unwrap_or(0),
                     exited: None,
+                    ns_pid: None,
                 },
             );
         }
@@ -144,6 +150,7 @@ impl ProcessTable {
                         args,
                         cgroup_id: event.cgroup_id,
                         exited: None,
+                        ns_pid: None,
                     },
                 );
             }
@@ -157,13 +164,54 @@ impl ProcessTable {
                 entry.args = event.args.clone();
             }
             ProcessEventKind::Exit => {
-                if let Some(entry) = self.procs.get_mut(&event.pid) {
+                // Only the process that exited: a procfs-seeded entry may already be a newer
+                // process that reused the pid.
+                let tick_ns = self.tick_ns;
+                if let Some(entry) = self.procs.get_mut(&event.pid)
+                    && same_start(entry.start_ns, event.start_boottime, tick_ns)
+                {
                     let now = Instant::now();
                     entry.exited = Some(now);
                     self.exited.push_back((now, event.pid, entry.start_ns));
                 }
             }
         }
+    }
+
+    /// Marks as exited every live entry whose process has been gone from `/proc` at two looks in
+    /// a row: an exit the table never heard of (its record lost to a full ring buffer, or a
+    /// process looked up in procfs after its exit event had passed). Returns how many there
+    /// were. The entries stay for the usual grace, as a record of theirs may still be queued.
+    pub fn reconcile_with_procfs(&mut self, now: Instant) -> usize {
+        let Ok(dir) = std::fs::read_dir("/proc") else {
+            return 0;
+        };
+        // /proc lists thread-group leaders only: exactly the processes the table tracks.
+        let live: std::collections::HashSet<u32> = dir
+            .flatten()
+            .filter_map(|e| e.file_name().to_str()?.parse().ok())
+            .collect();
+        self.reconcile(now, |pid| live.contains(&pid))
+    }
+
+    fn reconcile(&mut self, now: Instant, alive: impl Fn(u32) -> bool) -> usize {
+        let mut missed = 0;
+        let mut gone = std::collections::HashSet::new();
+        for (pid, entry) in &mut self.procs {
+            if entry.exited.is_some() || alive(*pid) {
+                continue;
+            }
+            // Gone at the last look too: its exit event was not merely still queued.
+            if self.gone_last_look.contains(pid) {
+                entry.exited = Some(now);
+                self.exited.push_back((now, *pid, entry.start_ns));
+                missed += 1;
+            } else {
+                gone.insert(*pid);
+            }
+        }
+        self.gone_last_look = gone;
+        missed
     }
 
     /// Forgets processes that exited more than `EXITED_GRACE` ago.
@@ -185,12 +233,39 @@ impl ProcessTable {
     }
 
     /// The entry for (pid, start time), if the table knows that process.
+    /// The cgroup of a live process in the table.
+    pub fn cgroup_of(&self, pid: u32) -> Option<u64> {
+        self.get(pid, 0).map(|p| p.cgroup_id)
+    }
+
     fn get(&self, pid: u32, start_ns: u64) -> Option<&Proc> {
         let entry = self.procs.get(&pid)?;
-        // Seeded entries only have clock-tick precision.
-        let same =
-            entry.start_ns == start_ns || entry.start_ns / self.tick_ns == start_ns / self.tick_ns;
-        (same || start_ns == 0).then_some(entry)
+        same_start(entry.start_ns, start_ns, self.tick_ns).then_some(entry)
+    }
+
+    /// How a container process came to be: `"init"` when it is the container's first process
+    /// (`init_pid`) or descends from it, `"exec"` when its ancestry leaves the container
+    /// (`cgroup_id`) without passing through it (`runc exec`, `kubectl exec`, CRI ExecSync).
+    /// None when the ancestry is not known far enough to tell.
+    pub fn container_entry(&self, pid: u32, cgroup_id: u64, init_pid: u32) -> Option<&'static str> {
+        let mut current = pid;
+        for _ in 0..64 {
+            if current == init_pid {
+                return Some("init");
+            }
+            let entry = self.procs.get(&current)?;
+            let parent = self.procs.get(&entry.ppid);
+            match parent {
+                // The topmost process of the container that is not its init: exec'd in.
+                Some(p) if p.cgroup_id != cgroup_id && entry.ppid != init_pid => {
+                    return Some("exec");
+                }
+                Some(_) => current = entry.ppid,
+                None if entry.ppid <= 1 => return Some("exec"),
+                None => return None,
+            }
+        }
+        None
     }
 
     /// The process behind a connect.
@@ -203,19 +278,10 @@ impl ProcessTable {
             uid: c.uid,
             gid: c.gid,
             cgroup_id: c.cgroup_id,
-            syscall: crate::events::Syscall::Openat,
-            flags: 0,
             result: c.result.unwrap_or(0),
-            dev: 0,
-            ino: 0,
-            dirfd: 0,
             start_boottime: c.start_boottime,
-            secret_id: 0,
-            matched: 0,
-            path_flags: 0,
             comm: c.comm.clone(),
-            raw_path: None,
-            path: Vec::new(),
+            ..Default::default()
         };
         self.describe(&as_open)
     }
@@ -229,7 +295,6 @@ impl ProcessTable {
             gid: open.gid,
             comm: open.comm.clone(),
             start_boottime: (open.start_boottime != 0).then_some(open.start_boottime),
-            ns_pid: ns_pid(open.pid),
             ..Default::default()
         };
         if self.get(open.pid, open.start_boottime).is_none() {
@@ -246,10 +311,19 @@ impl ProcessTable {
                         args: read_args(open.pid),
                         cgroup_id: open.cgroup_id,
                         exited: None,
+                        ns_pid: None,
                     },
                 );
             }
         }
+        let tick_ns = self.tick_ns;
+        info.ns_pid = match self.procs.get_mut(&open.pid) {
+            // A process keeps its namespace pid: one procfs read per process, not per access.
+            Some(p) if same_start(p.start_ns, open.start_boottime, tick_ns) => {
+                *p.ns_pid.get_or_insert_with(|| ns_pid(open.pid))
+            }
+            _ => ns_pid(open.pid),
+        };
         if let Some(entry) = self.get(open.pid, open.start_boottime) {
             info.ppid = Some(entry.ppid);
             info.exe = entry.exe.clone();
@@ -276,6 +350,12 @@ impl ProcessTable {
         }
         info
     }
+}
+
+/// Whether two start times name the same process. Seeded entries only have clock-tick
+/// precision; a `seen` of 0 means unknown.
+fn same_start(known: u64, seen: u64, tick_ns: u64) -> bool {
+    known == seen || known / tick_ns == seen / tick_ns || seen == 0
 }
 
 /// The cgroup v2 id of a process: the inode of its cgroup directory.
@@ -332,25 +412,12 @@ mod tests {
 
     fn open(pid: u32, start: u64) -> FileOpen {
         FileOpen {
-            boot_ns: 0,
             pid,
             tid: pid,
-            uid: 0,
-            gid: 0,
-            cgroup_id: 0,
-            syscall: crate::events::Syscall::Openat,
-            flags: 0,
             result: 3,
-            dev: 0,
-            ino: 0,
             dirfd: -100,
             start_boottime: start,
-            secret_id: 0,
-            matched: 0,
-            path_flags: 0,
-            comm: Vec::new(),
-            raw_path: None,
-            path: Vec::new(),
+            ..Default::default()
         }
     }
 
@@ -383,6 +450,28 @@ mod tests {
     }
 
     #[test]
+    fn exec_entered_processes_are_told_from_the_inits_tree() {
+        const INIT: u32 = 40_000_010;
+        const RUNC_EXEC: u32 = 40_000_011;
+        const EXECD: u32 = 40_000_012;
+        let mut table = ProcessTable::new();
+        let mut ev = |kind, pid, ppid, cgroup| {
+            let mut e = event(kind, pid, ppid, 1, "/bin/sh");
+            e.cgroup_id = cgroup;
+            table.apply(&e);
+        };
+        ev(ProcessEventKind::Exec, SHELL, 1, 1); // the shim, on the host
+        ev(ProcessEventKind::Exec, INIT, SHELL, 7);
+        ev(ProcessEventKind::Exec, CAT, INIT, 7);
+        ev(ProcessEventKind::Exec, RUNC_EXEC, SHELL, 1);
+        ev(ProcessEventKind::Exec, EXECD, RUNC_EXEC, 7);
+        assert_eq!(table.container_entry(INIT, 7, INIT), Some("init"));
+        assert_eq!(table.container_entry(CAT, 7, INIT), Some("init"));
+        assert_eq!(table.container_entry(EXECD, 7, INIT), Some("exec"));
+        assert_eq!(table.container_entry(40_000_099, 7, INIT), None, "unknown");
+    }
+
+    #[test]
     fn a_forked_child_runs_its_parents_program() {
         let mut table = ProcessTable::new();
         table.apply(&event(ProcessEventKind::Exec, SHELL, 1, 100, "/bin/sh"));
@@ -391,5 +480,37 @@ mod tests {
             table.describe(&open(CAT, 200)).exe.as_deref(),
             Some(&b"/bin/sh"[..])
         );
+    }
+
+    #[test]
+    fn an_exit_of_an_earlier_process_does_not_end_the_pids_new_owner() {
+        let mut table = ProcessTable::new();
+        table.apply(&event(
+            ProcessEventKind::Exec,
+            CAT,
+            1,
+            5_000_000_000,
+            "/bin/cat",
+        ));
+        table.apply(&event(ProcessEventKind::Exit, CAT, 1, 1_000_000_000, ""));
+        table.expire(Instant::now() + EXITED_GRACE + Duration::from_secs(1));
+        assert!(table.describe(&open(CAT, 5_000_000_000)).exe.is_some());
+    }
+
+    #[test]
+    fn processes_whose_exit_was_missed_are_forgotten_after_the_grace() {
+        let mut table = ProcessTable::new();
+        table.apply(&event(ProcessEventKind::Exec, SHELL, 1, 100, "/bin/sh"));
+        table.apply(&event(ProcessEventKind::Exec, CAT, SHELL, 200, "/bin/cat"));
+        let now = Instant::now();
+        // The first look may race with an exit event still in the ring buffer.
+        assert_eq!(table.reconcile(now, |pid| pid == SHELL), 0);
+        assert_eq!(table.reconcile(now, |pid| pid == SHELL), 1);
+        assert_eq!(table.reconcile(now, |pid| pid == SHELL), 0, "counted once");
+        // Still known during the grace: a record of its last access may be queued.
+        assert!(table.describe(&open(CAT, 200)).exe.is_some());
+        table.expire(now + EXITED_GRACE + Duration::from_secs(1));
+        assert_eq!(table.len(), 1);
+        assert!(table.describe(&open(SHELL, 100)).exe.is_some());
     }
 }

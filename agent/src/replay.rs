@@ -61,9 +61,11 @@ pub fn replay(policies: &Path, file: &Path) -> Result<()> {
         let path = record["file"]["path"]
             .as_str()
             .map(|s| s.as_bytes().to_vec());
+        // A host process's cgroup, for `host: true` footprints narrowed by `cgroup`.
+        let host_cgroup = record["process"]["cgroup"].as_str().map(str::to_string);
         let subject = Subject {
             container: container.as_ref(),
-            host_cgroup: None,
+            host_cgroup: host_cgroup.as_deref().filter(|_| container.is_none()),
             exe: exe.as_deref(),
         };
         let outside_root = record["file"]["outside_root"] == true;
@@ -125,5 +127,6 @@ fn container_of(record: &Value) -> Option<Metadata> {
         cgroup: text(&c["cgroup"]).unwrap_or_default(),
         pod,
         incomplete: false,
+        ..Default::default()
     })
 }

@@ -68,6 +68,15 @@ fn check_reports_every_problem_and_exits_2() {
     );
 }
 
+fn replay(policies: &Path, log: &Path) -> std::process::Output {
+    Command::new(BIN)
+        .args(["replay", "--policies"])
+        .arg(policies)
+        .arg(log)
+        .output()
+        .unwrap()
+}
+
 #[test]
 fn replay_rejudges_recorded_accesses() {
     let footprint = "apiVersion: credwatch.dev/v1alpha1\nkind: SecretFootprint\nmetadata: {name: web}\nspec:\n  selector: {container: web}\n  allow:\n    - secret: mounted-secrets\n      binaries: [\"/usr/bin/*\"]\n";
@@ -90,12 +99,7 @@ fn replay_rejudges_recorded_accesses() {
         record("db", "/usr/bin/cat"),
     ];
     std::fs::write(&log, lines.join("\n") + "\n").unwrap();
-    let out = Command::new(BIN)
-        .args(["replay", "--policies"])
-        .arg(dir.path())
-        .arg(&log)
-        .output()
-        .unwrap();
+    let out = replay(dir.path(), &log);
     assert_eq!(
         out.status.code(),
         Some(0),
@@ -126,13 +130,43 @@ fn replay_rejudges_recorded_accesses() {
     assert_eq!(judged[0]["policy"]["name"], "web");
     assert!(judged[2].get("policy").is_none());
 
+    // Host processes: a `host: true` footprint narrowed by cgroup is judged on the recorded
+    // cgroup, as the agent judged it.
+    let sshd = "apiVersion: credwatch.dev/v1alpha1\nkind: SecretFootprint\nmetadata: {name: sshd}\nspec:\n  selector: {host: true, cgroup: \"/system.slice/ssh.service\"}\n  allow:\n    - secret: ssh-private-keys\n      binaries: [/usr/sbin/sshd]\n";
+    let dir = policies_with(&[("sshd.yaml", sshd)]);
+    let host_record = |cgroup: &str| {
+        serde_json::json!({
+            "schema": 1, "ts": "2026-11-23T12:00:00Z", "event_id": "e", "node": "n",
+            "verdict": "allowed", "reason": "declared in footprint", "kind": "file",
+            "secret": {"name": "ssh-private-keys", "catalog_entry": "default/ssh-private-keys"},
+            "file": {"path": "/etc/ssh/ssh_host_ed25519_key", "result": 3, "syscall": "openat"},
+            "process": {"pid": 1, "tid": 1, "uid": 0, "gid": 0, "comm": "sshd",
+                        "exe": "/usr/sbin/sshd", "ancestors": [], "cgroup": cgroup},
+        })
+        .to_string()
+    };
+    let log = dir.path().join("host.jsonl");
+    let lines = [
+        host_record("/system.slice/ssh.service"),
+        host_record("/user.slice/session-1.scope"),
+    ];
+    std::fs::write(&log, lines.join("\n") + "\n").unwrap();
+    let out = replay(dir.path(), &log);
+    let judged: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(
+        judged.len(),
+        1,
+        "the other cgroup is not selected: {judged:?}"
+    );
+    assert_eq!(judged[0]["verdict"], "allowed");
+    assert_eq!(judged[0]["policy"]["name"], "sshd");
+
+    let log = dir.path().join("records.jsonl");
     std::fs::write(&log, "not json\n").unwrap();
-    let out = Command::new(BIN)
-        .args(["replay", "--policies"])
-        .arg(dir.path())
-        .arg(&log)
-        .output()
-        .unwrap();
+    let out = replay(dir.path(), &log);
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("records.jsonl:1: not a JSON record"));
 }

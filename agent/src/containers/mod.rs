@@ -31,7 +31,8 @@ pub const REMOVED_GRACE: Duration = Duration::from_secs(30);
 
 #[derive(Debug, Clone)]
 enum Entry {
-    Host,
+    /// Not a container: its cgroup path, looked up once (cgroup ids are not reused).
+    Host(Option<String>),
     Container {
         meta: Arc<Metadata>,
         checked: Instant,
@@ -54,6 +55,16 @@ pub enum Lookup {
 pub enum Origin {
     Host { cgroup: Option<String> },
     Container(Arc<Metadata>),
+}
+
+impl Origin {
+    /// The container's metadata; None for a host process.
+    pub fn container(self) -> Option<Arc<Metadata>> {
+        match self {
+            Origin::Container(meta) => Some(meta),
+            Origin::Host { .. } => None,
+        }
+    }
 }
 
 pub struct Containers {
@@ -102,9 +113,9 @@ impl Containers {
     pub fn resolve(&mut self, cgroup_id: u64, pid: u32, lookup: Lookup) -> Origin {
         self.collect_answers();
         match self.by_cgroup.get(&cgroup_id) {
-            Some(Entry::Host) => {
+            Some(Entry::Host(path)) => {
                 return Origin::Host {
-                    cgroup: self.path(cgroup_id, pid),
+                    cgroup: path.clone(),
                 };
             }
             Some(Entry::Container {
@@ -121,7 +132,7 @@ impl Containers {
         }
         let path = self.path(cgroup_id, pid);
         let Some(container) = path.as_deref().and_then(cgroup::parse) else {
-            self.by_cgroup.insert(cgroup_id, Entry::Host);
+            self.by_cgroup.insert(cgroup_id, Entry::Host(path.clone()));
             return Origin::Host { cgroup: path };
         };
         let cgroup = path.as_deref().unwrap_or_default();
@@ -161,6 +172,29 @@ impl Containers {
             cri: kubernetes,
         });
         true
+    }
+
+    /// The container's metadata with its init process and creation time filled from the
+    /// runtime's state when the first look-up came before the runtime wrote them (a CRI
+    /// container is named by the API while its task is still being created).
+    pub fn with_state(&mut self, cgroup_id: u64, meta: Arc<Metadata>) -> Arc<Metadata> {
+        if meta.init_pid.is_some() {
+            return meta;
+        }
+        let Some(container) = cgroup::parse(&meta.cgroup) else {
+            return meta;
+        };
+        let Some(state) = runtime::lookup(&self.roots, &container, &meta.cgroup) else {
+            return meta;
+        };
+        let mut filled = (*meta).clone();
+        filled.init_pid = state.init_pid;
+        filled.created = state.created;
+        let filled = Arc::new(filled);
+        if let Some(Entry::Container { meta, .. }) = self.by_cgroup.get_mut(&cgroup_id) {
+            *meta = filled.clone();
+        }
+        filled
     }
 
     /// Merges the runtime API's answers into the cached metadata.
@@ -260,7 +294,23 @@ impl Containers {
     }
 }
 
-/// The `workload` label: the pod's owner, or the container name off Kubernetes.
+/// The per-container metric labels: namespace, workload, container (all empty for the host).
+pub fn metric_labels(meta: Option<&Metadata>) -> [String; 3] {
+    match meta {
+        Some(m) => [
+            m.pod
+                .as_ref()
+                .and_then(|p| p.namespace.clone())
+                .unwrap_or_default(),
+            workload(m),
+            m.name.clone().unwrap_or_default(),
+        ],
+        None => Default::default(),
+    }
+}
+
+/// The `workload` label: the pod's owner, or off Kubernetes the image repository or the
+/// container name without its generated parts (bounded under churn either way).
 pub fn workload(meta: &Metadata) -> String {
     match &meta.pod {
         Some(Pod {
@@ -268,6 +318,9 @@ pub fn workload(meta: &Metadata) -> String {
             labels,
             ..
         }) => workload::workload_of(name, labels),
-        _ => meta.name.clone().unwrap_or_else(|| meta.id.clone()),
+        _ => workload::off_kubernetes(
+            Some(meta.name.as_deref().unwrap_or(&meta.id)),
+            meta.image.as_deref(),
+        ),
     }
 }

@@ -40,6 +40,11 @@ pub struct Metadata {
     pub pod: Option<Pod>,
     /// No runtime state was found: only what the cgroup path says is known.
     pub incomplete: bool,
+    /// The container's first process (host pid), from the runtime state: processes that do
+    /// not descend from it entered through exec.
+    pub init_pid: Option<u32>,
+    /// When the runtime created the container (RFC 3339), from its state.
+    pub created: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -53,6 +58,10 @@ pub struct Pod {
 #[derive(Deserialize)]
 struct RuncState {
     config: RuncConfig,
+    #[serde(default)]
+    init_process_pid: Option<u32>,
+    #[serde(default)]
+    created: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -84,18 +93,21 @@ pub fn lookup(roots: &StateRoots, container: &ContainerRef, cgroup: &str) -> Opt
         (RuntimeHint::Docker, _) => vec![(roots.docker.join(id), "docker")],
         (RuntimeHint::Podman, _) => vec![(roots.runc.join(id), "podman")],
     };
-    let (annotations, runtime) = candidates.into_iter().find_map(|(dir, runtime)| {
+    let (state, runtime) = candidates.into_iter().find_map(|(dir, runtime)| {
         let text = std::fs::read_to_string(dir.join("state.json")).ok()?;
         let state: RuncState = serde_json::from_str(&text).ok()?;
-        Some((annotations(&state.config.labels), runtime))
+        Some((state, runtime))
     })?;
-    Some(from_annotations(
+    let mut meta = from_annotations(
         id,
         runtime,
         cgroup,
-        &annotations,
+        &annotations(&state.config.labels),
         container.pod_uid.as_deref(),
-    ))
+    );
+    meta.init_pid = state.init_process_pid.filter(|&pid| pid > 0);
+    meta.created = state.created;
+    Some(meta)
 }
 
 /// What the cgroup path alone says about a container whose runtime state is gone (or not
@@ -120,6 +132,7 @@ pub fn from_path(container: &ContainerRef, cgroup: &str) -> Metadata {
             ..Default::default()
         }),
         incomplete: true,
+        ..Default::default()
     }
 }
 
@@ -169,6 +182,7 @@ fn from_annotations(
         cgroup: cgroup.to_string(),
         pod,
         incomplete: false,
+        ..Default::default()
     }
 }
 

@@ -46,6 +46,44 @@ pub fn workload_of(pod_name: &str, labels: &BTreeMap<String, String>) -> String 
     pod_name.to_string()
 }
 
+/// The `workload` label of a container outside Kubernetes, bounded across churn: its image's
+/// repository (no registry port, tag or digest) when known, else its name without the parts
+/// that look generated (numbers, long hex strings), so "ci-job-4711-build" and
+/// "ci-job-4712-build" are one workload.
+pub fn off_kubernetes(name: Option<&str>, image: Option<&str>) -> String {
+    if let Some(image) = image.filter(|i| !i.is_empty()) {
+        let without_digest = image.split('@').next().unwrap_or(image);
+        // A tag follows the last ':' after the last '/' (a registry port comes before it).
+        let last_slash = without_digest.rfind('/').map_or(0, |i| i + 1);
+        let repo = match without_digest[last_slash..].rfind(':') {
+            Some(colon) => &without_digest[..last_slash + colon],
+            None => without_digest,
+        };
+        return repo.to_string();
+    }
+    let Some(name) = name else {
+        return String::new();
+    };
+    let kept: Vec<&str> = name
+        .split(['-', '_', '.'])
+        .filter(|part| !looks_generated(part))
+        .collect();
+    if kept.is_empty() {
+        "generated".to_string()
+    } else {
+        kept.join("-")
+    }
+}
+
+/// A number, or a hex string of 6+ characters with a digit in it (ids, hashes).
+fn looks_generated(part: &str) -> bool {
+    !part.is_empty()
+        && (part.chars().all(|c| c.is_ascii_digit())
+            || (part.len() >= 6
+                && part.chars().all(|c| c.is_ascii_hexdigit())
+                && part.chars().any(|c| c.is_ascii_digit())))
+}
+
 /// Kubernetes' generated name suffixes use lowercase consonants and digits ("bcdfghjklmnpqrstvwxz2456789").
 fn is_generated(s: &str, len: usize) -> bool {
     s.len() == len
@@ -62,6 +100,29 @@ mod tests {
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect()
+    }
+
+    #[test]
+    fn off_kubernetes_workloads_are_bounded() {
+        assert_eq!(
+            off_kubernetes(Some("ci-job-4711-build"), None),
+            "ci-job-build"
+        );
+        assert_eq!(
+            off_kubernetes(Some("ci-job-4712-build"), None),
+            "ci-job-build"
+        );
+        assert_eq!(
+            off_kubernetes(Some("runner-3f9a1c2e7b-project-42"), None),
+            "runner-project"
+        );
+        assert_eq!(off_kubernetes(Some("web"), None), "web");
+        assert_eq!(off_kubernetes(Some("0123456789abcdef"), None), "generated");
+        assert_eq!(
+            off_kubernetes(Some("x"), Some("registry:5000/team/api:1.2@sha256:ab")),
+            "registry:5000/team/api"
+        );
+        assert_eq!(off_kubernetes(None, Some("nginx")), "nginx");
     }
 
     #[test]

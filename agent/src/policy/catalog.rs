@@ -59,7 +59,7 @@ struct EndpointSpec {
 }
 
 /// One `files` entry of the catalogue, compiled.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct FileRule {
     pub name: String,
     /// The catalogue document that defined it.
@@ -76,7 +76,7 @@ impl FileRule {
     }
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct Catalog {
     pub files: Vec<FileRule>,
     /// Network endpoints (secret managers, metadata services).

@@ -48,6 +48,10 @@ struct AllowSpec {
     paths: Vec<String>,
     #[serde(default)]
     binaries: Vec<String>,
+    /// What `credwatch learn` saw (first/last seen, count, replicas): for reviewers only.
+    #[serde(default)]
+    #[allow(dead_code)]
+    evidence: Option<serde::de::IgnoredAny>,
 }
 
 /// What a deviation from this footprint does.
@@ -99,6 +103,33 @@ pub struct Allow {
     pub paths: Option<GlobSet>,
     /// Only these executables; None = any.
     pub binaries: Option<GlobSet>,
+}
+
+impl Allow {
+    /// Whether this entry allows `exe` to reach `secret` at `path` (None for endpoints).
+    pub fn covers(&self, secret: &str, path: Option<&[u8]>, exe: Option<&[u8]>) -> bool {
+        self.covers_path(secret, path) && self.allows_binary(exe)
+    }
+
+    /// `covers`, ignoring the binary (to tell "path not in footprint" from "binary not
+    /// allowed"). Paths are compared in their canonical form (see `paths::canonical`).
+    pub fn covers_path(&self, secret: &str, path: Option<&[u8]>) -> bool {
+        self.secret == secret
+            && match (&self.paths, path) {
+                (None, _) => true,
+                (Some(globs), Some(p)) => std::str::from_utf8(&super::paths::canonical(p))
+                    .is_ok_and(|p| globs.is_match(p)),
+                (Some(_), None) => false,
+            }
+    }
+
+    fn allows_binary(&self, exe: Option<&[u8]>) -> bool {
+        match (&self.binaries, exe) {
+            (None, _) => true,
+            (Some(globs), Some(e)) => std::str::from_utf8(e).is_ok_and(|e| globs.is_match(e)),
+            (Some(_), None) => false,
+        }
+    }
 }
 
 /// Globs on paths: `*` within a component, `**` across.

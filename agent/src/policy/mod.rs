@@ -1,10 +1,11 @@
-//! Policy documents: a directory of Kubernetes-style YAML files (DESIGN §4).
+//! Policy documents: a directory of Kubernetes-style YAML files (docs/contract.md).
 //!
 //! Every problem is reported as `file:line:column: message`, and all of them are collected
 //! rather than stopping at the first, so `credwatch check` can show a whole broken edit at once.
 
 pub mod catalog;
 pub mod footprint;
+pub mod paths;
 
 use std::{
     fmt,
@@ -117,18 +118,30 @@ pub struct Metadata {
 /// Reads every `*.yaml`/`*.yml` file directly in `dir` (not recursive; dot-files such as a
 /// ConfigMap's `..data` are skipped) and validates the whole set.
 pub fn load_dir(dir: &Path) -> Result<PolicySet, Vec<Problem>> {
-    let mut files = match policy_files(dir) {
-        Ok(files) => files,
-        Err(err) => {
-            return Err(vec![Problem {
-                file: dir.to_path_buf(),
-                line: 0,
-                column: 0,
-                message: format!("cannot read policy directory: {err}"),
-            }]);
+    load_dirs(&[dir])
+}
+
+/// `load_dir` over several directories taken as one set (e.g. the catalogue's directory and
+/// a directory of learned footprints).
+pub fn load_dirs(dirs: &[&Path]) -> Result<PolicySet, Vec<Problem>> {
+    let mut files = Vec::new();
+    for dir in dirs {
+        match policy_files(dir) {
+            Ok(mut found) => {
+                found.sort();
+                files.extend(found);
+            }
+            Err(err) => {
+                return Err(vec![Problem {
+                    file: dir.to_path_buf(),
+                    line: 0,
+                    column: 0,
+                    message: format!("cannot read policy directory: {err}"),
+                }]);
+            }
         }
-    };
-    files.sort();
+    }
+    let dir = dirs.first().copied().unwrap_or(Path::new("."));
     let mut problems = Vec::new();
     let mut builder = catalog::CatalogBuilder::default();
     let mut footprints = footprint::FootprintBuilder::default();

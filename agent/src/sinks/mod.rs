@@ -22,6 +22,7 @@ pub fn container_section(meta: &Metadata) -> ContainerSection {
         image: meta.image.clone(),
         runtime: meta.runtime,
         cgroup: meta.cgroup.clone(),
+        started: meta.created.clone(),
     }
 }
 
@@ -81,6 +82,8 @@ pub fn process_section(info: &ProcessInfo, boot_to_unix_ns: i128) -> ProcessSect
                 args: args(&a.args),
             })
             .collect(),
+        container_entry: None,
+        cgroup: None,
     }
 }
 
