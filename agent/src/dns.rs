@@ -22,6 +22,9 @@ use crate::policy::{Catalog, catalog::EndpointKeys};
 /// Bounds on what is learned (the kernel map's size): memory stays bounded under any DNS
 /// traffic and container churn.
 pub const MAX_LEARNED: usize = 8192;
+/// Addresses one cgroup may have learned at once: a container answering itself with crafted
+/// DNS responses only ever replaces its own entries, never another container's.
+pub const MAX_LEARNED_PER_CGROUP: usize = 256;
 const MIN_TTL: Duration = Duration::from_secs(60);
 const MAX_TTL: Duration = Duration::from_secs(3600);
 
@@ -45,6 +48,10 @@ pub struct LearnedHosts {
     /// Host names from containers' endpoint variables (VAULT_ADDR), matched like catalogue hosts.
     extra_names: HashMap<String, usize>,
     changed: bool,
+    /// Cgroups already warned about for going over their share.
+    over_budget_warned: std::collections::HashSet<u64>,
+    /// Entries of `by_cgroup` per cgroup.
+    per_cgroup: HashMap<u64, usize>,
 }
 
 impl LearnedHosts {
@@ -87,12 +94,8 @@ impl LearnedHosts {
                 _ => continue,
             };
             let key = (cgroup_id, address);
-            if self.by_cgroup.len() >= MAX_LEARNED && !self.by_cgroup.contains_key(&key) {
-                self.expire(now);
-                if self.by_cgroup.len() >= MAX_LEARNED {
-                    log::warn!("{MAX_LEARNED} learned endpoint addresses; ignoring more");
-                    break;
-                }
+            if !self.by_cgroup.contains_key(&key) {
+                self.make_room(cgroup_id, now);
             }
             let ttl = Duration::from_secs(record.ttl as u64).clamp(MIN_TTL, MAX_TTL);
             let entry = Learned {
@@ -101,10 +104,60 @@ impl LearnedHosts {
                 until: now + ttl,
             };
             let previous = self.by_cgroup.insert(key, entry);
+            if previous.is_none() {
+                *self.per_cgroup.entry(cgroup_id).or_default() += 1;
+            }
             self.changed |= previous.is_none_or(|p| p.endpoint != endpoint);
             learned += 1;
         }
         learned
+    }
+
+    /// Room for one more address learned by `cgroup_id`: within its own share it evicts its
+    /// own entry closest to expiry; when the node-wide map is full, the entry closest to expiry
+    /// of the cgroup holding the most. No cgroup can push out another that stays in its share.
+    fn make_room(&mut self, cgroup_id: u64, now: Instant) {
+        let own = self.per_cgroup.get(&cgroup_id).copied().unwrap_or(0);
+        let victim = if own >= MAX_LEARNED_PER_CGROUP {
+            if self.over_budget_warned.insert(cgroup_id) {
+                log::warn!(
+                    "cgroup {cgroup_id}: more than {MAX_LEARNED_PER_CGROUP} learned endpoint addresses; its oldest are replaced"
+                );
+            }
+            Some(cgroup_id)
+        } else if self.by_cgroup.len() >= MAX_LEARNED {
+            self.expire(now);
+            (self.by_cgroup.len() >= MAX_LEARNED)
+                .then(|| {
+                    let most = self.per_cgroup.iter().max_by_key(|(_, n)| **n);
+                    most.map(|(id, _)| *id)
+                })
+                .flatten()
+        } else {
+            None
+        };
+        let Some(victim) = victim else { return };
+        let oldest = self
+            .by_cgroup
+            .iter()
+            .filter(|((id, _), _)| *id == victim)
+            .min_by_key(|(_, l)| l.until)
+            .map(|(key, _)| *key);
+        if let Some(key) = oldest {
+            self.by_cgroup.remove(&key);
+            self.changed = true;
+            if let Some(n) = self.per_cgroup.get_mut(&key.0) {
+                *n -= 1;
+            }
+        }
+    }
+
+    /// Brings `per_cgroup` in line with `by_cgroup` after entries went.
+    fn recount(&mut self) {
+        self.per_cgroup.clear();
+        for (id, _) in self.by_cgroup.keys() {
+            *self.per_cgroup.entry(*id).or_default() += 1;
+        }
     }
 
     /// Endpoint addresses a container is configured with, from an allow-list of environment
@@ -173,6 +226,7 @@ impl LearnedHosts {
         let before = self.by_cgroup.len() + self.by_address.len();
         self.by_cgroup.retain(|_, l| l.until > now);
         self.by_address.retain(|_, l| l.until > now);
+        self.recount();
         self.changed |= self.by_cgroup.len() + self.by_address.len() != before;
     }
 
@@ -187,6 +241,7 @@ impl LearnedHosts {
             .retain(|_, l| index_in_new(l.endpoint).map(|i| l.endpoint = i).is_some());
         self.by_cgroup
             .retain(|_, l| index_in_new(l.endpoint).map(|i| l.endpoint = i).is_some());
+        self.recount();
         self.extra_names
             .retain(|_, endpoint| index_in_new(*endpoint).map(|i| *endpoint = i).is_some());
         self.changed = true;
@@ -197,6 +252,8 @@ impl LearnedHosts {
         let before = self.by_cgroup.len();
         self.by_cgroup.retain(|(id, _), _| *id != cgroup_id);
         self.changed |= self.by_cgroup.len() != before;
+        self.over_budget_warned.remove(&cgroup_id);
+        self.per_cgroup.remove(&cgroup_id);
     }
 
     /// Learned entries, DNS and environment.
@@ -349,6 +406,57 @@ mod tests {
         assert_eq!(hosts.entries(), 2);
         assert_eq!(hosts.hostname(cgroup, &addr), None);
         assert!(hosts.hostname(other_cgroup, &addr).is_some());
+    }
+
+    /// A cgroup answering itself with crafted responses for catalogue names.
+    fn flood(hosts: &mut LearnedHosts, catalog: &Catalog, cgroup: u64, n: u32, now: Instant) {
+        for i in 0..n {
+            let address = std::net::Ipv4Addr::from(0x0a63_0000 + i);
+            let bytes = response(
+                "secretsmanager.us-east-1.amazonaws.com.",
+                &[(
+                    "secretsmanager.us-east-1.amazonaws.com.",
+                    RData::A(rdata::A(address)),
+                )],
+            );
+            hosts.learn(catalog, cgroup, &bytes, now);
+        }
+    }
+
+    #[test]
+    fn a_cgroup_flooding_answers_only_replaces_its_own_entries() {
+        let catalog = catalog();
+        let mut hosts = LearnedHosts::default();
+        let now = Instant::now();
+        let victim = 1;
+        let bytes = response(
+            "secretsmanager.eu-west-1.amazonaws.com.",
+            &[(
+                "secretsmanager.eu-west-1.amazonaws.com.",
+                RData::A(rdata::A("192.0.2.7".parse().unwrap())),
+            )],
+        );
+        assert_eq!(hosts.learn(&catalog, victim, &bytes, now), 1);
+        let learned: IpAddr = "192.0.2.7".parse().unwrap();
+        assert!(hosts.endpoint(victim, &learned).is_some());
+        // One attacker: capped at its share.
+        flood(&mut hosts, &catalog, 2, 1_000, now);
+        assert_eq!(hosts.entries(), 1 + MAX_LEARNED_PER_CGROUP);
+        // Many attackers filling the node-wide map: the victim keeps its entry.
+        for attacker in 3..3 + (MAX_LEARNED / MAX_LEARNED_PER_CGROUP) as u64 + 2 {
+            flood(
+                &mut hosts,
+                &catalog,
+                attacker,
+                MAX_LEARNED_PER_CGROUP as u32,
+                now,
+            );
+        }
+        assert!(hosts.entries() <= MAX_LEARNED);
+        assert!(
+            hosts.endpoint(victim, &learned).is_some(),
+            "the victim's entry stays"
+        );
     }
 
     #[test]

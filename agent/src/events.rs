@@ -5,13 +5,14 @@ use std::{fmt, mem::size_of};
 
 use credwatch_common::{
     ARGS_BYTES, CGROUP_MKDIR, CGROUP_PATH_BYTES, CGROUP_RMDIR, CgroupRecord, ConnectRecord,
-    DNS_BYTES, DnsRecord, FILENAME_BYTES, FileOpenRecord, KIND_CGROUP, KIND_CONNECT, KIND_DNS,
-    KIND_FILE_OPEN, KIND_PROCESS, PATH_BYTES, ProcessRecord, RAW_PATH_BYTES, RecordHeader,
-    WIRE_VERSION, connect_source, probe, process_event,
+    DNS_BYTES, DnsRecord, FILE_OPEN_FIXED_BYTES, FILENAME_BYTES, FileOpenRecord, KIND_CGROUP,
+    KIND_CONNECT, KIND_DNS, KIND_FILE_OPEN, KIND_PROCESS, PATH_BYTES, PROCESS_ARGS_OFFSET,
+    PROCESS_FIXED_BYTES, ProcessRecord, RAW_PATH_BYTES, RecordHeader, RepeatKey, WIRE_VERSION,
+    connect_source, probe, process_event,
 };
 
 /// A file-open syscall, decoded.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct FileOpen {
     pub boot_ns: u64,
     pub pid: u32,
@@ -35,11 +36,15 @@ pub struct FileOpen {
     pub comm: Vec<u8>,
     pub raw_path: Option<Vec<u8>>,
     pub path: Vec<u8>,
+    /// The kernel counts repeats of this access in its window under this key (None: the map
+    /// was full, repeats are reported one by one).
+    pub repeat: Option<RepeatKey>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Syscall {
     Open,
+    #[default]
     Openat,
     Openat2,
     Creat,
@@ -204,8 +209,19 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
 }
 
 fn decode_process(bytes: &[u8], header: RecordHeader) -> Result<Event, DecodeError> {
-    let rec: ProcessRecord = read_record(bytes, header)?;
+    // Fork and exit records end before `filename`, exec records after the used argv.
+    let rec: ProcessRecord = read_prefix(bytes, header, PROCESS_FIXED_BYTES)?;
     let kind = ProcessEventKind::try_from(rec.event)?;
+    let expected = match kind {
+        ProcessEventKind::Exec => PROCESS_ARGS_OFFSET + rec.args_len as usize,
+        _ => PROCESS_FIXED_BYTES,
+    };
+    if header.size as usize != expected {
+        return Err(DecodeError::SizeMismatch {
+            header: header.size,
+            actual: expected,
+        });
+    }
     let filename_len = rec.filename_len as usize;
     if filename_len > FILENAME_BYTES {
         return Err(DecodeError::BadField("filename_len", filename_len as u64));
@@ -301,7 +317,16 @@ fn until_nul(bytes: &[u8]) -> &[u8] {
 }
 
 fn decode_file_open(bytes: &[u8], header: RecordHeader) -> Result<Event, DecodeError> {
-    let rec: FileOpenRecord = read_record(bytes, header)?;
+    // The record leaves the kernel at its used size: the fixed part, the path, the raw path.
+    let size = header.size as usize;
+    if !(FILE_OPEN_FIXED_BYTES..=size_of::<FileOpenRecord>()).contains(&size) || bytes.len() < size
+    {
+        return Err(DecodeError::SizeMismatch {
+            header: header.size,
+            actual: bytes.len(),
+        });
+    }
+    let rec: FileOpenFixed = read_pod(bytes)?;
     let path_len = rec.path_len as usize;
     if path_len > PATH_BYTES {
         return Err(DecodeError::BadField("path_len", path_len as u64));
@@ -310,6 +335,13 @@ fn decode_file_open(bytes: &[u8], header: RecordHeader) -> Result<Event, DecodeE
     if raw_len > RAW_PATH_BYTES {
         return Err(DecodeError::BadField("raw_len", raw_len as u64));
     }
+    if FILE_OPEN_FIXED_BYTES + path_len + raw_len != size {
+        return Err(DecodeError::BadField(
+            "path_len + raw_len",
+            (path_len + raw_len) as u64,
+        ));
+    }
+    let (path, raw_path) = bytes[FILE_OPEN_FIXED_BYTES..size].split_at(path_len);
     // open_by_handle_at has no path string; an io_uring open has one when its submission was
     // seen.
     let has_raw = rec.probe != probe::OPEN_BY_HANDLE_AT
@@ -337,9 +369,65 @@ fn decode_file_open(bytes: &[u8], header: RecordHeader) -> Result<Event, DecodeE
         matched: rec.matched,
         path_flags: rec.path_flags,
         comm: until_nul(&rec.comm).to_vec(),
-        raw_path: has_raw.then(|| rec.raw_path[..raw_len].to_vec()),
-        path: rec.path[..path_len].to_vec(),
+        raw_path: has_raw.then(|| raw_path.to_vec()),
+        path: path.to_vec(),
+        // The key exactly as the kernel built it (see `repeats.rs` in the probes).
+        repeat: (rec.repeat_epoch != 0).then_some(RepeatKey {
+            cgroup_id: rec.cgroup_id,
+            dev: if rec.result >= 0 { rec.dev as u64 } else { 0 },
+            object: rec.repeat_object,
+            result: rec.result.min(0),
+            pid: rec.pid,
+            flags: rec.open_flags,
+            probe: rec.probe,
+            epoch: rec.repeat_epoch,
+        }),
     })))
+}
+
+/// The fixed part of a [`FileOpenRecord`] (the same layout without the tail).
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct FileOpenFixed {
+    header: RecordHeader,
+    boot_ns: u64,
+    pid: u32,
+    tid: u32,
+    uid: u32,
+    gid: u32,
+    cgroup_id: u64,
+    probe: u32,
+    open_flags: u32,
+    result: i64,
+    ino: u64,
+    dev: u32,
+    dirfd: i32,
+    secret_id: u32,
+    matched: u32,
+    path_flags: u32,
+    path_len: u32,
+    raw_len: u32,
+    repeat_epoch: u32,
+    repeat_object: u64,
+    start_boottime: u64,
+    comm: [u8; 16],
+}
+
+const _: () = assert!(size_of::<FileOpenFixed>() == FILE_OPEN_FIXED_BYTES);
+
+/// A record of type `T` that left the kernel without its unused tail: at least `min` bytes, at
+/// most a whole `T`; the missing tail reads as zeros.
+fn read_prefix<T: Copy>(bytes: &[u8], header: RecordHeader, min: usize) -> Result<T, DecodeError> {
+    let size = header.size as usize;
+    if !(min..=size_of::<T>()).contains(&size) || bytes.len() < size {
+        return Err(DecodeError::SizeMismatch {
+            header: header.size,
+            actual: bytes.len(),
+        });
+    }
+    let mut whole = vec![0u8; size_of::<T>()];
+    whole[..size].copy_from_slice(&bytes[..size]);
+    read_pod(&whole)
 }
 
 /// A record of type `T`: its header must give exactly T's size, and the bytes must hold it.
@@ -381,16 +469,23 @@ mod tests {
         // SAFETY: all-zero is a valid FileOpenRecord.
         let mut rec: FileOpenRecord = unsafe { std::mem::zeroed() };
         rec.header = RecordHeader::of::<FileOpenRecord>(KIND_FILE_OPEN);
+        rec.header.size = (FILE_OPEN_FIXED_BYTES + 10) as u32;
         rec.probe = probe::OPENAT;
         rec.pid = 42;
         rec.result = 3;
         rec.dev = (8 << 20) | 1;
         rec.comm[..3].copy_from_slice(b"cat");
-        rec.path[..9].copy_from_slice(b"/run/x/y\xff");
+        rec.tail[..10].copy_from_slice(b"/run/x/y\xffy");
         rec.path_len = 9;
-        rec.raw_path[..1].copy_from_slice(b"y");
         rec.raw_len = 1;
         rec
+    }
+
+    /// A file-open record as it leaves the kernel: cut at its header's size.
+    fn wire(rec: &FileOpenRecord) -> Vec<u8> {
+        let mut data = bytes(rec);
+        data.truncate(rec.header.size as usize);
+        data
     }
 
     /// The wire bytes of a record.
@@ -402,7 +497,13 @@ mod tests {
 
     #[test]
     fn decodes_a_file_open() {
-        let Ok(Event::FileOpen(open)) = decode(&bytes(&record())) else {
+        let data = wire(&record());
+        assert_eq!(
+            data.len(),
+            FILE_OPEN_FIXED_BYTES + 10,
+            "a short path, a short record"
+        );
+        let Ok(Event::FileOpen(open)) = decode(&data) else {
             panic!()
         };
         assert_eq!(open.pid, 42);
@@ -416,29 +517,39 @@ mod tests {
     #[test]
     fn rejects_bad_records() {
         assert_eq!(decode(&[1, 0]), Err(DecodeError::Short(2)));
-        let data = bytes(&record());
+        let data = wire(&record());
         assert!(matches!(
             decode(&data[..100]),
             Err(DecodeError::SizeMismatch { .. })
         ));
         let mut rec = record();
         rec.header.version = 9;
-        assert_eq!(decode(&bytes(&rec)), Err(DecodeError::Version(9)));
+        assert_eq!(decode(&wire(&rec)), Err(DecodeError::Version(9)));
         let mut rec = record();
         rec.header.kind = 77;
-        assert_eq!(decode(&bytes(&rec)), Err(DecodeError::Kind(77)));
+        assert_eq!(decode(&wire(&rec)), Err(DecodeError::Kind(77)));
         let mut rec = record();
         rec.path_len = 5000;
         assert_eq!(
-            decode(&bytes(&rec)),
+            decode(&wire(&rec)),
             Err(DecodeError::BadField("path_len", 5000))
         );
+        // The lengths must add up to the record's size.
+        let mut rec = record();
+        rec.path_len = 8;
+        assert_eq!(
+            decode(&wire(&rec)),
+            Err(DecodeError::BadField("path_len + raw_len", 9))
+        );
+        let mut rec = record();
+        rec.header.size = FILE_OPEN_FIXED_BYTES as u32 - 1;
+        assert!(matches!(
+            decode(&wire(&rec)),
+            Err(DecodeError::SizeMismatch { .. })
+        ));
         let mut rec = record();
         rec.probe = 99;
-        assert_eq!(
-            decode(&bytes(&rec)),
-            Err(DecodeError::BadField("probe", 99))
-        );
+        assert_eq!(decode(&wire(&rec)), Err(DecodeError::BadField("probe", 99)));
     }
 
     #[test]
@@ -452,7 +563,10 @@ mod tests {
         rec.filename_len = 7;
         rec.args[..10].copy_from_slice(b"sh\0-c\0id\xff\0");
         rec.args_len = 10;
-        let Ok(Event::Process(p)) = decode(&bytes(&rec)) else {
+        rec.header.size = (PROCESS_ARGS_OFFSET + 10) as u32;
+        let mut data = bytes(&rec);
+        data.truncate(PROCESS_ARGS_OFFSET + 10);
+        let Ok(Event::Process(p)) = decode(&data) else {
             panic!()
         };
         assert_eq!(p.kind, ProcessEventKind::Exec);
@@ -461,8 +575,33 @@ mod tests {
             p.args,
             Some(vec![b"sh".to_vec(), b"-c".to_vec(), b"id\xff".to_vec()])
         );
+        // The size must be what the argv needs.
+        rec.header.size += 1;
+        assert!(matches!(
+            decode(&bytes(&rec)),
+            Err(DecodeError::SizeMismatch { .. })
+        ));
         rec.event = 9;
         assert_eq!(decode(&bytes(&rec)), Err(DecodeError::BadField("event", 9)));
+    }
+
+    #[test]
+    fn decodes_a_fork_without_its_unused_tail() {
+        // SAFETY: all-zero is a valid ProcessRecord.
+        let mut rec: ProcessRecord = unsafe { std::mem::zeroed() };
+        rec.header = RecordHeader::of::<ProcessRecord>(KIND_PROCESS);
+        rec.header.size = PROCESS_FIXED_BYTES as u32;
+        rec.event = process_event::FORK;
+        rec.pid = 8;
+        let mut data = bytes(&rec);
+        data.truncate(PROCESS_FIXED_BYTES);
+        let Ok(Event::Process(p)) = decode(&data) else {
+            panic!()
+        };
+        assert_eq!(
+            (p.kind, p.pid, p.filename),
+            (ProcessEventKind::Fork, 8, None)
+        );
     }
 
     #[test]

@@ -21,11 +21,13 @@ use crate::{
     process::ProcessTable,
     secrets::SecretTable,
     sinks::{self, forensic, metrics::Metrics},
+    summaries::{AllowedKey, Finished, RepeatOrigins, Tally},
 };
 
 /// Longest a record waits for its container's metadata.
 pub const HOLD: Duration = Duration::from_millis(500);
-/// An allowed access is written once per (container, binary, secret) per this long.
+/// An allowed access is written once per (container, binary, secret, path or endpoint) per
+/// this long.
 pub const ALLOWED_EVERY: Duration = Duration::from_secs(600);
 
 /// A record waiting for its container's metadata and its verdict.
@@ -38,6 +40,8 @@ struct Held {
     path: Option<Vec<u8>>,
     outside_root: bool,
     until: Instant,
+    /// The kernel counts this access's repeats under this key.
+    repeat: Option<credwatch_common::RepeatKey>,
 }
 
 pub struct Pipeline {
@@ -52,8 +56,12 @@ pub struct Pipeline {
     pub boot_to_unix_ns: i128,
     next_event: u64,
     held: VecDeque<Held>,
-    /// When an allowed (container, binary, secret) was last written.
-    allowed_logged: HashMap<(String, Vec<u8>, String), Instant>,
+    /// When an allowed (container, binary, secret, path or endpoint) was last written.
+    allowed_logged: HashMap<AllowedKey, Instant>,
+    /// Containers already warned about for holding too many secret files.
+    secret_budget_warned: std::collections::HashSet<String>,
+    /// What each access whose repeats the kernel is counting was reported as.
+    repeat_origins: RepeatOrigins,
     /// Containers whose filesystem has been searched for secret files.
     scanned: std::collections::HashSet<u64>,
     /// A container started running programs: search its filesystem soon.
@@ -86,6 +94,8 @@ impl Pipeline {
             next_event: 0,
             held: VecDeque::new(),
             allowed_logged: HashMap::new(),
+            repeat_origins: RepeatOrigins::default(),
+            secret_budget_warned: Default::default(),
             scanned: Default::default(),
             rescan: false,
             learned: Default::default(),
@@ -144,7 +154,11 @@ impl Pipeline {
         let process = self.processes.describe(open);
         let catalog = &self.policies.catalog;
         let Some(credential) = self.secrets.classify(catalog, open, process.ns_pid) else {
-            return; // the kernel keys are coarser than the globs
+            // The kernel keys are coarser than the globs; its repeats are not credentials either.
+            if let Some(key) = open.repeat {
+                self.repeat_origins.remember(key, None);
+            }
+            return;
         };
         let rule = &catalog.files[credential.rule];
         let secret = (rule.name.clone(), rule.catalog.clone());
@@ -158,6 +172,7 @@ impl Pipeline {
             path: Some(credential.path),
             outside_root: open.path_flags & credwatch_common::path_flag::OUTSIDE_ROOT != 0,
             until: Instant::now() + HOLD,
+            repeat: open.repeat,
         };
         if let Some(still_waiting) = self.attribute(held, Instant::now()) {
             self.held.push_back(still_waiting);
@@ -212,6 +227,7 @@ impl Pipeline {
             path: None,
             outside_root: false,
             until: Instant::now() + HOLD,
+            repeat: None,
         };
         if let Some(still_waiting) = self.attribute(held, Instant::now()) {
             self.held.push_back(still_waiting);
@@ -246,6 +262,10 @@ impl Pipeline {
             container: None,
             pod: None,
             policy: None,
+            count: None,
+            first_ts: None,
+            last_ts: None,
+            repeat_of: None,
         }
     }
 
@@ -256,7 +276,9 @@ impl Pipeline {
             .containers
             .resolve(held.cgroup_id, held.pid, Lookup::Fresh);
         let (meta, host_cgroup) = match origin {
-            Origin::Container(meta) => (Some(meta), None),
+            Origin::Container(meta) => {
+                (Some(self.containers.with_state(held.cgroup_id, meta)), None)
+            }
             Origin::Host { cgroup } => (None, cgroup),
         };
         if let Some(m) = &meta
@@ -281,6 +303,9 @@ impl Pipeline {
             held.outside_root,
         );
         if judgement.verdict == Verdict::Ignored {
+            if let Some(key) = held.repeat {
+                self.repeat_origins.remember(key, None);
+            }
             return None;
         }
         let record = &mut held.record;
@@ -291,61 +316,238 @@ impl Pipeline {
             action: judgement.action.as_str(),
         });
         record.container = meta.as_deref().map(sinks::container_section);
+        record.process.container_entry =
+            meta.as_deref().and_then(|m| m.init_pid).and_then(|init| {
+                self.processes
+                    .container_entry(held.pid, held.cgroup_id, init)
+            });
         record.pod = meta.as_deref().and_then(sinks::pod_section);
+        record.process.cgroup = host_cgroup.clone();
 
-        let (namespace, workload, container) = match meta.as_deref() {
-            Some(m) => (
-                m.pod
-                    .as_ref()
-                    .and_then(|p| p.namespace.clone())
-                    .unwrap_or_default(),
-                crate::containers::workload(m),
-                m.name.clone().unwrap_or_default(),
-            ),
-            None => Default::default(),
-        };
-        let labels = [
-            namespace.as_str(),
-            &workload,
-            &container,
-            &secret,
-            record.kind,
-        ];
-        let [ns, wl, ct, sc, kind] = labels;
-        self.metrics
-            .credential_access
-            .with_label_values(&[ns, wl, ct, sc, kind, record.verdict])
-            .inc();
-        if judgement.verdict == Verdict::Deviation && judgement.action == Action::Alert {
-            self.metrics
-                .deviations
-                .with_label_values(&[ns, wl, ct, sc, kind, judgement.reason])
-                .inc();
-        }
-        if judgement.verdict == Verdict::Allowed {
-            let key = (
+        let [namespace, workload, container] = crate::containers::metric_labels(meta.as_deref());
+        // Every distinct path or endpoint of an allowed access reaches the log once per
+        // interval, so the log is complete evidence for `credwatch learn`.
+        let allowed_key = (judgement.verdict == Verdict::Allowed).then(|| {
+            let target = match (&record.file, &record.network) {
+                (Some(f), _) => f.path.clone(),
+                (None, Some(n)) => format!("{}:{}", n.address, n.port),
+                (None, None) => String::new(),
+            };
+            (
                 meta.as_ref()
                     .map_or_else(|| "host".to_string(), |m| m.id.clone()),
                 held.exe.clone().unwrap_or_default(),
+                secret.clone(),
+                target,
+            )
+        });
+        let tally = Tally {
+            labels: [
+                namespace,
+                workload,
+                container,
                 secret,
+                record.kind.to_string(),
+            ],
+            verdict: record.verdict,
+            reason: judgement.reason,
+            alert: judgement.verdict == Verdict::Deviation && judgement.action == Action::Alert,
+            allowed_key,
+        };
+        self.report(&held.record, &tally, 1, now);
+        // Kept (not copied) for the summary of its repeats.
+        if let Some(key) = held.repeat {
+            self.repeat_origins
+                .remember(key, Some((held.record, tally)));
+        }
+        None
+    }
+
+    /// Counts `accesses` accesses in the metrics and writes the record, unless it is an
+    /// allowed access already written in this interval.
+    fn report(&mut self, record: &forensic::Record, tally: &Tally, accesses: u64, now: Instant) {
+        let [ns, wl, ct, sc, kind] = tally.labels.each_ref().map(String::as_str);
+        use crate::sinks::metrics::Family;
+        self.metrics.add(
+            Family::CredentialAccess,
+            &[ns, wl, ct, sc, kind, tally.verdict],
+            accesses,
+        );
+        if tally.alert {
+            self.metrics.add(
+                Family::Deviations,
+                &[ns, wl, ct, sc, kind, tally.reason],
+                accesses,
             );
+        }
+        if let Some(key) = &tally.allowed_key {
             if self
                 .allowed_logged
-                .get(&key)
+                .get(key)
                 .is_some_and(|at| now.duration_since(*at) < ALLOWED_EVERY)
             {
-                return None;
+                return;
             }
-            self.allowed_logged.insert(key, now);
+            self.allowed_logged.insert(key.clone(), now);
         }
-        if let Err(err) = self.log.write(&held.record) {
+        let written = self.log.write(record);
+        self.count_unwritten(written);
+    }
+
+    /// Writes the records queued for the log (after each batch from the ring buffer and each
+    /// timer: records are never held back longer than that).
+    pub fn flush_log(&mut self) {
+        let written = self.log.flush();
+        self.count_unwritten(written);
+    }
+
+    fn count_unwritten(&self, written: Result<(), forensic::Lost>) {
+        if let Err(forensic::Lost(err, records)) = written {
             self.metrics
                 .events_lost
                 .with_label_values(&["log_write"])
-                .inc();
-            warn!("forensic log: {err:#}");
+                .inc_by(records as u64);
+            warn!("forensic log: {err:#} ({records} record(s) not written)");
         }
-        None
+    }
+
+    /// Names the containers whose filesystems hold more catalogue files than their share of
+    /// the kernel's secret-inode map (a warning once, and a gauge while it lasts).
+    pub fn report_secret_budgets(&mut self, over: &[crate::secrets::OverBudget]) {
+        self.metrics.secret_files_over_budget.reset();
+        for o in over {
+            let pid = o
+                .root
+                .strip_prefix("/proc")
+                .ok()
+                .and_then(|rest| rest.iter().next())
+                .and_then(|p| p.to_str()?.parse::<u32>().ok());
+            let meta = pid.and_then(|pid| {
+                let cgroup_id = self.processes.cgroup_of(pid)?;
+                self.containers
+                    .resolve(cgroup_id, pid, Lookup::Cached)
+                    .container()
+            });
+            let [namespace, workload, container] =
+                crate::containers::metric_labels(meta.as_deref());
+            let id = meta.as_deref().map_or("the host", |m| m.id.as_str());
+            if self.secret_budget_warned.insert(id.to_string()) {
+                warn!(
+                    "{id}: more than {} catalogue files ({}+ under {}); only the first are tracked by inode, the rest by path",
+                    crate::secrets::MAX_FILES_PER_ROOT,
+                    o.found,
+                    o.root.display()
+                );
+            }
+            self.metrics
+                .secret_files_over_budget
+                .with_label_values(&[&namespace, &workload, &container])
+                .set(o.found as i64);
+        }
+    }
+
+    /// Reports what containers' budgets cut in finished windows: one summary record per
+    /// container, catalogue entry and window (`verdict: "suppressed"`, `count`), counted in
+    /// `credwatch_over_budget_total` and as credential accesses.
+    pub fn report_suppressed(
+        &mut self,
+        finished: &[(
+            credwatch_common::SuppressedKey,
+            crate::probes::repeats::Repeats,
+        )],
+    ) {
+        let now = Instant::now();
+        for (key, cut) in finished.iter().filter(|(_, cut)| cut.count > 0) {
+            let catalog = &self.policies.catalog;
+            let rule = if key.rule & credwatch_common::SECRET_RULE != 0 {
+                self.secrets
+                    .rule_of(key.rule & !credwatch_common::SECRET_RULE)
+            } else {
+                Some(key.rule as usize)
+            };
+            let (name, entry) = match rule.and_then(|r| catalog.files.get(r)) {
+                Some(r) => (r.name.clone(), format!("{}/{}", r.catalog, r.name)),
+                // The catalogue changed since (a reload): still reported, unnamed.
+                None => ("unknown".to_string(), String::new()),
+            };
+            let meta = self
+                .containers
+                .resolve(key.cgroup_id, 0, Lookup::Cached)
+                .container();
+            let [namespace, workload, container] =
+                crate::containers::metric_labels(meta.as_deref());
+            self.metrics.add(
+                crate::sinks::metrics::Family::OverBudget,
+                &[&namespace, &workload, &container],
+                cut.count,
+            );
+            let wall = |ns: u64| sinks::rfc3339(self.boot_to_unix_ns + ns as i128);
+            self.next_event += 1;
+            let record = forensic::Record {
+                schema: forensic::SCHEMA,
+                ts: wall(cut.last_ns).unwrap_or_default(),
+                event_id: format!("{:016x}-budget-{}", cut.first_ns, self.next_event),
+                node: self.node.clone(),
+                verdict: "suppressed",
+                reason: "container over its record budget".to_string(),
+                kind: "file",
+                secret: forensic::SecretSection {
+                    name: name.clone(),
+                    catalog_entry: entry,
+                },
+                file: None,
+                network: None,
+                process: Default::default(),
+                container: meta.as_deref().map(sinks::container_section),
+                pod: meta.as_deref().and_then(sinks::pod_section),
+                policy: None,
+                count: Some(cut.count),
+                first_ts: wall(cut.first_ns),
+                last_ts: wall(cut.last_ns),
+                repeat_of: None,
+            };
+            let tally = Tally {
+                labels: [namespace, workload, container, name, "file".to_string()],
+                verdict: "suppressed",
+                reason: "container over its record budget",
+                alert: false,
+                allowed_key: None,
+            };
+            self.report(&record, &tally, cut.count, now);
+        }
+    }
+
+    /// Reports the repeats the kernel counted in finished windows (`all`: every window, the
+    /// probes are gone). Returns the kernel entries that are done with.
+    pub fn report_repeats(
+        &mut self,
+        finished: &[(credwatch_common::RepeatKey, crate::probes::repeats::Repeats)],
+        now_epoch: u32,
+        all: bool,
+    ) -> Vec<credwatch_common::RepeatKey> {
+        let mut done = Vec::with_capacity(finished.len());
+        for (key, repeats) in finished {
+            match self.repeat_origins.finish(key, *repeats, now_epoch, all) {
+                Finished::Wait => continue,
+                Finished::Done => {}
+                Finished::Summary(summary) => {
+                    let (mut record, tally) = *summary;
+                    let wall = |ns: u64| sinks::rfc3339(self.boot_to_unix_ns + ns as i128);
+                    record.first_ts = wall(repeats.first_ns);
+                    record.last_ts = wall(repeats.last_ns);
+                    record.ts = record.last_ts.clone().unwrap_or_default();
+                    self.report(&record, &tally, repeats.count, Instant::now());
+                }
+                Finished::Unattributed(count) => {
+                    self.metrics
+                        .events_lost
+                        .with_label_values(&["repeat_unattributed"])
+                        .inc_by(count);
+                }
+            }
+            done.push(*key);
+        }
+        done
     }
 
     /// Retries held records; with `flush`, writes all of them with what is known.

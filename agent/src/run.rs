@@ -11,7 +11,11 @@ use crate::{
     containers::{Containers, StateRoots, runtime_api::RuntimeApi},
     pipeline::Pipeline,
     policy,
-    probes::Probes,
+    probes::KernelFilter,
+    probes::{
+        Probes,
+        repeats::{KernelRepeats, KernelSuppressed},
+    },
     process::ProcessTable,
     secrets,
     sinks::{self, forensic, metrics::Metrics},
@@ -20,7 +24,7 @@ use crate::{
 /// How often existing secret files are looked up again (new files, replaced inodes).
 const SECRET_REFRESH: Duration = Duration::from_secs(10);
 
-/// `credwatch run` arguments (DESIGN §5).
+/// `credwatch run` arguments (docs/contract.md).
 #[derive(clap::Args, Debug)]
 pub struct RunOptions {
     #[arg(long, default_value = "./policies")]
@@ -43,9 +47,49 @@ pub struct RunOptions {
     /// Rotated log files to keep.
     #[arg(long, default_value_t = 5)]
     pub log_keep: u32,
+    /// Size of the kernel ring buffer in MiB (a power of two). Kernel memory, reserved whole;
+    /// a file-open record takes ~130 bytes plus its paths, so 8 MiB holds ~40,000 of them.
+    #[arg(long, default_value_t = 8, value_parser = ring_buffer_mib)]
+    pub ring_buffer_mib: u32,
+    /// Records per second each container (cgroup) may send through the ring buffer once its
+    /// burst is spent; what is over is counted in the kernel and reported as summaries
+    /// (`verdict: "suppressed"`). 0 = no budget.
+    #[arg(long, default_value_t = 1000)]
+    pub container_records_per_sec: u32,
+    /// Records a container may send at once (its budget's burst).
+    #[arg(long, default_value_t = 10_000)]
+    pub container_burst: u32,
+}
+
+/// The kernel's form of the per-container record budget.
+fn budget(opts: &RunOptions) -> credwatch_common::Budget {
+    match opts.container_records_per_sec {
+        0 => credwatch_common::Budget::default(),
+        rate => {
+            let cost_ns = 1_000_000_000 / rate as u64;
+            credwatch_common::Budget {
+                cost_ns: cost_ns.max(1),
+                cap_ns: cost_ns.max(1) * opts.container_burst.max(1) as u64,
+            }
+        }
+    }
+}
+
+fn ring_buffer_mib(text: &str) -> Result<u32, String> {
+    let mib: u32 = text.parse().map_err(|e| format!("{e}"))?;
+    if !mib.is_power_of_two() || mib > 1024 {
+        return Err(format!("{mib} is not a power of two from 1 to 1024"));
+    }
+    Ok(mib)
 }
 
 pub fn run(opts: RunOptions) -> Result<()> {
+    run_for(opts, None).map(|_| ())
+}
+
+/// `run`, stopping by itself after `duration` (`credwatch learn --live`). Returns when the
+/// probes were attached: what it saw starts there.
+pub fn run_for(opts: RunOptions, duration: Option<Duration>) -> Result<time::OffsetDateTime> {
     let set = policy::load_dir(&opts.policies).map_err(|problems| {
         for p in &problems {
             eprintln!("{p}");
@@ -63,10 +107,7 @@ pub fn run(opts: RunOptions) -> Result<()> {
         set.catalog.files.len()
     );
     let (secret_table, filter) = secrets::resolve(&set.catalog, &[]);
-    // Seeded before the probes attach: processes started later arrive as events.
-    let mut processes = ProcessTable::new();
-    processes.seed_from_procfs();
-    let mut probes = Probes::load()?;
+    let mut probes = Probes::load(opts.ring_buffer_mib << 20, budget(&opts))?;
     probes.sync_filter(&filter)?;
     info!(
         "kernel filter: {} prefixes, {} suffixes, {} secret inodes",
@@ -75,11 +116,21 @@ pub fn run(opts: RunOptions) -> Result<()> {
         filter.inodes.len()
     );
     print_probe_summary(&probes);
+    // What this run can see starts here (`learn --live`'s window).
+    let attached_at = time::OffsetDateTime::now_utc();
 
     let metrics = Arc::new(Metrics::new());
     let stats = probes.take_stats()?;
     metrics.set_probes(&probes.status, stats);
     let ring = probes.take_events()?;
+    let mut repeats = probes.take_repeats()?;
+    let mut suppressed = probes.take_suppressed()?;
+    // Seeded once the probes are attached, so that every process is either in /proc now or
+    // has its fork/exec/exit waiting in the ring buffer (seeded earlier, a process that exited
+    // while the programs loaded would never be forgotten). The queued events are applied after
+    // the seed, in the order they happened.
+    let mut processes = ProcessTable::new();
+    processes.seed_from_procfs();
     let mut pipeline = Pipeline::new(
         set,
         secret_table,
@@ -109,6 +160,9 @@ pub fn run(opts: RunOptions) -> Result<()> {
         refresh.tick().await;
         let mut housekeeping = tokio::time::interval(Duration::from_secs(5));
         let mut hold_check = tokio::time::interval(Duration::from_millis(50));
+        let mut repeat_check = tokio::time::interval(REPEAT_CHECK);
+        let mut scan: Option<SecretScan> = None;
+        let mut scan_again = false;
         let mut policy_check = tokio::time::interval(POLICY_CHECK);
         let mut hangup = tokio::signal::unix::signal(SignalKind::hangup())?;
         let mut reloader = Reloader {
@@ -119,13 +173,26 @@ pub fn run(opts: RunOptions) -> Result<()> {
         let mut terminate = tokio::signal::unix::signal(SignalKind::terminate())?;
         let mut interrupt = tokio::signal::unix::signal(SignalKind::interrupt())?;
         eprintln!("credwatch: ready (metrics on http://{metrics_addr}/metrics)");
+        let stop_after = async {
+            match duration {
+                Some(d) => tokio::time::sleep(d).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::pin!(stop_after);
         loop {
             tokio::select! {
                 guard = ring.readable_mut() => {
                     let mut guard = guard?;
                     let events = guard.get_inner_mut();
+                    let mut handled = 0usize;
                     while let Some(item) = events.next() {
                         pipeline.handle(&item);
+                        handled += 1;
+                        // A ring that never empties (a flood) still reaches the log.
+                        if handled.is_multiple_of(LOG_BATCH) {
+                            pipeline.flush_log();
+                        }
                     }
                     guard.clear_ready();
                     // Addresses just learned from DNS: into the kernel before the next batch.
@@ -134,12 +201,29 @@ pub fn run(opts: RunOptions) -> Result<()> {
                     }
                 }
                 _ = refresh.tick() => {
-                    refresh_secrets(&mut pipeline, &mut probes);
+                    start_scan(&pipeline, &mut scan, &mut scan_again);
                     pipeline.boot_to_unix_ns = boot_to_unix_ns();
                 }
+                done = async { (&mut scan.as_mut().expect("guarded").task).await }, if scan.is_some() => {
+                    let policies = scan.take().map(|s| s.policies).unwrap_or_default();
+                    match done {
+                        Ok(result) => apply_scan(&mut pipeline, &mut probes, &policies, result),
+                        Err(err) => warn!("the secret search failed: {err}"),
+                    }
+                    if std::mem::take(&mut scan_again) {
+                        start_scan(&pipeline, &mut scan, &mut scan_again);
+                    }
+                }
                 _ = housekeeping.tick() => {
-                    pipeline.processes.expire(std::time::Instant::now());
+                    let now = std::time::Instant::now();
+                    let missed = pipeline.processes.reconcile_with_procfs(now);
+                    if missed > 0 {
+                        log::debug!("{missed} process(es) gone without an exit event");
+                        pipeline.metrics.process_exits_missed.inc_by(missed as u64);
+                    }
+                    pipeline.processes.expire(now);
                     pipeline.expire_allowed(std::time::Instant::now());
+                    pipeline.metrics.expire_series(now);
                     pipeline.learned.expire(std::time::Instant::now());
                     pipeline.containers.sweep();
                     pipeline.metrics.processes.set(pipeline.processes.len() as i64);
@@ -151,36 +235,103 @@ pub fn run(opts: RunOptions) -> Result<()> {
                     pipeline.release_held(false);
                     // A new container: learn its secrets' inodes now, not at the next refresh.
                     if pipeline.take_rescan() {
-                        refresh_secrets(&mut pipeline, &mut probes);
+                        start_scan(&pipeline, &mut scan, &mut scan_again);
                     }
+                }
+                _ = repeat_check.tick() => {
+                    report_repeats(&mut pipeline, &mut repeats, false);
+                    report_suppressed(&mut pipeline, &mut suppressed, false);
                 }
                 _ = policy_check.tick() => reloader.reload(&mut pipeline, &mut probes, false),
                 _ = hangup.recv() => reloader.reload(&mut pipeline, &mut probes, true),
                 _ = terminate.recv() => break,
                 _ = interrupt.recv() => break,
+                _ = &mut stop_after => break,
             }
+            pipeline.flush_log();
+        }
+        // What is still in the ring buffer, then every count the kernel holds.
+        while let Some(item) = ring.get_mut().next() {
+            pipeline.handle(&item);
         }
         pipeline.release_held(true);
+        report_repeats(&mut pipeline, &mut repeats, true);
+        report_suppressed(&mut pipeline, &mut suppressed, true);
+        pipeline.flush_log();
         server.abort();
         info!("stopping: detaching probes");
         drop(probes);
-        Ok(())
+        Ok(attached_at)
     })
 }
 
-/// Looks up the inodes of the catalogue's existing files, on the host and in every running
-/// container, and updates the kernel's secret-inode map (new containers, rotated secrets).
-fn refresh_secrets(pipeline: &mut Pipeline, probes: &mut Probes) {
+/// Records handled from the ring buffer between writes to the log.
+const LOG_BATCH: usize = 1024;
+
+/// How often the kernel's counts of repeated accesses are looked at (windows are ~1 s).
+const REPEAT_CHECK: Duration = Duration::from_millis(500);
+
+/// Writes summaries of the repeats counted in finished windows and deletes their entries.
+fn report_repeats(pipeline: &mut Pipeline, repeats: &mut KernelRepeats, all: bool) {
+    let now_epoch = crate::probes::repeats::epoch_of(clock_ns(libc::CLOCK_BOOTTIME) as u64);
+    let finished = repeats.finished(now_epoch, all);
+    if finished.is_empty() {
+        return;
+    }
+    let done = pipeline.report_repeats(&finished, now_epoch, all);
+    repeats.forget(&done);
+}
+
+/// Writes summaries of what containers' budgets cut in finished windows.
+fn report_suppressed(pipeline: &mut Pipeline, suppressed: &mut KernelSuppressed, all: bool) {
+    let now_epoch = crate::probes::repeats::epoch_of(clock_ns(libc::CLOCK_BOOTTIME) as u64);
+    let finished = suppressed.finished(now_epoch, all);
+    if finished.is_empty() {
+        return;
+    }
+    pipeline.report_suppressed(&finished);
+    let keys: Vec<_> = finished.into_iter().map(|(key, _)| key).collect();
+    suppressed.forget(&keys);
+}
+
+/// A search of the host's and every running container's filesystem for the catalogue's
+/// files, on a worker thread: thousands of files in a container must not hold up the events.
+struct SecretScan {
+    /// The policy set it searched for (a reload in between makes it stale).
+    policies: String,
+    task: tokio::task::JoinHandle<(secrets::SecretTable, KernelFilter, Vec<secrets::OverBudget>)>,
+}
+
+/// Starts a search unless one is running (then `again` asks for another once it is done).
+fn start_scan(pipeline: &Pipeline, scan: &mut Option<SecretScan>, again: &mut bool) {
+    if scan.is_some() {
+        *again = true;
+        return;
+    }
     let roots = pipeline.container_roots();
-    let (table, mut filter) = secrets::resolve(&pipeline.policies.catalog, &roots);
+    let catalog = pipeline.policies.catalog.clone();
+    *scan = Some(SecretScan {
+        policies: pipeline.policies.sha256.clone(),
+        task: tokio::task::spawn_blocking(move || secrets::resolve_with_budgets(&catalog, &roots)),
+    });
+}
+
+/// Puts a finished search's inodes into the kernel (new containers, rotated secrets).
+fn apply_scan(
+    pipeline: &mut Pipeline,
+    probes: &mut Probes,
+    policies: &str,
+    result: (secrets::SecretTable, KernelFilter, Vec<secrets::OverBudget>),
+) {
+    if policies != pipeline.policies.sha256 {
+        return; // searched for a catalogue that has since been replaced
+    }
+    let (table, mut filter, over_budget) = result;
+    pipeline.report_secret_budgets(&over_budget);
     filter
         .endpoints
         .extend(pipeline.learned.endpoint_keys(&pipeline.policies.catalog));
-    log::debug!(
-        "secret inodes: {} (host and {} container root(s))",
-        filter.inodes.len(),
-        roots.len()
-    );
+    log::debug!("secret inodes: {}", filter.inodes.len());
     match probes.sync_filter(&filter) {
         Ok(()) => pipeline.secrets = table,
         Err(err) => warn!("refreshing the secret inodes failed: {err:#}"),

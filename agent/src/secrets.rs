@@ -17,7 +17,21 @@ use crate::{
 
 /// Bounds on the directory walk that finds existing secret files.
 const MAX_WALK_DEPTH: usize = 8;
-const MAX_SECRET_FILES: usize = 16384;
+/// The kernel's secret-inode map holds this many.
+const MAX_SECRET_FILES: usize = 65536;
+/// Secret files one filesystem (a container's, or the host's) may put into the kernel's map:
+/// a container that fills its /run/secrets with thousands of files takes only its own share,
+/// and is reported (`Resolved::over_budget`).
+pub const MAX_FILES_PER_ROOT: usize = 1024;
+
+/// A filesystem that holds more catalogue files than its share.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OverBudget {
+    /// `/` for the host, else `/proc/<pid>/root`.
+    pub root: PathBuf,
+    /// Files found (the search stops just past the budget).
+    pub found: usize,
+}
 
 /// A credential file that exists on this host, known by inode.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -26,10 +40,14 @@ pub struct KnownSecret {
     pub path: Vec<u8>,
 }
 
-/// Secrets by the id the kernel's inode map returns (id = index + 1).
+/// Secrets by the id the kernel's inode map returns (id = index + 1), and by inode.
 #[derive(Debug, Default)]
 pub struct SecretTable {
     known: Vec<KnownSecret>,
+    /// (kernel dev, ino) → index. Records are looked up by their inode, not by the kernel's
+    /// id: ids change with every search, and records already in the ring buffer carry the
+    /// previous search's (a secret named by another secret's id would be mislabelled).
+    by_inode: std::collections::HashMap<InodeKey, usize>,
 }
 
 /// The credential an open touched.
@@ -46,28 +64,61 @@ pub struct Credential {
 /// inside each container (`container_roots`: `/proc/<pid>/root` of a process in each), and
 /// builds the complete in-kernel filter (path keys + the inodes of those files).
 pub fn resolve(catalog: &Catalog, container_roots: &[PathBuf]) -> (SecretTable, KernelFilter) {
+    let (table, filter, _) = resolve_with_budgets(catalog, container_roots);
+    (table, filter)
+}
+
+/// `resolve`, also naming the filesystems that hold more catalogue files than their share
+/// (`MAX_FILES_PER_ROOT`; their first files are still tracked).
+pub fn resolve_with_budgets(
+    catalog: &Catalog,
+    container_roots: &[PathBuf],
+) -> (SecretTable, KernelFilter, Vec<OverBudget>) {
     let mut table = SecretTable::default();
     let mut inodes: BTreeMap<InodeKey, u32> = BTreeMap::new();
+    let mut over_budget = Vec::new();
     let roots = std::iter::once((PathBuf::from("/"), false))
         .chain(container_roots.iter().map(|r| (r.clone(), true)));
     for (root, confined) in roots {
+        let mut from_root = 0usize;
+        let mut found = 0usize;
         for (rule_index, rule) in catalog.files.iter().enumerate() {
             for pattern in &rule.paths {
                 let Some(dir) = literal_dir(pattern) else {
                     continue;
                 };
                 let mut files = Vec::new();
-                let inside = root.join(dir.strip_prefix("/").unwrap_or(&dir));
-                collect_files(&inside, 0, confined, &mut files);
+                // The path as the container (or host) sees it.
+                let seen =
+                    |file: &Path| Path::new("/").join(file.strip_prefix(&root).unwrap_or(file));
+                let is_plain = !pattern.contains(GLOB_META);
+                let single = root.join(pattern.trim_start_matches('/'));
+                if is_plain {
+                    // One file: no directory to walk.
+                    if std::fs::metadata(&single).is_ok_and(|m| m.is_file())
+                        && (!confined || !single.is_symlink() || is_contained_link(&single))
+                    {
+                        files.push(single);
+                    }
+                } else {
+                    let inside = root.join(dir.strip_prefix("/").unwrap_or(&dir));
+                    // Bounded: one match past the budget is enough to know it is exceeded.
+                    let limit = (MAX_FILES_PER_ROOT + 1).saturating_sub(found);
+                    let keep = |file: &Path| rule.matches(seen(file).as_os_str().as_bytes());
+                    collect_files(&inside, 0, confined, limit, &keep, &mut files);
+                }
+                found += files.len();
                 for file in files {
+                    if from_root >= MAX_FILES_PER_ROOT {
+                        break;
+                    }
                     if table.known.len() >= MAX_SECRET_FILES {
                         log::warn!(
                             "more than {MAX_SECRET_FILES} secret files; inode tracking stops here"
                         );
                         break;
                     }
-                    // The path as the container (or host) sees it.
-                    let seen = Path::new("/").join(file.strip_prefix(&root).unwrap_or(&file));
+                    let seen = seen(&file);
                     let bytes = seen.as_os_str().as_bytes();
                     if !rule.matches(bytes) {
                         continue;
@@ -86,9 +137,14 @@ pub fn resolve(catalog: &Catalog, container_roots: &[PathBuf]) -> (SecretTable, 
                         rule: rule_index,
                         path: bytes.to_vec(),
                     });
+                    table.by_inode.insert(key, table.known.len() - 1);
                     inodes.insert(key, table.known.len() as u32);
+                    from_root += 1;
                 }
             }
+        }
+        if found > MAX_FILES_PER_ROOT {
+            over_budget.push(OverBudget { root, found });
         }
     }
     (
@@ -99,8 +155,12 @@ pub fn resolve(catalog: &Catalog, container_roots: &[PathBuf]) -> (SecretTable, 
             endpoints: catalog.endpoint_keys(),
             named_ports: catalog.named_ports(),
         },
+        over_budget,
     )
 }
+
+/// Characters that make a catalogue pattern a glob rather than a literal path.
+const GLOB_META: [char; 5] = ['*', '?', '[', '{', '\\'];
 
 /// The directory a glob is anchored at: its literal part up to the last `/` before the first
 /// wildcard; None for patterns that start with `**` (those cannot be enumerated).
@@ -109,9 +169,7 @@ fn literal_dir(pattern: &str) -> Option<PathBuf> {
     if pattern.starts_with("/proc/") || pattern.starts_with("/sys/") {
         return None;
     }
-    let literal_end = pattern
-        .find(['*', '?', '[', '{', '\\'])
-        .unwrap_or(pattern.len());
+    let literal_end = pattern.find(GLOB_META).unwrap_or(pattern.len());
     let literal = &pattern[..literal_end];
     if literal_end == pattern.len() {
         // A plain file name: its directory is walked to depth 0 (the file itself matches).
@@ -129,8 +187,15 @@ fn literal_dir(pattern: &str) -> Option<PathBuf> {
 /// not descended into, so every secret is found under the name users know. Inside a container
 /// (`confined`) only relative symlinks without `..` steps are followed: anything else would be
 /// resolved against the host's filesystem, not the container's.
-fn collect_files(dir: &Path, depth: usize, confined: bool, out: &mut Vec<PathBuf>) {
-    if depth > MAX_WALK_DEPTH || out.len() >= MAX_SECRET_FILES {
+fn collect_files(
+    dir: &Path,
+    depth: usize,
+    confined: bool,
+    limit: usize,
+    keep: &dyn Fn(&Path) -> bool,
+    out: &mut Vec<PathBuf>,
+) {
+    if depth > MAX_WALK_DEPTH || out.len() >= limit {
         return;
     }
     let Ok(entries) = std::fs::read_dir(dir) else {
@@ -146,11 +211,14 @@ fn collect_files(dir: &Path, depth: usize, confined: bool, out: &mut Vec<PathBuf
         let Ok(kind) = entry.file_type() else {
             continue;
         };
+        if out.len() >= limit {
+            return;
+        }
         if kind.is_dir() {
-            collect_files(&path, depth + 1, confined, out);
+            collect_files(&path, depth + 1, confined, limit, keep, out);
         } else if kind.is_symlink() && confined && !is_contained_link(&path) {
             continue;
-        } else if std::fs::metadata(&path).is_ok_and(|m| m.is_file()) {
+        } else if keep(&path) && std::fs::metadata(&path).is_ok_and(|m| m.is_file()) {
             out.push(path);
         }
     }
@@ -169,14 +237,25 @@ fn is_contained_link(path: &Path) -> bool {
 impl SecretTable {
     /// Which credential `open` touched, if any. Userspace re-checks every record exactly: the
     /// kernel's prefix/suffix keys are coarser than the globs.
+    /// The catalogue entry of a known secret (by the kernel's secret id).
+    pub fn rule_of(&self, secret_id: u32) -> Option<usize> {
+        self.known
+            .get((secret_id as usize).checked_sub(1)?)
+            .map(|k| k.rule)
+    }
+
     pub fn classify(
         &self,
         catalog: &Catalog,
         open: &FileOpen,
         ns_pid: Option<u32>,
     ) -> Option<Credential> {
+        let inode = InodeKey {
+            dev: crate::events::user_dev_to_kernel(open.dev),
+            ino: open.ino,
+        };
         if open.secret_id != 0
-            && let Some(known) = self.known.get(open.secret_id as usize - 1)
+            && let Some(known) = self.by_inode.get(&inode).map(|&i| &self.known[i])
         {
             let opened_path = (known.path != open.path).then(|| open.path.clone());
             return Some(Credential {
@@ -190,7 +269,9 @@ impl SecretTable {
         } else {
             without_atomic_writer_dirs(&open.path)
         };
-        if is_own_proc_entry(&path, [Some(open.pid), Some(open.tid), ns_pid]) {
+        if is_own_proc_entry(&path, [Some(open.pid), Some(open.tid), ns_pid])
+            || names_itself(open.raw_path.as_deref(), &path)
+        {
             return None;
         }
         let (rule, _) = catalog.match_path(&path)?;
@@ -200,6 +281,47 @@ impl SecretTable {
             opened_path: None,
         })
     }
+}
+
+/// The process asked for `/proc/self/<rest>` (or `thread-self`) and got `/proc/<n>/<rest>`:
+/// itself, even when it is gone before its namespace pid could be looked up. `..`, symlinks
+/// (`/proc/self/root/...`) or a relative path would change `<rest>`, so they never pass.
+fn names_itself(raw: Option<&[u8]>, resolved: &[u8]) -> bool {
+    let Some(raw) = raw else { return false };
+    let Some(rest) = raw
+        .strip_prefix(b"/proc/self/")
+        .or_else(|| raw.strip_prefix(b"/proc/thread-self/"))
+    else {
+        return false;
+    };
+    if rest
+        .split(|&b| b == b'/')
+        .any(|part| part == b".." || part == b".")
+    {
+        return false;
+    }
+    let Some(after_proc) = resolved.strip_prefix(b"/proc/") else {
+        return false;
+    };
+    // /proc/<pid>/<rest>, or for thread-self /proc/<pid>/task/<tid>/<rest>.
+    let mut parts = after_proc.splitn(2, |&b| b == b'/');
+    let (Some(pid), Some(tail)) = (parts.next(), parts.next()) else {
+        return false;
+    };
+    if pid.is_empty() || !pid.iter().all(u8::is_ascii_digit) {
+        return false;
+    }
+    let tail = match tail.strip_prefix(b"task/") {
+        Some(task) if raw.starts_with(b"/proc/thread-self/") => {
+            let mut t = task.splitn(2, |&b| b == b'/');
+            match (t.next(), t.next()) {
+                (Some(tid), Some(tail)) if tid.iter().all(u8::is_ascii_digit) => tail,
+                _ => return false,
+            }
+        }
+        _ => tail,
+    };
+    tail == rest
 }
 
 /// `/proc/<n>/...` where n is the opener itself: a process reading its own environment is not
@@ -264,6 +386,66 @@ pub fn normalize_lexically(path: &[u8]) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn proc_self_names_the_opener_only_when_nothing_steers_it() {
+        let it =
+            |raw: &str, resolved: &str| names_itself(Some(raw.as_bytes()), resolved.as_bytes());
+        assert!(it("/proc/self/mem", "/proc/7/mem"));
+        assert!(it("/proc/self/environ", "/proc/123/environ"));
+        assert!(it("/proc/thread-self/environ", "/proc/7/task/9/environ"));
+        assert!(!it("/proc/self/../1/mem", "/proc/1/mem"), "steered with ..");
+        assert!(
+            !it("/proc/self/root/proc/1/mem", "/proc/1/mem"),
+            "through a symlink"
+        );
+        assert!(!it("/proc/1/mem", "/proc/1/mem"), "another process");
+        assert!(!it("mem", "/proc/1/mem"), "relative to a directory fd");
+        assert!(!names_itself(None, b"/proc/1/mem"));
+    }
+
+    #[test]
+    fn records_are_named_by_their_inode_not_by_a_stale_id() {
+        use std::os::unix::fs::MetadataExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let secrets = dir.path().join("s");
+        std::fs::create_dir_all(&secrets).unwrap();
+        for name in ["a", "b"] {
+            std::fs::write(secrets.join(name), name).unwrap();
+        }
+        let policies = dir.path().join("p");
+        std::fs::create_dir_all(&policies).unwrap();
+        std::fs::write(
+            policies.join("c.yaml"),
+            format!(
+                "apiVersion: credwatch.dev/v1alpha1\nkind: CredentialCatalog\nmetadata: {{name: t}}\nspec:\n  files:\n    - name: t\n      paths: [\"{}/**\"]\n",
+                secrets.display()
+            ),
+        )
+        .unwrap();
+        let catalog = crate::policy::load_dir(&policies).unwrap().catalog;
+        let (table, filter) = resolve(&catalog, &[]);
+        let meta = std::fs::metadata(secrets.join("b")).unwrap();
+        let id_of_b = filter.inodes[&InodeKey {
+            dev: crate::events::user_dev_to_kernel(meta.dev()),
+            ino: meta.ino(),
+        }];
+        let stale_id = if id_of_b == 1 { 2 } else { 1 };
+        // A record of "b" carrying the id an earlier search gave another file.
+        let open = FileOpen {
+            pid: 1,
+            tid: 1,
+            result: 3,
+            dev: meta.dev(),
+            ino: meta.ino(),
+            secret_id: stale_id,
+            matched: 1,
+            path: secrets.join("b").as_os_str().as_bytes().to_vec(),
+            ..Default::default()
+        };
+        let credential = table.classify(&catalog, &open, None).unwrap();
+        assert_eq!(credential.path, secrets.join("b").as_os_str().as_bytes());
+    }
 
     #[test]
     fn literal_dirs() {

@@ -145,7 +145,11 @@ impl Agent {
     /// All records so far.
     pub fn records(&self) -> Vec<Value> {
         let text = std::fs::read_to_string(&self.log).unwrap_or_default();
-        text.lines()
+        // The agent may be writing the last line while we read: only whole
+        // lines (ending in a newline) are records yet.
+        let complete = &text[..text.rfind('\n').map_or(0, |end| end + 1)];
+        complete
+            .lines()
             .map(|line| {
                 serde_json::from_str(line).unwrap_or_else(|e| panic!("bad JSON line {line:?}: {e}"))
             })

@@ -1,6 +1,7 @@
 //! Loading, feature checks and attaching of the kernel programs, and access to their maps.
 
 pub mod offsets;
+pub mod repeats;
 mod tracefs;
 
 use std::{collections::BTreeMap, path::Path};
@@ -12,7 +13,7 @@ use aya::{
     programs::TracePoint,
 };
 use credwatch_common::{
-    EndpointValue, InodeKey, IoUringOffsets, LearnedKey, PATH_KEY_BYTES, PathKeyData,
+    Budget, EndpointValue, InodeKey, IoUringOffsets, LearnedKey, PATH_KEY_BYTES, PathKeyData,
     STATS_ENTRIES, globals, maps, outcome, probe,
 };
 use log::{info, warn};
@@ -55,7 +56,9 @@ pub struct KernelFilter {
 impl Probes {
     /// Loads the programs with offsets from the running kernel and attaches every probe that
     /// can be attached. Fails only when nothing useful can run.
-    pub fn load() -> Result<Self> {
+    /// `ring_bytes`: the ring buffer's size (a power of two, whole pages); `budget`: each
+    /// cgroup's record budget.
+    pub fn load(ring_bytes: u32, budget: Budget) -> Result<Self> {
         tracefs::ensure_mounted()?;
         if let Err(err) = raise_memlock_limit() {
             // Kernels ≥ 5.11 account BPF memory to the cgroup instead; only older ones need it.
@@ -77,9 +80,11 @@ impl Probes {
             .map_err(|(_, e)| e)
             .context("possible CPUs")? as u32;
         let ebpf = EbpfLoader::new()
+            .map_max_entries(maps::EVENTS, ring_bytes)
             .override_global(globals::OFFSETS, &offsets, true)
             .override_global(globals::AGENT_TGID, &agent_tgid, true)
             .override_global(globals::NR_CPUS, &nr_cpus, true)
+            .override_global(globals::BUDGET, &budget, true)
             .override_global(
                 globals::URING_OFFSETS,
                 uring.as_ref().unwrap_or(&IoUringOffsets::default()),
@@ -270,6 +275,14 @@ impl Probes {
             .take_map(maps::EVENTS)
             .ok_or_else(|| anyhow!("EVENTS map missing"))?;
         Ok(RingBuf::try_from(map)?)
+    }
+
+    pub fn take_repeats(&mut self) -> Result<repeats::KernelRepeats> {
+        repeats::KernelRepeats::take(&mut self.ebpf, maps::REPEATS)
+    }
+
+    pub fn take_suppressed(&mut self) -> Result<repeats::KernelSuppressed> {
+        repeats::KernelSuppressed::take(&mut self.ebpf, maps::SUPPRESSED)
     }
 
     pub fn take_stats(&mut self) -> Result<KernelStats> {

@@ -1,4 +1,4 @@
-//! The forensic log: one JSON object per line (DESIGN §6).
+//! The forensic log: one JSON object per line (docs/contract.md).
 //!
 //! Strings that come from the workload (paths, argv, comm) are untrusted bytes. They are kept
 //! verbatim where they are valid UTF-8; every byte that is not is written as `\xNN`, and a
@@ -32,7 +32,7 @@ pub fn escape_bytes(bytes: &[u8]) -> String {
     out
 }
 
-#[derive(Serialize, Debug)]
+#[derive(Serialize, Debug, Clone)]
 pub struct Record {
     pub schema: u32,
     pub ts: String,
@@ -46,6 +46,9 @@ pub struct Record {
     pub file: Option<FileSection>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub network: Option<NetworkSection>,
+    /// Absent (pid 0) on a summary of accesses a container's budget cut: they left no
+    /// record of who made them.
+    #[serde(skip_serializing_if = "ProcessSection::unknown")]
     pub process: ProcessSection,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub container: Option<ContainerSection>,
@@ -53,16 +56,26 @@ pub struct Record {
     pub pod: Option<PodSection>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub policy: Option<PolicySection>,
+    /// A summary of identical accesses counted in the kernel (absent: this record is one
+    /// access): how many, the first and last of them, and the record of the access they repeat.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub count: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub first_ts: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_ts: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub repeat_of: Option<String>,
 }
 
 /// The footprint behind the verdict.
-#[derive(Serialize, Debug)]
+#[derive(Serialize, Debug, Clone)]
 pub struct PolicySection {
     pub name: String,
     pub action: &'static str,
 }
 
-#[derive(Serialize, Debug, Default)]
+#[derive(Serialize, Debug, Default, Clone)]
 pub struct ContainerSection {
     pub id: String,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -71,9 +84,12 @@ pub struct ContainerSection {
     pub image: Option<String>,
     pub runtime: &'static str,
     pub cgroup: String,
+    /// When the runtime created the container (RFC 3339).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub started: Option<String>,
 }
 
-#[derive(Serialize, Debug, Default)]
+#[derive(Serialize, Debug, Default, Clone)]
 pub struct PodSection {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
@@ -86,7 +102,7 @@ pub struct PodSection {
     pub workload: String,
 }
 
-#[derive(Serialize, Debug)]
+#[derive(Serialize, Debug, Clone)]
 pub struct SecretSection {
     /// The catalogue entry that matched (also the `secret` metric label).
     pub name: String,
@@ -94,7 +110,7 @@ pub struct SecretSection {
     pub catalog_entry: String,
 }
 
-#[derive(Serialize, Debug, Default)]
+#[derive(Serialize, Debug, Default, Clone)]
 pub struct FileSection {
     /// The credential's path: resolved by the kernel from the opened file; for a hit on a
     /// known secret inode (e.g. through a hardlink), the path the secret is known by.
@@ -128,7 +144,7 @@ pub struct FileSection {
     pub path_unresolved: bool,
 }
 
-#[derive(Serialize, Debug, Default)]
+#[derive(Serialize, Debug, Default, Clone)]
 pub struct NetworkSection {
     /// The address the process connected to (IPv4 shown as IPv4 even from an IPv6 socket).
     pub address: String,
@@ -147,7 +163,7 @@ pub struct NetworkSection {
     pub source: &'static str,
 }
 
-#[derive(Serialize, Debug, Default)]
+#[derive(Serialize, Debug, Default, Clone)]
 pub struct ProcessSection {
     pub pid: u32,
     pub tid: u32,
@@ -163,9 +179,23 @@ pub struct ProcessSection {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub start_time: Option<String>,
     pub ancestors: Vec<AncestorSection>,
+    /// In a container: "init" (the container's first process or its descendant) or "exec"
+    /// (entered through `runc exec`, `kubectl exec`, CRI ExecSync); absent when unknown.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub container_entry: Option<&'static str>,
+    /// A host process's cgroup path (a container's is `container.cgroup`): what a `host: true`
+    /// footprint narrowed by `cgroup` is judged on, also by `replay`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cgroup: Option<String>,
 }
 
-#[derive(Serialize, Debug, Default)]
+impl ProcessSection {
+    fn unknown(&self) -> bool {
+        self.pid == 0
+    }
+}
+
+#[derive(Serialize, Debug, Default, Clone)]
 pub struct AncestorSection {
     pub pid: u32,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -190,15 +220,40 @@ impl ForensicLog {
         Ok(ForensicLog::File(log))
     }
 
-    /// Writes one record as one line with a single write, so lines never interleave.
-    pub fn write(&mut self, record: &Record) -> Result<()> {
-        let mut line = serde_json::to_vec(record)?;
+    /// Queues one record as one line; `flush` writes the queue. Returns how many records
+    /// could not be written (a batch flushed early because the file was full).
+    pub fn write(&mut self, record: &Record) -> Result<(), Lost> {
+        let mut line = serde_json::to_vec(record).map_err(|e| Lost(e.into(), 1))?;
         line.push(b'\n');
         match self {
-            ForensicLog::Stdout => std::io::stdout().lock().write_all(&line)?,
-            ForensicLog::File(log) => log.write_line(&line).context("writing the forensic log")?,
+            // Line-buffered: one write per record.
+            ForensicLog::Stdout => std::io::stdout()
+                .lock()
+                .write_all(&line)
+                .map_err(|e| Lost(e.into(), 1)),
+            ForensicLog::File(log) => log.queue(&line).map_err(Lost::from),
         }
-        Ok(())
+    }
+
+    /// Writes what is queued: one write for the whole batch.
+    pub fn flush(&mut self) -> Result<(), Lost> {
+        match self {
+            ForensicLog::Stdout => Ok(()),
+            ForensicLog::File(log) => log.flush().map_err(Lost::from),
+        }
+    }
+}
+
+/// Records that could not be written: why, and how many.
+#[derive(Debug)]
+pub struct Lost(pub anyhow::Error, pub usize);
+
+impl From<super::logfile::Unwritten> for Lost {
+    fn from(u: super::logfile::Unwritten) -> Self {
+        Lost(
+            anyhow::Error::new(u.error).context("writing the forensic log"),
+            u.lines,
+        )
     }
 }
 

@@ -1,6 +1,8 @@
 //! The forensic log file: created 0600 (directories 0700), rotated by size keeping `keep` old
 //! files (`<path>.1` newest), recreated when deleted, and never left with a partial line: a write
 //! that fails half-way (disk full) is cut back, reported, and the next record tries again.
+//! Lines can be queued (`queue`) and written together (`flush`): one write and one look at
+//! the path per batch instead of per record, which is what keeps a burst of records cheap.
 
 use std::{
     fs::{File, OpenOptions},
@@ -16,6 +18,16 @@ pub struct LogFile {
     size: u64,
     max_bytes: u64,
     keep: u32,
+    /// Whole lines queued for the next `flush`, and how many.
+    queued: Vec<u8>,
+    queued_lines: usize,
+}
+
+/// A batch that could not be written: why, and how many records it held.
+#[derive(Debug)]
+pub struct Unwritten {
+    pub error: io::Error,
+    pub lines: usize,
 }
 
 impl LogFile {
@@ -28,24 +40,54 @@ impl LogFile {
             size,
             max_bytes: max_bytes.max(1),
             keep,
+            queued: Vec::new(),
+            queued_lines: 0,
         })
     }
 
     /// Appends one complete line (with its newline), or nothing.
     pub fn write_line(&mut self, line: &[u8]) -> io::Result<()> {
+        self.queue(line).map_err(|u| u.error)?;
+        self.flush().map_err(|u| u.error)
+    }
+
+    /// Queues one complete line for the next `flush` (which happens first when the line
+    /// would take the file past its size limit).
+    pub fn queue(&mut self, line: &[u8]) -> Result<(), Unwritten> {
+        let after = self.size + (self.queued.len() + line.len()) as u64;
+        if after > self.max_bytes && !self.queued.is_empty() {
+            self.flush()?;
+        }
+        self.queued.extend_from_slice(line);
+        self.queued_lines += 1;
+        Ok(())
+    }
+
+    /// Writes the queued lines, all or none of them.
+    pub fn flush(&mut self) -> Result<(), Unwritten> {
+        if self.queued.is_empty() {
+            return Ok(());
+        }
+        let lines = std::mem::take(&mut self.queued_lines);
+        let batch = std::mem::take(&mut self.queued);
+        self.write_batch(&batch)
+            .map_err(|error| Unwritten { error, lines })
+    }
+
+    fn write_batch(&mut self, batch: &[u8]) -> io::Result<()> {
         if self.replaced_or_deleted() {
             self.reopen()?;
         }
-        if self.size > 0 && self.size + line.len() as u64 > self.max_bytes {
+        if self.size > 0 && self.size + batch.len() as u64 > self.max_bytes {
             self.rotate()?;
         }
-        match self.file.write_all(line) {
+        match self.file.write_all(batch) {
             Ok(()) => {
-                self.size += line.len() as u64;
+                self.size += batch.len() as u64;
                 Ok(())
             }
             Err(err) => {
-                // Cut a partially written line back off, so readers never see half a record.
+                // Cut a partially written batch back off, so readers never see half a record.
                 let _ = self.file.set_len(self.size);
                 Err(err)
             }
@@ -162,8 +204,44 @@ mod tests {
             size: 0,
             max_bytes: 1 << 20,
             keep: 0,
+            queued: Vec::new(),
+            queued_lines: 0,
         };
         let err = log.write_line(&line(1)).unwrap_err();
         assert_eq!(err.raw_os_error(), Some(libc::ENOSPC));
+        // A batch fails as a whole and says how many records it held.
+        for n in 0..3 {
+            log.queue(&line(n)).unwrap();
+        }
+        let unwritten = log.flush().unwrap_err();
+        assert_eq!(unwritten.lines, 3);
+        assert!(log.flush().is_ok(), "nothing left queued");
+    }
+
+    #[test]
+    fn queued_lines_reach_the_file_on_flush_and_rotation_still_holds() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("credwatch.jsonl");
+        let mut log = LogFile::open(&path, 500, 1).unwrap();
+        for n in 0..5 {
+            log.queue(&line(n)).unwrap();
+        }
+        assert_eq!(
+            std::fs::read_to_string(&path).unwrap(),
+            "",
+            "queued, not written"
+        );
+        log.flush().unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap().lines().count(), 5);
+        // More than a file holds: flushed early, rotated, and no file over the limit.
+        for n in 5..40 {
+            log.queue(&line(n)).unwrap();
+        }
+        log.flush().unwrap();
+        for f in [path.clone(), dir.path().join("credwatch.jsonl.1")] {
+            let text = std::fs::read_to_string(&f).unwrap();
+            assert!(text.len() <= 500, "{} is {} bytes", f.display(), text.len());
+        }
+        assert!(std::fs::read_to_string(&path).unwrap().contains("\"n\":39"));
     }
 }

@@ -1,4 +1,4 @@
-//! Prometheus metrics (DESIGN §6) and the `/metrics` endpoint.
+//! Prometheus metrics (docs/contract.md) and the `/metrics` endpoint.
 
 use std::{
     collections::HashMap,
@@ -20,6 +20,8 @@ pub struct Metrics {
     pub credential_access: IntCounterVec,
     pub deviations: IntCounterVec,
     pub events_lost: IntCounterVec,
+    pub over_budget: IntCounterVec,
+    pub secret_files_over_budget: IntGaugeVec,
     pub policy_reloads: IntCounterVec,
     policy_info: IntGaugeVec,
     kernel_events: IntCounterVec,
@@ -31,9 +33,76 @@ pub struct Metrics {
     pub containers: prometheus::IntGauge,
     /// Records written without the container's full metadata.
     pub missing_metadata: prometheus::IntCounter,
+    /// Process-table entries whose exit event never arrived (found gone from /proc).
+    pub process_exits_missed: prometheus::IntCounter,
     /// The kernel counters are cumulative in the kernel; we add the difference at each scrape.
     kernel: Mutex<Option<(KernelStats, KernelTotals)>>,
+    /// When each per-container series last changed, for expiry and the cap.
+    series: Mutex<SeriesBook>,
 }
+
+/// The per-container series and when each last changed, found without allocating (this is on
+/// every record's way).
+#[derive(Default)]
+struct SeriesBook {
+    /// Hash of (family, labels) → the series with that hash (almost always one).
+    by_hash: HashMap<u64, Vec<Tracked>>,
+    per_family: [usize; 3],
+}
+
+struct Tracked {
+    family: Family,
+    labels: Vec<String>,
+    changed: std::time::Instant,
+}
+
+impl SeriesBook {
+    /// Notes that a series changed; adds it if it is new and `may_add`. Returns whether the
+    /// series is tracked.
+    fn record(
+        &mut self,
+        family: Family,
+        labels: &[&str],
+        now: std::time::Instant,
+        may_add: bool,
+    ) -> bool {
+        use std::hash::{Hash as _, Hasher as _};
+        let mut hasher = std::hash::DefaultHasher::new();
+        (family, labels).hash(&mut hasher);
+        let same = self.by_hash.entry(hasher.finish()).or_default();
+        if let Some(t) = same
+            .iter_mut()
+            .find(|t| t.family == family && t.labels.iter().eq(labels.iter()))
+        {
+            t.changed = now;
+            return true;
+        }
+        if may_add {
+            same.push(Tracked {
+                family,
+                labels: labels.iter().map(|l| l.to_string()).collect(),
+                changed: now,
+            });
+            self.per_family[family as usize] += 1;
+        }
+        may_add
+    }
+}
+
+/// The metric families with per-container labels (namespace, workload, container first).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Family {
+    CredentialAccess,
+    Deviations,
+    OverBudget,
+}
+
+/// Series per family before new containers share one overflow series.
+pub const MAX_SERIES: usize = 10_000;
+/// A per-container series unchanged this long is dropped (its container is usually gone).
+pub const SERIES_IDLE: std::time::Duration = std::time::Duration::from_secs(3600);
+/// What `workload` and `container` become past `MAX_SERIES`.
+pub const OVERFLOW: &str = "_overflow";
 
 /// The kernel counters' totals at the last scrape, by (probe, outcome).
 type KernelTotals = HashMap<(&'static str, &'static str), u64>;
@@ -60,6 +129,14 @@ fn plain_gauge(registry: &Registry, name: &str, help: &str) -> prometheus::IntGa
         .register(Box::new(g.clone()))
         .expect("unique metric");
     g
+}
+
+fn plain_counter(registry: &Registry, name: &str, help: &str) -> prometheus::IntCounter {
+    let c = prometheus::IntCounter::new(name, help).expect("valid metric");
+    registry
+        .register(Box::new(c.clone()))
+        .expect("unique metric");
+    c
 }
 
 impl Metrics {
@@ -111,6 +188,18 @@ impl Metrics {
                 "The policy set in force (1 for its sha256).",
                 &["sha256"],
             ),
+            over_budget: counter(
+                &registry,
+                "credwatch_over_budget_total",
+                "Credential accesses of a container over its record budget, reported as summaries.",
+                &["namespace", "workload", "container"],
+            ),
+            secret_files_over_budget: gauge(
+                &registry,
+                "credwatch_secret_files_over_budget",
+                "Catalogue files found in a container's filesystem, when more than its share of the kernel's secret-inode map (the first ones are tracked by inode).",
+                &["namespace", "workload", "container"],
+            ),
             events_lost: counter(
                 &registry,
                 "credwatch_events_lost_total",
@@ -150,19 +239,68 @@ impl Metrics {
                 "credwatch_learned_endpoints",
                 "Endpoint addresses learned from DNS answers (per container) and containers' environments.",
             ),
-            missing_metadata: {
-                let c = prometheus::IntCounter::new(
-                    "credwatch_missing_metadata_total",
-                    "Records written without the container's full metadata (runtime state not found).",
-                )
-                .expect("valid metric");
-                registry
-                    .register(Box::new(c.clone()))
-                    .expect("unique metric");
-                c
-            },
+            missing_metadata: plain_counter(
+                &registry,
+                "credwatch_missing_metadata_total",
+                "Records written without the container's full metadata (runtime state not found).",
+            ),
+            process_exits_missed: plain_counter(
+                &registry,
+                "credwatch_process_exits_missed_total",
+                "Processes found gone from /proc whose exit event never reached the agent.",
+            ),
             kernel: Mutex::new(None),
+            series: Mutex::new(SeriesBook::default()),
             registry,
+        }
+    }
+
+    /// Adds `n` to a per-container series (labels: namespace, workload, container, then the
+    /// family's own). Past `MAX_SERIES` series in the family, a new one is counted under
+    /// workload and container `_overflow`: the total stays right, the labels stay bounded.
+    pub fn add(&self, family: Family, labels: &[&str], n: u64) {
+        let now = std::time::Instant::now();
+        let mut book = self.series.lock().unwrap();
+        let under_cap = book.per_family[family as usize] < MAX_SERIES;
+        let overflow: Vec<&str>;
+        let labels = if book.record(family, labels, now, under_cap) {
+            labels
+        } else {
+            overflow = (labels.iter().enumerate())
+                .map(|(i, l)| if i == 1 || i == 2 { OVERFLOW } else { *l })
+                .collect();
+            book.record(family, &overflow, now, true);
+            &overflow
+        };
+        self.family(family).with_label_values(labels).inc_by(n);
+    }
+
+    fn family(&self, family: Family) -> &IntCounterVec {
+        match family {
+            Family::CredentialAccess => &self.credential_access,
+            Family::Deviations => &self.deviations,
+            Family::OverBudget => &self.over_budget,
+        }
+    }
+
+    /// Drops per-container series unchanged for `SERIES_IDLE` (bounded under churn).
+    pub fn expire_series(&self, now: std::time::Instant) {
+        let mut book = self.series.lock().unwrap();
+        let mut dropped = [0usize; 3];
+        for same in book.by_hash.values_mut() {
+            same.retain(|t| {
+                if now.duration_since(t.changed) < SERIES_IDLE {
+                    return true;
+                }
+                let values: Vec<&str> = t.labels.iter().map(String::as_str).collect();
+                let _ = self.family(t.family).remove_label_values(&values);
+                dropped[t.family as usize] += 1;
+                false
+            });
+        }
+        book.by_hash.retain(|_, same| !same.is_empty());
+        for (count, gone) in book.per_family.iter_mut().zip(dropped) {
+            *count -= gone;
         }
     }
 
@@ -275,4 +413,31 @@ fn respond(req: &Request<hyper::body::Incoming>, metrics: &Metrics) -> Response<
         .header("content-type", content_type)
         .body(Full::new(Bytes::from(body)))
         .expect("valid response")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rendered(m: &Metrics) -> String {
+        String::from_utf8(m.render()).unwrap()
+    }
+
+    #[test]
+    fn per_container_series_are_capped_and_expire() {
+        let m = Metrics::new();
+        for i in 0..MAX_SERIES + 5 {
+            let container = format!("c{i}");
+            m.add(Family::OverBudget, &["", "w", &container], 1);
+        }
+        let text = rendered(&m);
+        let series = text
+            .lines()
+            .filter(|l| l.starts_with("credwatch_over_budget_total{"))
+            .count();
+        assert_eq!(series, MAX_SERIES + 1, "the cap, plus one overflow series");
+        assert!(text.contains(r#"credwatch_over_budget_total{container="_overflow",namespace="",workload="_overflow"} 5"#));
+        m.expire_series(std::time::Instant::now() + SERIES_IDLE);
+        assert!(!rendered(&m).contains("credwatch_over_budget_total{"));
+    }
 }

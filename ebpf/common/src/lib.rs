@@ -7,7 +7,7 @@
 #![no_std]
 
 /// Version of the wire records. Bump on any layout change.
-pub const WIRE_VERSION: u16 = 1;
+pub const WIRE_VERSION: u16 = 2;
 
 /// Record kinds (the `kind` field of [`RecordHeader`]).
 pub const KIND_FILE_OPEN: u16 = 1;
@@ -56,6 +56,8 @@ pub mod maps {
     pub const ENDPOINTS: &str = "ENDPOINTS";
     pub const NAMED_PORTS: &str = "NAMED_PORTS";
     pub const LEARNED_ENDPOINTS: &str = "LEARNED_ENDPOINTS";
+    pub const REPEATS: &str = "REPEATS";
+    pub const SUPPRESSED: &str = "SUPPRESSED";
 }
 
 /// Names of the load-time globals the agent sets.
@@ -64,6 +66,7 @@ pub mod globals {
     pub const AGENT_TGID: &str = "AGENT_TGID";
     pub const NR_CPUS: &str = "NR_CPUS";
     pub const URING_OFFSETS: &str = "URING_OFFSETS";
+    pub const BUDGET: &str = "BUDGET";
 }
 
 /// The probes, in the order of the stats map rows: the file-open syscalls, then the process
@@ -223,7 +226,13 @@ pub mod outcome {
     pub const READ_ERROR: u32 = 5;
     /// An exit without a saved enter (e.g. the agent attached mid-syscall).
     pub const UNMATCHED: u32 = 6;
-    pub const COUNT: u32 = 7;
+    /// A repeat of an access already reported in the same window: counted in the `REPEATS`
+    /// map and reported by the agent as one summary record.
+    pub const AGGREGATED: u32 = 7;
+    /// Over its cgroup's record budget: counted in the `SUPPRESSED` map (per cgroup and
+    /// catalogue entry) instead of written, and reported by the agent as a summary.
+    pub const OVER_BUDGET: u32 = 8;
+    pub const COUNT: u32 = 9;
     pub const NAMES: [&str; COUNT as usize] = [
         "seen",
         "filtered",
@@ -232,6 +241,8 @@ pub mod outcome {
         "truncated",
         "read_error",
         "unmatched",
+        "aggregated",
+        "over_budget",
     ];
 }
 
@@ -316,13 +327,87 @@ pub struct FileOpenRecord {
     /// Bytes used in `path` and `raw_path`.
     pub path_len: u32,
     pub raw_len: u32,
-    pub _pad: u32,
+    /// The window of the [`RepeatKey`] this record opened (repeats of it in that window are
+    /// counted in the kernel), or 0: not aggregated (the map was full).
+    pub repeat_epoch: u32,
+    /// [`RepeatKey::object`] of this access.
+    pub repeat_object: u64,
     /// The opener's `task->start_boottime`, which identifies it together with `pid`.
     pub start_boottime: u64,
     pub comm: [u8; 16],
-    pub raw_path: [u8; RAW_PATH_BYTES],
-    pub path: [u8; PATH_BYTES],
+    /// The resolved path (`path_len` bytes) immediately followed by the raw path (`raw_len`
+    /// bytes). Only `FILE_OPEN_FIXED_BYTES + path_len + raw_len` bytes leave the kernel, so a
+    /// 30-byte path costs ~30 bytes of ring buffer, not the whole array.
+    pub tail: [u8; FILE_OPEN_TAIL_BYTES],
 }
+
+/// Aggregation windows are `boot_ns >> REPEAT_WINDOW_SHIFT` (~1.07 s).
+pub const REPEAT_WINDOW_SHIFT: u32 = 30;
+/// Accesses whose repeats the kernel can count at once (entries live for one window plus
+/// the agent's sweep).
+pub const REPEAT_ENTRIES: u32 = 16384;
+
+/// Identical credential accesses (same cgroup, process, object, syscall, flags and result)
+/// in one window: the first is reported as a record, the rest are only counted here and the
+/// agent reports them as one summary once the window is over. A flood of one access thus
+/// costs one map update per repeat, not ring-buffer space that other accesses need.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct RepeatKey {
+    pub cgroup_id: u64,
+    /// The opened file's device (kernel encoding) and inode; for a failed open (no file) dev
+    /// 0 and `object` a hash of the path's last 256 bytes and its length.
+    pub dev: u64,
+    pub object: u64,
+    /// -errno, or 0 for any successful open (the fd number does not make an access distinct).
+    pub result: i64,
+    pub pid: u32,
+    pub flags: u32,
+    pub probe: u32,
+    /// `(boot_ns >> REPEAT_WINDOW_SHIFT) + 1`.
+    pub epoch: u32,
+}
+
+/// Each cgroup's record budget, a token bucket kept as credit in nanoseconds: a record costs
+/// `cost_ns` (1 s / records per second) and credit accrues with time up to `cap_ns` (the
+/// burst). Decided before ring-buffer space is taken, so a noisy cgroup's excess never crowds
+/// out another's records. `cost_ns` 0 = no budget.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Budget {
+    pub cost_ns: u64,
+    pub cap_ns: u64,
+}
+
+/// Accesses a cgroup's budget cut, per catalogue entry and window.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct SuppressedKey {
+    pub cgroup_id: u64,
+    /// The catalogue file entry (the path tries' value), or `SECRET_RULE | secret id` for a
+    /// known secret inode.
+    pub rule: u32,
+    /// As in [`RepeatKey::epoch`].
+    pub epoch: u32,
+}
+
+/// Marks [`SuppressedKey::rule`] as a secret-inode id rather than a catalogue entry.
+pub const SECRET_RULE: u32 = 1 << 31;
+pub const SUPPRESSED_ENTRIES: u32 = 4096;
+
+/// How often a [`RepeatKey`]'s access was repeated after its record, and when.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RepeatValue {
+    pub count: u64,
+    pub first_ns: u64,
+    pub last_ns: u64,
+}
+
+/// Room for the longest path and the longest raw path.
+pub const FILE_OPEN_TAIL_BYTES: usize = PATH_BYTES + RAW_PATH_BYTES;
+/// Size of a [`FileOpenRecord`] without its tail: the smallest record on the wire.
+pub const FILE_OPEN_FIXED_BYTES: usize = core::mem::offset_of!(FileOpenRecord, tail);
 
 /// A process was created (fork of a new thread group), replaced its program (exec) or ended
 /// (exit of the thread-group leader). Together they keep the agent's process table, so records
@@ -354,6 +439,11 @@ pub struct ProcessRecord {
     /// argv, NUL-separated, as the process' memory holds it.
     pub args: [u8; ARGS_BYTES],
 }
+
+/// A fork or exit record leaves the kernel without `filename` and `args`; an exec record
+/// without the unused part of `args`.
+pub const PROCESS_FIXED_BYTES: usize = core::mem::offset_of!(ProcessRecord, filename);
+pub const PROCESS_ARGS_OFFSET: usize = core::mem::offset_of!(ProcessRecord, args);
 
 pub mod process_flag {
     pub const ARGS_TRUNCATED: u32 = 1;
@@ -456,5 +546,9 @@ mod user {
     unsafe impl aya::Pod for super::LearnedKey {}
     unsafe impl aya::Pod for super::IoUringOffsets {}
     unsafe impl aya::Pod for super::InodeKey {}
+    unsafe impl aya::Pod for super::RepeatKey {}
+    unsafe impl aya::Pod for super::RepeatValue {}
+    unsafe impl aya::Pod for super::SuppressedKey {}
+    unsafe impl aya::Pod for super::Budget {}
     unsafe impl aya::Pod for super::KernelOffsets {}
 }

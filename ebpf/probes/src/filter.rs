@@ -17,14 +17,15 @@ pub fn secret_inode(dev: u32, ino: u64) -> u32 {
 }
 
 /// Matches the path that ends at `PATH_BYTES` in `buf` and starts at `pos` against the prefix
-/// and suffix tries. `key` is scratch memory for the trie keys. A truncated path has no known
-/// start, so only its suffix is checked.
+/// and suffix tries. `key` is scratch memory for the trie keys; `rule` receives the matching
+/// catalogue entry. A truncated path has no known start, so only its suffix is checked.
 #[inline(always)]
 pub unsafe fn match_path(
     buf: *const u8,
     pos: usize,
     truncated: bool,
     key: *mut Key<PathKeyData>,
+    rule: *mut u32,
 ) -> u32 {
     let len = PATH_BYTES - pos;
     let n = if len > PATH_KEY_BYTES {
@@ -42,8 +43,9 @@ pub unsafe fn match_path(
                 n as u32,
                 buf.add(pos & PATH_MASK).cast(),
             );
-            if PATH_PREFIXES.get(&*key).is_some() {
+            if let Some(entry) = PATH_PREFIXES.get(&*key) {
                 hits |= matched::PREFIX;
+                *rule = *entry;
             }
         }
         // The suffix trie holds byte-reversed suffixes ("/.aws/credentials" as
@@ -57,8 +59,9 @@ pub unsafe fn match_path(
             *words.add(i) = (*tail.sub(i + 1)).swap_bytes();
         }
         (*key).prefix_len = (n * 8) as u32;
-        if PATH_SUFFIXES.get(&*key).is_some() {
+        if let Some(entry) = PATH_SUFFIXES.get(&*key) {
             hits |= matched::SUFFIX;
+            *rule = *entry;
         }
     }
     hits

@@ -8,12 +8,14 @@
 #![no_std]
 #![no_main]
 
+mod budget;
 mod cgroup;
 mod connect;
 mod dns;
 mod filter;
 mod open;
 mod process;
+mod repeats;
 mod stats;
 mod uring;
 mod vfs;
@@ -21,12 +23,14 @@ mod vfs;
 use aya_ebpf::{
     Global,
     macros::{btf_tracepoint, cgroup_skb, cgroup_sock_addr, map, tracepoint},
-    maps::{HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
+    maps::{HashMap, LpmTrie, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
     programs::{BtfTracePointContext, SkBuffContext, SockAddrContext, TracePointContext},
 };
 use credwatch_common::{
-    CGROUP_MKDIR, CGROUP_RMDIR, CgroupRecord, DnsRecord, EndpointValue, InodeKey, IoUringOffsets,
-    KernelOffsets, LearnedKey, NAMED_PORT_SLOTS, PathKeyData, ProcessRecord, STATS_ENTRIES, probe,
+    Budget, CGROUP_MKDIR, CGROUP_RMDIR, CgroupRecord, DnsRecord, EndpointValue, InodeKey,
+    IoUringOffsets, KernelOffsets, LearnedKey, NAMED_PORT_SLOTS, PathKeyData, ProcessRecord,
+    REPEAT_ENTRIES, RepeatKey, RepeatValue, STATS_ENTRIES, SUPPRESSED_ENTRIES, SuppressedKey,
+    probe,
 };
 
 /// Filled by the agent from `/sys/kernel/btf/vmlinux` before load.
@@ -38,6 +42,12 @@ static AGENT_TGID: Global<u32> = Global::new(0);
 /// io_uring's request layout, filled by the agent from BTF (`valid` = 0: not known).
 #[unsafe(no_mangle)]
 static URING_OFFSETS: Global<IoUringOffsets> = Global::new(unsafe { core::mem::zeroed() });
+/// Each cgroup's record budget (zero: none), set by the agent.
+#[unsafe(no_mangle)]
+static BUDGET: Global<Budget> = Global::new(Budget {
+    cost_ns: 0,
+    cap_ns: 0,
+});
 /// Number of possible CPUs, for finding a slot left on another CPU.
 #[unsafe(no_mangle)]
 static NR_CPUS: Global<u32> = Global::new(1);
@@ -91,6 +101,20 @@ static CGROUP_SCRATCH: PerCpuArray<CgroupRecord> = PerCpuArray::with_max_entries
 /// Per-CPU working memory for process records.
 #[map(name = "PROCESS_SCRATCH")]
 static PROCESS_SCRATCH: PerCpuArray<ProcessRecord> = PerCpuArray::with_max_entries(1, 0);
+/// Repeats of credential accesses per window (see `repeats.rs`), per CPU so counting needs no
+/// atomics; the agent sums the CPUs, reports and deletes the entries of finished windows.
+#[map(name = "REPEATS")]
+static REPEATS: PerCpuHashMap<RepeatKey, RepeatValue> =
+    PerCpuHashMap::with_max_entries(REPEAT_ENTRIES, 0);
+/// Each cgroup's remaining record budget (see `budget.rs`). LRU: a cgroup that is gone makes
+/// room; one evicted while active only starts again with a full bucket.
+#[map(name = "BUCKETS")]
+static BUCKETS: LruHashMap<u64, budget::Bucket> = LruHashMap::with_max_entries(16384, 0);
+/// Accesses cut by a cgroup's budget, per catalogue entry and window, per CPU; the agent
+/// reports and deletes finished windows.
+#[map(name = "SUPPRESSED")]
+static SUPPRESSED: PerCpuHashMap<SuppressedKey, RepeatValue> =
+    PerCpuHashMap::with_max_entries(SUPPRESSED_ENTRIES, 0);
 /// Per-CPU working memory: far too large for the 512-byte BPF stack.
 #[map(name = "SCRATCH")]
 static SCRATCH: PerCpuArray<open::Scratch> = PerCpuArray::with_max_entries(1, 0);

@@ -13,12 +13,14 @@ use aya_ebpf::{
     maps::lpm_trie::Key,
 };
 use credwatch_common::{
-    FileOpenRecord, KIND_FILE_OPEN, KernelOffsets, PATH_BYTES, PathKeyData, RAW_PATH_BYTES,
-    RecordHeader, matched, outcome, path_flag, probe,
+    FILE_OPEN_FIXED_BYTES, FileOpenRecord, KIND_FILE_OPEN, KernelOffsets, PATH_BYTES, PathKeyData,
+    RAW_PATH_BYTES, RecordHeader, RepeatKey, SECRET_RULE, SuppressedKey, matched, outcome,
+    path_flag, probe,
 };
 
 use crate::{
-    AGENT_TGID, EVENTS, OFFSETS, PENDING_SLOT, PENDING_SPILL, SCRATCH, filter,
+    AGENT_TGID, EVENTS, OFFSETS, PENDING_SLOT, PENDING_SPILL, SCRATCH, budget, filter,
+    repeats::{self, Repeat},
     stats::count,
     vfs::{self, KPath, PATH_MASK, WALK_BYTES},
 };
@@ -62,6 +64,14 @@ pub struct Scratch {
     /// Start of the path being assembled in `walk` (see `vfs::prepend_path`).
     walk_pos: u64,
     rec: FileOpenRecord,
+    /// The path string the process passed (copied into `rec.tail` behind the path).
+    raw: [u8; RAW_PATH_BYTES],
+    /// The access's key in the `REPEATS` map.
+    repeat: RepeatKey,
+    /// Its key in the `SUPPRESSED` map, should its cgroup be over budget.
+    suppressed: SuppressedKey,
+    /// The catalogue entry its path matched (see `SuppressedKey::rule`).
+    rule: u32,
     walk: [u8; WALK_BYTES],
     key: Key<PathKeyData>,
 }
@@ -262,11 +272,74 @@ fn judge(offsets: &KernelOffsets, pending: PendingOpen, ret: i64) {
     let scratch = unsafe { &mut *scratch };
     match unsafe { inspect(offsets, scratch, &pending, ret) } {
         Ok(true) => {
-            fill_record(offsets, &mut scratch.rec, &pending, ret);
-            if EVENTS.output::<FileOpenRecord>(&scratch.rec, 0).is_ok() {
+            let now = unsafe { bpf_ktime_get_boot_ns() };
+            let rec = &mut scratch.rec;
+            let object = if ret >= 0 {
+                rec.ino
+            } else {
+                let len = rec.path_len as usize;
+                unsafe { repeats::path_hash(core::ptr::addr_of!(scratch.key.data).cast(), len) }
+            };
+            scratch.repeat = RepeatKey {
+                cgroup_id: unsafe { bpf_get_current_cgroup_id() },
+                dev: if ret >= 0 { rec.dev as u64 } else { 0 },
+                object,
+                result: if ret >= 0 { 0 } else { ret },
+                pid: (pending.pid_tgid >> 32) as u32,
+                flags: pending.flags,
+                probe,
+                epoch: 0,
+            };
+            let repeat = repeats::check(&mut scratch.repeat, now);
+            if let Repeat::Counted = repeat {
+                count(probe, outcome::AGGREGATED);
+                return;
+            }
+            let cgroup_id = scratch.repeat.cgroup_id;
+            if !budget::take(cgroup_id, now) {
+                // Its repeats go through the budget too (a key whose first access was never
+                // reported would have nothing to summarise).
+                if let Repeat::First = repeat {
+                    repeats::forget(&scratch.repeat);
+                }
+                scratch.suppressed = SuppressedKey {
+                    cgroup_id,
+                    rule: if scratch.rec.secret_id != 0 {
+                        SECRET_RULE | scratch.rec.secret_id
+                    } else {
+                        scratch.rule
+                    },
+                    epoch: 0,
+                };
+                if budget::suppress(&mut scratch.suppressed, now) {
+                    count(probe, outcome::OVER_BUDGET);
+                } else {
+                    count(probe, outcome::LOST);
+                }
+                return;
+            }
+            let rec = &mut scratch.rec;
+            rec.repeat_object = object;
+            rec.repeat_epoch = match repeat {
+                Repeat::First => scratch.repeat.epoch,
+                _ => 0,
+            };
+            let size = fill_record(offsets, &mut scratch.rec, &pending, ret, now);
+            // Only the used part of the tail leaves the kernel.
+            let used = unsafe {
+                core::slice::from_raw_parts(
+                    (&scratch.rec as *const FileOpenRecord).cast::<u8>(),
+                    size,
+                )
+            };
+            if EVENTS.output::<[u8]>(used, 0).is_ok() {
                 count(probe, outcome::EMITTED);
             } else {
                 count(probe, outcome::LOST);
+                // Nothing reported it: let the next repeat be reported rather than counted.
+                if let Repeat::First = repeat {
+                    repeats::forget(&scratch.repeat);
+                }
             }
         }
         Ok(false) => count(probe, outcome::FILTERED),
@@ -313,7 +386,7 @@ unsafe fn inspect(
             vfs::prepend_path(o, PATH_BYTES, at, root)
         } else {
             // No file to look at: judge the path the process asked for, joined to its base.
-            read_raw_path(rec, pending);
+            read_raw_path(&mut scratch.raw, rec, pending);
             let raw_len = rec.raw_len as usize & RAW_MASK;
             if raw_len == 0 {
                 return Ok(false);
@@ -322,9 +395,9 @@ unsafe fn inspect(
             bpf_probe_read_kernel(
                 buf.add(pos & PATH_MASK).cast(),
                 raw_len as u32,
-                rec.raw_path.as_ptr().cast(),
+                scratch.raw.as_ptr().cast(),
             );
-            if rec.raw_path[0] == b'/' {
+            if scratch.raw[0] == b'/' {
                 (pos, path_flag::LEXICAL)
             } else {
                 let pos = pos - 1;
@@ -347,21 +420,25 @@ unsafe fn inspect(
             matched::INODE
         } else {
             let truncated = flags & path_flag::TRUNCATED != 0;
-            filter::match_path(buf, pos, truncated, &mut scratch.key)
+            filter::match_path(buf, pos, truncated, &mut scratch.key, &mut scratch.rule)
         };
         if rec.matched == 0 {
             return Ok(false);
         }
         let len = (PATH_BYTES - pos) & PATH_MASK;
         rec.path_len = len as u32;
-        bpf_probe_read_kernel(
-            rec.path.as_mut_ptr().cast(),
-            len as u32,
-            buf.add(pos & PATH_MASK).cast(),
-        );
+        let tail = rec.tail.as_mut_ptr();
+        bpf_probe_read_kernel(tail.cast(), len as u32, buf.add(pos & PATH_MASK).cast());
         if ret >= 0 {
-            read_raw_path(rec, pending);
+            read_raw_path(&mut scratch.raw, rec, pending);
         }
+        // The raw path right behind the resolved one.
+        let raw_len = rec.raw_len as usize & RAW_MASK;
+        bpf_probe_read_kernel(
+            tail.add(len).cast(),
+            raw_len as u32,
+            scratch.raw.as_ptr().cast(),
+        );
         Ok(true)
     }
 }
@@ -377,17 +454,14 @@ unsafe fn base_dir(o: &KernelOffsets, files: u64, fs: u64, dirfd: i32) -> Result
     }
 }
 
-/// Copies the path string the process gave into the record (raw_len excludes the NUL): from
-/// its memory, or for io_uring from the copy kept at submission.
-fn read_raw_path(rec: &mut FileOpenRecord, pending: &PendingOpen) {
+/// Copies the path string the process gave into `raw` and notes its length (without the
+/// NUL) in the record: from its memory, or for io_uring from the copy kept at submission.
+fn read_raw_path(raw: &mut [u8; RAW_PATH_BYTES], rec: &mut FileOpenRecord, pending: &PendingOpen) {
     if pending.path_ptr == 0 {
         return;
     }
     let n = unsafe {
-        let (to, from) = (
-            rec.raw_path.as_mut_ptr().cast(),
-            pending.path_ptr as *const _,
-        );
+        let (to, from) = (raw.as_mut_ptr().cast(), pending.path_ptr as *const _);
         if pending.probe == probe::IO_URING_OPEN {
             bpf_probe_read_kernel_str(to, RAW_PATH_BYTES as u32, from)
         } else {
@@ -405,11 +479,26 @@ fn read_raw_path(rec: &mut FileOpenRecord, pending: &PendingOpen) {
     rec.raw_len = n;
 }
 
-fn fill_record(o: &KernelOffsets, rec: &mut FileOpenRecord, pending: &PendingOpen, ret: i64) {
+/// Fills the record's fixed part; returns the record's size on the wire.
+fn fill_record(
+    o: &KernelOffsets,
+    rec: &mut FileOpenRecord,
+    pending: &PendingOpen,
+    ret: i64,
+    now: u64,
+) -> usize {
     let pid_tgid = pending.pid_tgid;
     let uid_gid = bpf_get_current_uid_gid();
-    rec.header = RecordHeader::of::<FileOpenRecord>(KIND_FILE_OPEN);
-    rec.boot_ns = unsafe { bpf_ktime_get_boot_ns() };
+    // Masked so the verifier sees the size bounded by the record.
+    let size = FILE_OPEN_FIXED_BYTES
+        + (rec.path_len as usize & PATH_MASK)
+        + (rec.raw_len as usize & RAW_MASK);
+    rec.header = RecordHeader {
+        kind: KIND_FILE_OPEN,
+        version: credwatch_common::WIRE_VERSION,
+        size: size as u32,
+    };
+    rec.boot_ns = now;
     rec.pid = (pid_tgid >> 32) as u32;
     rec.tid = pid_tgid as u32;
     rec.uid = uid_gid as u32;
@@ -419,8 +508,8 @@ fn fill_record(o: &KernelOffsets, rec: &mut FileOpenRecord, pending: &PendingOpe
     rec.open_flags = pending.flags;
     rec.result = ret;
     rec.dirfd = pending.dirfd;
-    rec._pad = 0;
     rec.start_boottime =
         unsafe { vfs::read(bpf_get_current_task(), o.task_start_boottime) }.unwrap_or(0);
     rec.comm = bpf_get_current_comm().unwrap_or([0; 16]);
+    size
 }

@@ -13,8 +13,9 @@ use aya_ebpf::{
     programs::BtfTracePointContext,
 };
 use credwatch_common::{
-    ARGS_BYTES, FILENAME_BYTES, KIND_PROCESS, KernelOffsets, PATH_BYTES, ProcessRecord,
-    RecordHeader, outcome, path_flag, probe, process_event, process_flag,
+    ARGS_BYTES, FILENAME_BYTES, KIND_PROCESS, KernelOffsets, PATH_BYTES, PROCESS_ARGS_OFFSET,
+    PROCESS_FIXED_BYTES, ProcessRecord, RecordHeader, outcome, path_flag, probe, process_event,
+    process_flag,
 };
 
 use crate::{
@@ -65,8 +66,18 @@ unsafe fn begin(o: &KernelOffsets, event: u32, task: u64) -> Option<&'static mut
     Some(rec)
 }
 
-fn emit(probe: u32, rec: &ProcessRecord) {
-    if EVENTS.output::<ProcessRecord>(rec, 0).is_ok() {
+/// Writes the record at its used size: fork and exit without filename and argv, exec without
+/// the unused part of argv.
+fn emit(probe: u32, rec: &mut ProcessRecord) {
+    let size = if rec.event == process_event::EXEC {
+        PROCESS_ARGS_OFFSET + (rec.args_len as usize & ARGS_MASK)
+    } else {
+        PROCESS_FIXED_BYTES
+    };
+    rec.header.size = size as u32;
+    let used =
+        unsafe { core::slice::from_raw_parts((rec as *const ProcessRecord).cast::<u8>(), size) };
+    if EVENTS.output::<[u8]>(used, 0).is_ok() {
         count(probe, outcome::EMITTED);
     } else {
         count(probe, outcome::LOST);
