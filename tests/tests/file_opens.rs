@@ -456,10 +456,8 @@ fn hostile_strings_are_escaped_and_round_trip() {
     drop(child.stdin.take());
     child.wait().unwrap();
     // Every line of the log is one JSON object (the newline in the name did not split one).
-    let text = std::fs::read_to_string(&agent.log).unwrap();
-    for line in text.lines() {
-        serde_json::from_str::<Value>(line).unwrap_or_else(|e| panic!("{e}: {line:?}"));
-    }
+    // (records() parses every whole line and panics on one that is not JSON.)
+    agent.records();
     let evil_record = records
         .iter()
         .find(|r| r["file"]["path"].as_str().unwrap().contains("evil"))

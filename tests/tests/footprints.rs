@@ -75,7 +75,9 @@ fn verdicts_for_a_selected_container() {
     );
     assert_eq!(undeclared_secret["reason"], "path not in footprint");
     let series = format!(
-        "credwatch_deviations_total{{container=\"{id}\",kind=\"file\",namespace=\"\",reason=\"binary not allowed\",secret=\"mounted-secrets\",workload=\"{id}\"}}"
+        "credwatch_deviations_total{{container=\"{id}\",kind=\"file\",namespace=\"\",reason=\"binary not allowed\",secret=\"mounted-secrets\",workload=\"{workload}\"}}",
+        // Off Kubernetes: the name without its generated parts (the test pid).
+        workload = credwatch::containers::workload::off_kubernetes(Some(&id), None)
     );
     assert_eq!(agent.metric(&series), 1.0, "{}", agent.metrics());
 }

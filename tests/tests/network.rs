@@ -111,7 +111,9 @@ fn connects_to_credential_endpoints_are_recorded_and_judged() {
     assert_eq!(allowed["verdict"], "allowed", "{allowed:#}");
     assert_eq!(allowed["policy"]["name"], "fp-metadata-client");
     let series = format!(
-        "credwatch_credential_access_total{{container=\"{ok_id}\",kind=\"network\",namespace=\"\",secret=\"instance-metadata\",verdict=\"allowed\",workload=\"{ok_id}\"}}"
+        "credwatch_credential_access_total{{container=\"{ok_id}\",kind=\"network\",namespace=\"\",secret=\"instance-metadata\",verdict=\"allowed\",workload=\"{workload}\"}}",
+        // Off Kubernetes: the name without its generated parts (the test pid).
+        workload = credwatch::containers::workload::off_kubernetes(Some(&ok_id), None)
     );
     assert_eq!(agent.metric(&series), 1.0, "{}", agent.metrics());
     assert_eq!(

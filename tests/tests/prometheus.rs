@@ -182,7 +182,11 @@ fn prometheus_scrapes_a_deviation_and_fires_the_alert() {
     let labels = &series[0]["metric"];
     assert_eq!(labels["secret"], "mounted-secrets");
     assert_eq!(labels["reason"], "path not in footprint");
-    assert_eq!(labels["workload"], id.as_str());
+    // Off Kubernetes: the container name without its generated parts ("cw-prom").
+    assert_eq!(
+        labels["workload"],
+        credwatch::containers::workload::off_kubernetes(Some(&id), None)
+    );
     let allowed = wait_for(
         &prometheus.addr,
         &format!(r#"credwatch_credential_access_total{{container="{id}",verdict="allowed"}}"#),
