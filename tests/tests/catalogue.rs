@@ -1,0 +1,119 @@
+//! The default catalogue's breadth, end to end from containers: host credential stores, tool
+//! and registry tokens, cloud-init user data, and — through the host's directories mounted
+//! into a container — other pods' secrets as the kubelet keeps them and etcd's data.
+
+use std::path::Path;
+
+use credwatch_tests::{Agent, agent, runc::Container};
+use serde_json::json;
+
+/// (path inside the container, catalogue entry it must be named as).
+const IN_IMAGE: &[(&str, &str)] = &[
+    ("/etc/shadow", "host-credential-stores"),
+    ("/etc/gshadow", "host-credential-stores"),
+    ("/home/dev/.npmrc", "tool-tokens"),
+    ("/home/dev/.pypirc", "tool-tokens"),
+    ("/home/dev/.pgpass", "tool-tokens"),
+    ("/home/dev/.my.cnf", "tool-tokens"),
+    ("/home/dev/.config/gh/hosts.yml", "tool-tokens"),
+    (
+        "/home/dev/.terraform.d/credentials.tfrc.json",
+        "tool-tokens",
+    ),
+    ("/home/dev/.config/containers/auth.json", "tool-tokens"),
+    ("/home/dev/.m2/settings.xml", "tool-tokens"),
+    ("/home/dev/.gradle/gradle.properties", "tool-tokens"),
+    ("/home/dev/.cargo/credentials.toml", "tool-tokens"),
+    ("/home/dev/.boto", "tool-tokens"),
+    ("/home/dev/.oci/config", "tool-tokens"),
+    (
+        "/var/lib/cloud/instance/user-data.txt",
+        "cloud-init-user-data",
+    ),
+];
+
+/// Under a host directory mounted at /var/lib in the container (a hostPath mount).
+const FROM_HOST: &[(&str, &str)] = &[
+    (
+        "/var/lib/kubelet/pods/0b7c9a4e-1111-4c1e-9d43-2f7a3c9e5d10/volumes/kubernetes.io~secret/db-creds/password",
+        "kubelet-pod-secrets",
+    ),
+    (
+        "/var/lib/kubelet/pods/0b7c9a4e-1111-4c1e-9d43-2f7a3c9e5d10/volumes/kubernetes.io~projected/kube-api-access-x2z9q/token",
+        "kubelet-pod-secrets",
+    ),
+    ("/var/lib/etcd/member/snap/db", "etcd-data"),
+];
+
+fn prepare(_work: &Path) -> String {
+    // The default catalogue only; the entry below matches nothing.
+    "    - name: e2e-unused\n      paths: [\"/nonexistent-e2e/**\"]\n".to_string()
+}
+
+fn setup() -> &'static Agent {
+    agent(prepare, "auto")
+}
+
+#[test]
+fn the_default_catalogue_names_what_thieves_go_for() {
+    let agent = setup();
+    let rootfs = credwatch_tests::runc::rootfs();
+    for (path, _) in IN_IMAGE {
+        let file = rootfs.join(path.trim_start_matches('/'));
+        std::fs::create_dir_all(file.parent().unwrap()).unwrap();
+        std::fs::write(&file, "not-a-real-credential\n").unwrap();
+    }
+    let id = format!("cw-{}-catalogue", std::process::id());
+    let host_lib = std::env::temp_dir().join(format!("credwatch-hostlib-{}", std::process::id()));
+    for (path, _) in FROM_HOST {
+        let file = host_lib.join(path.trim_start_matches("/var/lib/"));
+        std::fs::create_dir_all(file.parent().unwrap()).unwrap();
+        std::fs::write(&file, "not-a-real-credential\n").unwrap();
+    }
+    std::fs::create_dir_all(rootfs.join("var/lib")).unwrap();
+    let all: Vec<&str> = IN_IMAGE.iter().chain(FROM_HOST).map(|(p, _)| *p).collect();
+    let script = format!("for f in {}; do cat \"$f\" >/dev/null; done", all.join(" "));
+    let c = Container::with_spec(&id, &[], &["/bin/sh", "-c", &script], |spec| {
+        spec["mounts"].as_array_mut().unwrap().push(json!({
+            "destination": "/var/lib", "type": "bind", "source": host_lib,
+            "options": ["rbind", "ro"]}));
+    });
+    c.run_to_completion();
+    for (path, entry) in IN_IMAGE.iter().chain(FROM_HOST) {
+        let record = agent.wait_record(path, |r| {
+            r["container"]["id"] == id.as_str() && r["file"]["path"] == *path
+        });
+        assert_eq!(record["secret"]["name"], *entry, "{record:#}");
+        assert_eq!(record["verdict"], "undeclared");
+    }
+    let _ = std::fs::remove_dir_all(&host_lib);
+}
+
+#[test]
+fn another_process_memory_is_named_and_a_process_own_is_not() {
+    let agent = setup();
+    let id = format!("cw-{}-memory", std::process::id());
+    // cat opens the container's first process's memory (refused or not, it is recorded),
+    // then its own, which is not credential theft.
+    let c = Container::new(
+        &id,
+        &[],
+        &[
+            "/bin/sh",
+            "-c",
+            "cat /proc/1/mem 2>/dev/null; cat /proc/self/mem 2>/dev/null; true",
+        ],
+    );
+    c.run_to_completion();
+    let record = agent.wait_record("the read of another process' memory", |r| {
+        r["container"]["id"] == id.as_str() && r["file"]["path"] == "/proc/1/mem"
+    });
+    assert_eq!(record["secret"]["name"], "process-memory", "{record:#}");
+    let own: Vec<_> = agent
+        .records()
+        .into_iter()
+        .filter(|r| r["container"]["id"] == id.as_str())
+        .filter(|r| r["file"]["raw_path"] == "/proc/self/mem")
+        .collect();
+    assert!(own.is_empty(), "its own memory is exempt: {own:?}");
+}
