@@ -14,6 +14,8 @@ use anyhow::{Context as _, Result, bail};
 
 use crate::{build_agent, cargo, is_root, setup, status, workspace_root};
 
+mod load;
+
 const CONFIGS: [&str; 4] = ["baseline", "credwatch", "opensnoop", "bpftrace"];
 /// Connects and io_uring requests: the comparison tracers watch opens only, so just with and
 /// without credwatch.
@@ -22,7 +24,9 @@ const CONNECT_CONFIGS: [&str; 2] = ["baseline", "credwatch"];
 const CONNECT_ITERATIONS: u64 = 200_000;
 /// io_uring NOPs per round (submitted and waited for one at a time).
 const URING_ITERATIONS: u64 = 1_000_000;
-const BPFTRACE_PROGRAM: &str = "tracepoint:syscalls:sys_enter_openat { @opens = count(); }";
+/// The floor for a tracer of opens: an empty program on entry and on exit.
+const BPFTRACE_PROGRAM: &str =
+    "tracepoint:syscalls:sys_enter_openat {} tracepoint:syscalls:sys_exit_openat {}";
 
 pub fn bench(iterations: u64, rounds: u32) -> Result<()> {
     if !is_root() {
@@ -30,6 +34,7 @@ pub fn bench(iterations: u64, rounds: u32) -> Result<()> {
     }
     setup::setup()?;
     ensure_debian_packages(&[("opensnoop", "libbpf-tools"), ("bpftrace", "bpftrace")])?;
+    let _stats = load::BpfStats::enable()?;
     let agent = build_agent(true)?;
     status(cargo().args([
         "build",
@@ -42,7 +47,10 @@ pub fn bench(iterations: u64, rounds: u32) -> Result<()> {
         "credwatch-connectloop",
         "--bin",
         "credwatch-uringloop",
+        "--bin",
+        "credwatch-sweep",
     ]))?;
+    let sweep = workspace_root().join("target/release/credwatch-sweep");
     let connectloop = workspace_root().join("target/release/credwatch-connectloop");
     let uringloop = workspace_root().join("target/release/credwatch-uringloop");
     let openloop = workspace_root().join("target/release/credwatch-openloop");
@@ -52,20 +60,33 @@ pub fn bench(iterations: u64, rounds: u32) -> Result<()> {
     std::fs::write(&target, b"benchmark\n")?;
 
     let mut results: Vec<Vec<f64>> = vec![Vec::new(); CONFIGS.len()];
+    // The tracers' programs' own run time per open, as the kernel counts it.
+    let mut kernel_results: Vec<Vec<f64>> = vec![Vec::new(); CONFIGS.len() - 1];
     let mut connect_results: Vec<Vec<f64>> = vec![Vec::new(); CONNECT_CONFIGS.len()];
     let mut uring_results: Vec<Vec<f64>> = vec![Vec::new(); CONNECT_CONFIGS.len()];
     for round in 1..=rounds {
         for (i, config) in CONFIGS.iter().enumerate() {
             let tracer = start_tracer(config, &agent)?;
+            let before = match &tracer {
+                Some(t) => Some(load::programs_of(t.id())?),
+                None => None,
+            };
             let ns = run_loop(
                 Command::new(&openloop)
                     .arg(&target)
                     .arg(iterations.to_string()),
             )?;
+            let mut kernel = String::new();
+            if let (Some(tracer), Some((ns0, _))) = (&tracer, before) {
+                let (ns1, _) = load::programs_of(tracer.id())?;
+                let per_open = (ns1 - ns0) as f64 / iterations as f64;
+                kernel = format!(", programs {per_open:.1} ns/open");
+                kernel_results[i - 1].push(per_open);
+            }
             if let Some(tracer) = tracer {
                 stop(tracer);
             }
-            println!("round {round}/{rounds}: {config:<10} {ns:>8.1} ns/open");
+            println!("round {round}/{rounds}: {config:<10} {ns:>8.1} ns/open{kernel}");
             results[i].push(ns);
         }
         for (i, config) in CONNECT_CONFIGS.iter().enumerate() {
@@ -93,6 +114,15 @@ pub fn bench(iterations: u64, rounds: u32) -> Result<()> {
     print_table("ns per open", &CONFIGS, &mut results);
     println!();
     println!(
+        "the tracers' programs' run time per open (kernel.bpf_stats_enabled), median of {rounds} rounds, against bpftrace's empty enter+exit pair"
+    );
+    let mut kernel_configs = vec!["bpftrace"];
+    kernel_configs.extend(&CONFIGS[1..CONFIGS.len() - 1]);
+    let mut kernel_table = vec![kernel_results[CONFIGS.len() - 2].clone()];
+    kernel_table.extend(kernel_results[..CONFIGS.len() - 2].iter().cloned());
+    print_table("program ns per open", &kernel_configs, &mut kernel_table);
+    println!();
+    println!(
         "UDP socket+connect+close to 127.0.0.1:9 (not an endpoint), {CONNECT_ITERATIONS} iterations, median of {rounds} interleaved rounds"
     );
     print_table("ns per connect", &CONNECT_CONFIGS, &mut connect_results);
@@ -101,7 +131,7 @@ pub fn bench(iterations: u64, rounds: u32) -> Result<()> {
         "io_uring NOP submitted and waited for, {URING_ITERATIONS} iterations, median of {rounds} interleaved rounds"
     );
     print_table("ns per NOP", &CONNECT_CONFIGS, &mut uring_results);
-    Ok(())
+    load::loads(&agent, &openloop, &sweep, &dir)
 }
 
 /// A Markdown table of medians and ratios against the first configuration (the baseline).
@@ -138,6 +168,22 @@ fn start_tracer(config: &str, agent: &Path) -> Result<Option<Child>> {
         "credwatch" => {
             let mut cmd = Command::new(agent);
             cmd.args(["run", "--log", "/dev/null", "--metrics-addr", "127.0.0.1:0"])
+                .current_dir(workspace_root())
+                .env("RUST_LOG", "warn");
+            (cmd, "credwatch: ready", true)
+        }
+        // The agent writing a real log, for the loads (see `load.rs`).
+        "credwatch-logged" => {
+            let mut cmd = Command::new(agent);
+            let work = std::env::temp_dir().join("credwatch-bench");
+            cmd.arg("run")
+                .arg("--log")
+                .arg(load::logged_agent_log(&work))
+                .arg("--policies")
+                .arg(load::policies(&work)?)
+                // The loads measure what the pipeline keeps up with: no per-container budget.
+                .args(["--container-records-per-sec", "0"])
+                .args(["--metrics-addr", load::METRICS_ADDR])
                 .current_dir(workspace_root())
                 .env("RUST_LOG", "warn");
             (cmd, "credwatch: ready", true)

@@ -9,7 +9,7 @@ use crate::{
     toolchain::{self, EbpfToolchain},
 };
 
-/// bpf-linker release known to work with LLVM 22 (DESIGN §2).
+/// bpf-linker release known to work with LLVM 22 (README, "Building and testing").
 const BPF_LINKER_VERSION: &str = "0.13.0";
 
 pub fn setup() -> Result<EbpfToolchain> {

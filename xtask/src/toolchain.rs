@@ -76,7 +76,7 @@ fn find_llvm_dylib(libdir: &Path) -> Option<String> {
 }
 
 /// The toolchain to build with: the nightly when it has `rust-src`, else stable with
-/// RUSTC_BOOTSTRAP (both ship LLVM 22 here, DESIGN §2).
+/// RUSTC_BOOTSTRAP (both ship LLVM 22 here, README, "Toolchain").
 pub fn select() -> Result<EbpfToolchain, String> {
     let candidates: Vec<EbpfToolchain> = ["nightly", "stable"]
         .iter()
