@@ -35,6 +35,8 @@ enum Command {
     },
     /// Write footprints from observed credential access (forensic logs, or --live).
     Learn(crate::learn::LearnOptions),
+    /// Find credentials baked into images (OCI layouts, OCI and docker save archives).
+    AuditImage(crate::audit::AuditOptions),
     /// Print the version.
     Version,
 }
@@ -74,6 +76,11 @@ pub fn main() -> ExitCode {
             // `--check` found accesses the footprints do not cover.
             Ok(false) => return ExitCode::from(1),
             other => other.map(|_| ()),
+        },
+        Command::AuditImage(options) => match crate::audit::audit(options) {
+            Ok(0) => Ok(()),
+            Ok(code) => return ExitCode::from(code),
+            Err(err) => Err(err),
         },
         Command::Version => {
             println!("credwatch {}", env!("CARGO_PKG_VERSION"));

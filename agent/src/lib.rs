@@ -5,6 +5,7 @@
 //! → `secrets` (which credential) → `sinks` (forensic log, metrics); `pipeline` strings them
 //! together. `policy` holds the policy model; `cli` and `run` are the edge.
 
+pub mod audit;
 pub mod cli;
 pub mod containers;
 pub mod dns;
