@@ -38,6 +38,8 @@ pub struct OverBudget {
 pub struct KnownSecret {
     pub rule: usize,
     pub path: Vec<u8>,
+    /// Where the search found it (under `/proc/<pid>/root` for a container's file).
+    pub found_at: PathBuf,
 }
 
 /// Secrets by the id the kernel's inode map returns (id = index + 1), and by inode.
@@ -136,6 +138,7 @@ pub fn resolve_with_budgets(
                     table.known.push(KnownSecret {
                         rule: rule_index,
                         path: bytes.to_vec(),
+                        found_at: file.clone(),
                     });
                     table.by_inode.insert(key, table.known.len() - 1);
                     inodes.insert(key, table.known.len() as u32);
@@ -258,11 +261,17 @@ impl SecretTable {
             && let Some(known) = self.by_inode.get(&inode).map(|&i| &self.known[i])
         {
             let opened_path = (known.path != open.path).then(|| open.path.clone());
-            return Some(Credential {
-                rule: known.rule,
-                path: known.path.clone(),
-                opened_path,
-            });
+            // An inode number is reused once its file is deleted: an open of an unrelated file
+            // can hit a secret's stale entry until the next search. Under another path than
+            // the secret's, the hit counts only while the secret's file still has this inode
+            // (a hardlink); otherwise the open is judged by its own path below.
+            if opened_path.is_none() || still_has_inode(&known.found_at, inode) {
+                return Some(Credential {
+                    rule: known.rule,
+                    path: known.path.clone(),
+                    opened_path,
+                });
+            }
         }
         let path = if open.path_flags & path_flag::LEXICAL != 0 {
             normalize_lexically(&open.path)
@@ -281,6 +290,12 @@ impl SecretTable {
             opened_path: None,
         })
     }
+}
+
+fn still_has_inode(file: &Path, inode: InodeKey) -> bool {
+    std::fs::metadata(file).is_ok_and(|meta| {
+        crate::events::user_dev_to_kernel(meta.dev()) == inode.dev && meta.ino() == inode.ino
+    })
 }
 
 /// The process asked for `/proc/self/<rest>` (or `thread-self`) and got `/proc/<n>/<rest>`:
@@ -445,6 +460,21 @@ mod tests {
         };
         let credential = table.classify(&catalog, &open, None).unwrap();
         assert_eq!(credential.path, secrets.join("b").as_os_str().as_bytes());
+
+        // A hardlink elsewhere is named by the secret while the secret has that inode...
+        let elsewhere = dir.path().join("unrelated");
+        std::fs::hard_link(secrets.join("b"), &elsewhere).unwrap();
+        let through_link = FileOpen {
+            path: elsewhere.as_os_str().as_bytes().to_vec(),
+            ..open.clone()
+        };
+        let credential = table.classify(&catalog, &through_link, None).unwrap();
+        assert_eq!(credential.path, secrets.join("b").as_os_str().as_bytes());
+        assert!(credential.opened_path.is_some());
+        // ...and once the secret is gone, the inode number is another file's (reused after a
+        // delete): judged by its own path, it is no credential.
+        std::fs::remove_file(secrets.join("b")).unwrap();
+        assert_eq!(table.classify(&catalog, &through_link, None), None);
     }
 
     #[test]

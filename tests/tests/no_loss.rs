@@ -166,7 +166,27 @@ fn a_flood_of_one_access_is_counted_exactly_and_hides_nothing() {
         &[&container, &secret],
     );
     // (the flood's token accesses and the one read of `other`)
-    assert_eq!(counted, (FLOOD_OPENS + 1) as f64);
+    let others: Vec<Value> = agent
+        .records()
+        .into_iter()
+        .filter(|r| {
+            r["container"]["id"] == attacker.as_str() && r["file"]["path"] != "/run/secrets/token"
+        })
+        .map(|r| {
+            json!([
+                r["file"]["path"],
+                r["file"]["raw_path"],
+                r["process"]["exe"],
+                r["count"],
+                r["verdict"]
+            ])
+        })
+        .collect();
+    assert_eq!(
+        counted,
+        (FLOOD_OPENS + 1) as f64,
+        "the attacker's other records: {others:?}"
+    );
     assert_eq!(lost(agent), lost_before, "nothing lost in the kernel");
 }
 
@@ -200,12 +220,15 @@ fn a_sweep_of_thousands_of_secret_files_is_recorded_whole() {
         }
         std::thread::sleep(Duration::from_millis(200));
     };
-    let missing = expected.difference(&seen).count();
+    let missing_paths: Vec<_> = expected.difference(&seen).collect();
+    let missing = missing_paths.len();
     let other: Vec<_> = seen.difference(&expected).collect();
     eprintln!(
-        "sweep of {SWEEP_FILES} files: {} of them recorded {:?} after the start; other paths: {other:?}",
+        "sweep of {SWEEP_FILES} files: {} of them recorded {:?} after the start; other paths: {other:?}; missing (first 10): {:?}; agent log: {}",
         SWEEP_FILES - missing,
-        started.elapsed()
+        started.elapsed(),
+        &missing_paths[..missing.min(10)],
+        agent.log.display()
     );
     assert_eq!(missing, 0, "every swept file has its record");
     assert_eq!(lost(agent), lost_before, "nothing lost in the kernel");
