@@ -68,6 +68,8 @@ pub struct Pipeline {
     rescan: bool,
     /// Addresses of catalogue host names, from DNS responses.
     pub learned: crate::dns::LearnedHosts,
+    /// Audits of running containers' images (None: not on containerd, or turned off).
+    pub images: Option<crate::audit::NodeAudits>,
 }
 
 impl Pipeline {
@@ -99,6 +101,7 @@ impl Pipeline {
             scanned: Default::default(),
             rescan: false,
             learned: Default::default(),
+            images: None,
         }
     }
 
@@ -266,6 +269,7 @@ impl Pipeline {
             first_ts: None,
             last_ts: None,
             repeat_of: None,
+            image_finding: None,
         }
     }
 
@@ -323,6 +327,21 @@ impl Pipeline {
             });
         record.pod = meta.as_deref().and_then(sinks::pod_section);
         record.process.cgroup = host_cgroup.clone();
+        if let (Some(m), Some(images)) = (meta.as_deref(), self.images.as_mut())
+            && let Some(image) = &m.image
+        {
+            images.want(image, &self.policies.catalog);
+            record.image_finding = record
+                .file
+                .as_ref()
+                .filter(|_| !held.outside_root)
+                .and_then(|f| images.baked(image, &f.path))
+                .map(|baked| forensic::ImageFindingSection {
+                    status: baked.status.name(),
+                    layer: baked.layer,
+                    rule: baked.rule.clone(),
+                });
+        }
 
         let [namespace, workload, container] = crate::containers::metric_labels(meta.as_deref());
         // Every distinct path or endpoint of an allowed access reaches the log once per
@@ -505,6 +524,7 @@ impl Pipeline {
                 first_ts: wall(cut.first_ns),
                 last_ts: wall(cut.last_ns),
                 repeat_of: None,
+                image_finding: None,
             };
             let tally = Tally {
                 labels: [namespace, workload, container, name, "file".to_string()],
@@ -585,6 +605,32 @@ impl Pipeline {
     }
 
     /// Forgets allowed-access timestamps older than the logging interval (bounded memory).
+    /// Starts audits of the images containers were found to run, and publishes finished ones
+    /// as `credwatch_image_findings`.
+    pub fn poll_image_audits(&mut self) {
+        let Some(images) = self.images.as_mut() else {
+            return;
+        };
+        for image in self.containers.take_new_images() {
+            images.want(&image, &self.policies.catalog);
+        }
+        for audit in images.collect() {
+            for ((status, severity), count) in &audit.counts {
+                self.metrics
+                    .image_findings
+                    .with_label_values(&[audit.image.as_str(), status, severity])
+                    .set(*count);
+            }
+            if let Some(why) = &audit.incomplete {
+                self.metrics
+                    .image_findings
+                    .with_label_values(&[audit.image.as_str(), "incomplete", "unknown"])
+                    .set(1);
+                log::debug!("image {}: {why}", audit.image);
+            }
+        }
+    }
+
     pub fn expire_allowed(&mut self, now: Instant) {
         self.allowed_logged
             .retain(|_, at| now.duration_since(*at) < ALLOWED_EVERY);

@@ -41,6 +41,10 @@ pub struct RunOptions {
     /// /var/run/crio/crio.sock that exists).
     #[arg(long)]
     pub cri_socket: Option<PathBuf>,
+    /// Audit each new container's image once (containerd's content API, a background thread
+    /// at the lowest priority) and mark records of baked credentials in use (`image_finding`).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub audit_images: bool,
     /// Rotate the forensic log file at this size.
     #[arg(long, default_value_t = 100 * 1024 * 1024)]
     pub log_max_bytes: u64,
@@ -135,12 +139,25 @@ pub fn run_for(opts: RunOptions, duration: Option<Duration>) -> Result<time::Off
         set,
         secret_table,
         processes,
-        Containers::new(StateRoots::default(), RuntimeApi::start(opts.cri_socket)),
+        Containers::new(
+            StateRoots::default(),
+            RuntimeApi::start(opts.cri_socket.clone()),
+        ),
         forensic::ForensicLog::open(&opts.log, opts.log_max_bytes, opts.log_keep)?,
         metrics.clone(),
         opts.node_name.unwrap_or_else(hostname),
         boot_to_unix_ns(),
     );
+
+    if opts.audit_images {
+        // containerd's socket: the CRI socket when it is containerd's, else its default.
+        let socket = opts
+            .cri_socket
+            .clone()
+            .filter(|s| s.to_string_lossy().contains("containerd"))
+            .unwrap_or_else(|| PathBuf::from(crate::audit::CONTAINERD_SOCKET));
+        pipeline.images = crate::audit::NodeAudits::start(socket);
+    }
 
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -233,6 +250,7 @@ pub fn run_for(opts: RunOptions, duration: Option<Duration>) -> Result<time::Off
                 }
                 _ = hold_check.tick() => {
                     pipeline.release_held(false);
+                    pipeline.poll_image_audits();
                     // A new container: learn its secrets' inodes now, not at the next refresh.
                     if pipeline.take_rescan() {
                         start_scan(&pipeline, &mut scan, &mut scan_again);

@@ -82,6 +82,11 @@ pub fn ctr(args: &[&str]) -> Result<String, String> {
 /// Builds an OCI image (one uncompressed layer: the busybox rootfs) and imports it into
 /// containerd `namespace` as `name`.
 pub fn import_image(namespace: &str, name: &str, cmd: &[&str]) {
+    import_image_with(namespace, name, cmd, &[]);
+}
+
+/// `import_image` with one more layer on top holding `files` (path in the image, contents).
+pub fn import_image_with(namespace: &str, name: &str, cmd: &[&str], files: &[(&str, &str)]) {
     let dir = std::env::temp_dir().join(format!(
         "credwatch-oci-{}-{}",
         std::process::id(),
@@ -106,10 +111,28 @@ pub fn import_image(namespace: &str, name: &str, cmd: &[&str]) {
         (format!("sha256:{hex}"), bytes.len())
     };
     let (layer, layer_size) = put(&std::fs::read(&layer_path).unwrap());
+    let mut layers = vec![(layer, layer_size)];
+    if !files.is_empty() {
+        let mut builder = tar::Builder::new(Vec::new());
+        for (path, contents) in files {
+            let mut header = tar::Header::new_gnu();
+            header.set_size(contents.len() as u64);
+            header.set_mode(0o600);
+            builder
+                .append_data(
+                    &mut header,
+                    path.trim_start_matches('/'),
+                    contents.as_bytes(),
+                )
+                .unwrap();
+        }
+        layers.push(put(&builder.into_inner().unwrap()));
+    }
+    let diff_ids: Vec<&String> = layers.iter().map(|(digest, _)| digest).collect();
     let config = json!({
         "architecture": std::env::consts::ARCH.replace("x86_64", "amd64").replace("aarch64", "arm64"),
         "os": "linux",
-        "rootfs": {"type": "layers", "diff_ids": [layer]},
+        "rootfs": {"type": "layers", "diff_ids": diff_ids},
         "config": {"Cmd": cmd},
     });
     let (config, config_size) = put(config.to_string().as_bytes());
@@ -117,7 +140,7 @@ pub fn import_image(namespace: &str, name: &str, cmd: &[&str]) {
         "schemaVersion": 2,
         "mediaType": "application/vnd.oci.image.manifest.v1+json",
         "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": config, "size": config_size},
-        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": layer, "size": layer_size}],
+        "layers": layers.iter().map(|(digest, size)| json!({"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": digest, "size": size})).collect::<Vec<_>>(),
     });
     let (manifest, manifest_size) = put(manifest.to_string().as_bytes());
     let index = json!({

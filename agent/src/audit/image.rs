@@ -36,6 +36,8 @@ pub enum Store {
         file: PathBuf,
         members: HashMap<String, (u64, u64)>,
     },
+    /// An image in containerd's content store, read through its content API.
+    Containerd(Box<super::containerd::ContentStore>),
 }
 
 impl Store {
@@ -80,6 +82,7 @@ impl Store {
         match self {
             Store::Directory(root) => root.join(name).is_file(),
             Store::Archive { members, .. } => members.contains_key(name),
+            Store::Containerd(_) => false,
         }
     }
 
@@ -111,6 +114,14 @@ impl Store {
                     1 << 16,
                     file.take(size),
                 )))
+            }
+            Store::Containerd(content) => {
+                let digest = name
+                    .strip_prefix("blobs/")
+                    .and_then(|rest| rest.split_once('/'))
+                    .map(|(algorithm, hex)| format!("{algorithm}:{hex}"))
+                    .ok_or_else(|| incomplete(format!("{name}: not a blob")))?;
+                content.read(&digest)
             }
         }
     }
@@ -272,20 +283,34 @@ pub fn targets(
     platform: Option<&str>,
 ) -> Result<Vec<Target>, Incomplete> {
     let mut out = Vec::new();
-    if store.has("index.json") {
+    let roots: Option<Vec<(Descriptor, Option<String>)>> = if let Store::Containerd(content) = store
+    {
+        Some(vec![(
+            content.target.clone(),
+            Some(content.reference.clone()),
+        )])
+    } else if store.has("index.json") {
         let index: IndexOrManifest = store.read_json("index.json")?;
-        let mut pending: Vec<(Descriptor, Option<String>)> = index
-            .manifests
-            .unwrap_or_default()
-            .into_iter()
-            .map(|d| {
-                let name = d
-                    .annotations
-                    .get("org.opencontainers.image.ref.name")
-                    .cloned();
-                (d, name)
-            })
-            .collect();
+        Some(
+            index
+                .manifests
+                .unwrap_or_default()
+                .into_iter()
+                .map(|d| {
+                    let name = d
+                        .annotations
+                        .get("org.opencontainers.image.ref.name")
+                        .or_else(|| d.annotations.get("io.containerd.image.name"))
+                        .cloned();
+                    (d, name)
+                })
+                .collect(),
+        )
+    } else {
+        None
+    };
+    if let Some(roots) = roots {
+        let mut pending = roots;
         let mut attestations: HashMap<String, Vec<String>> = HashMap::new();
         let mut seen = 0;
         while let Some((descriptor, ref_name)) = pending.pop() {

@@ -5,10 +5,12 @@
 //! too. Values are never printed: findings carry a keyed fingerprint and a redacted preview.
 
 mod config;
+mod containerd;
 mod content;
 mod finding;
 mod image;
 mod layer;
+mod node;
 mod report;
 
 use std::{collections::BTreeSet, io::Read as _, path::PathBuf};
@@ -16,8 +18,10 @@ use std::{collections::BTreeSet, io::Read as _, path::PathBuf};
 use anyhow::Result;
 
 use crate::{cli::UsageError, policy};
+pub use containerd::DEFAULT_SOCKET as CONTAINERD_SOCKET;
 pub use finding::{Finding, Severity, Source, Status};
 use image::{Incomplete, Store};
+pub use node::NodeAudits;
 
 /// Used when `CREDWATCH_FINGERPRINT_KEY` is not set: fingerprints then compare across every
 /// credwatch installation (fine for high-entropy tokens; set a key of your own for passwords).
@@ -51,7 +55,11 @@ pub struct AuditOptions {
     /// Uncompressed bytes one layer may expand to before the scan stops (exit 3).
     #[arg(long, default_value_t = 64 << 30)]
     pub max_layer_bytes: u64,
-    /// OCI layout directories, OCI archives or `docker save` archives.
+    /// containerd's socket, for `containerd://` images.
+    #[arg(long, default_value = containerd::DEFAULT_SOCKET)]
+    pub containerd_socket: PathBuf,
+    /// OCI layout directories, OCI archives, `docker save` archives, or
+    /// `containerd://[NAMESPACE/]REFERENCE` (an image on this node).
     #[arg(required = true, value_name = "IMAGE")]
     pub images: Vec<PathBuf>,
 }
@@ -139,10 +147,25 @@ fn audit_one(
     key: &[u8],
     report: &mut Report,
 ) -> Result<(), Incomplete> {
-    let store = Store::open(path)?;
-    let targets = image::targets(&store, label, options.platform.as_deref())?;
+    let (store, platform) = match label.strip_prefix("containerd://") {
+        // containerd keeps only this node's platform of a multi-platform image.
+        Some(spec) => (
+            Store::Containerd(Box::new(containerd::ContentStore::open(
+                spec,
+                &options.containerd_socket,
+            )?)),
+            Some(
+                options
+                    .platform
+                    .clone()
+                    .unwrap_or_else(containerd::host_platform),
+            ),
+        ),
+        None => (Store::open(path)?, options.platform.clone()),
+    };
+    let targets = image::targets(&store, label, platform.as_deref())?;
     if targets.is_empty() {
-        return Err(Incomplete(match &options.platform {
+        return Err(Incomplete(match &platform {
             Some(p) => format!("no image for platform {p}"),
             None => "no image in the layout".into(),
         }));

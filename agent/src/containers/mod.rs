@@ -74,6 +74,8 @@ pub struct Containers {
     /// Paths from the kernel's cgroup_mkdir events, with when the cgroup was removed.
     known_paths: HashMap<u64, (String, Option<Instant>)>,
     api: Option<RuntimeApi>,
+    /// Images the runtime API named since the last `take_new_images`.
+    new_images: Vec<String>,
 }
 
 impl Containers {
@@ -87,6 +89,7 @@ impl Containers {
             by_cgroup: HashMap::new(),
             known_paths: HashMap::new(),
             api,
+            new_images: Vec::new(),
         }
     }
 
@@ -216,6 +219,12 @@ impl Containers {
                 continue;
             };
             let mut merged = (**meta).clone();
+            if let Some(image) = &image
+                && merged.image.is_none()
+                && self.new_images.len() < 1024
+            {
+                self.new_images.push(image.clone());
+            }
             merged.name = name.or(merged.name);
             merged.image = image.or(merged.image);
             merged.pod = pod.or(merged.pod);
@@ -227,6 +236,12 @@ impl Containers {
             *meta = Arc::new(merged);
             *awaiting_api = false;
         }
+    }
+
+    /// Images of containers the runtime API described since the last call (to audit them).
+    pub fn take_new_images(&mut self) -> Vec<String> {
+        self.collect_answers();
+        std::mem::take(&mut self.new_images)
     }
 
     /// Whether a record from this cgroup should wait: its metadata is being fetched, or its

@@ -616,6 +616,8 @@ fn watch_live(opts: &LearnOptions) -> Result<(PathBuf, OffsetDateTime)> {
         metrics_addr: "127.0.0.1:0".parse()?,
         node_name: None,
         cri_socket: None,
+        // Learning needs what was accessed, not what images carry.
+        audit_images: false,
         log_max_bytes: u64::MAX,
         log_keep: 1,
         ring_buffer_mib: 8,

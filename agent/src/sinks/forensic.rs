@@ -66,6 +66,17 @@ pub struct Record {
     pub last_ts: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub repeat_of: Option<String>,
+    /// The credential read was baked into the container's own image (`audit-image`): it
+    /// must be rotated.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub image_finding: Option<ImageFindingSection>,
+}
+
+#[derive(Serialize, Debug, Clone)]
+pub struct ImageFindingSection {
+    pub status: &'static str,
+    pub layer: usize,
+    pub rule: String,
 }
 
 /// The footprint behind the verdict.

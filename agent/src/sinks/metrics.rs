@@ -22,6 +22,8 @@ pub struct Metrics {
     pub events_lost: IntCounterVec,
     pub over_budget: IntCounterVec,
     pub secret_files_over_budget: IntGaugeVec,
+    /// Findings of `audit-image` in running containers' images.
+    pub image_findings: IntGaugeVec,
     pub policy_reloads: IntCounterVec,
     policy_info: IntGaugeVec,
     kernel_events: IntCounterVec,
@@ -199,6 +201,12 @@ impl Metrics {
                 "credwatch_secret_files_over_budget",
                 "Catalogue files found in a container's filesystem, when more than its share of the kernel's secret-inode map (the first ones are tracked by inode).",
                 &["namespace", "workload", "container"],
+            ),
+            image_findings: gauge(
+                &registry,
+                "credwatch_image_findings",
+                "Credentials baked into the images of containers on this node (audit-image), by status and severity (status incomplete: the audit could not finish).",
+                &["image", "status", "severity"],
             ),
             events_lost: counter(
                 &registry,
