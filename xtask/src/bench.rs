@@ -14,6 +14,7 @@ use anyhow::{Context as _, Result, bail};
 
 use crate::{build_agent, cargo, is_root, setup, status, workspace_root};
 
+mod audit;
 mod load;
 
 const CONFIGS: [&str; 4] = ["baseline", "credwatch", "opensnoop", "bpftrace"];
@@ -49,6 +50,8 @@ pub fn bench(iterations: u64, rounds: u32) -> Result<()> {
         "credwatch-uringloop",
         "--bin",
         "credwatch-sweep",
+        "--bin",
+        "credwatch-mkimage",
     ]))?;
     let sweep = workspace_root().join("target/release/credwatch-sweep");
     let connectloop = workspace_root().join("target/release/credwatch-connectloop");
@@ -131,7 +134,10 @@ pub fn bench(iterations: u64, rounds: u32) -> Result<()> {
         "io_uring NOP submitted and waited for, {URING_ITERATIONS} iterations, median of {rounds} interleaved rounds"
     );
     print_table("ns per NOP", &CONNECT_CONFIGS, &mut uring_results);
-    load::loads(&agent, &openloop, &sweep, &dir)
+    load::loads(&agent, &openloop, &sweep, &dir)?;
+    println!();
+    let mkimage = workspace_root().join("target/release/credwatch-mkimage");
+    audit::audit(&agent, &mkimage, &dir, rounds)
 }
 
 /// A Markdown table of medians and ratios against the first configuration (the baseline).

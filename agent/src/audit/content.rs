@@ -105,9 +105,39 @@ const SHAPES: &[Shape] = &[
         public: PublicPart::Keyword,
     },
     Shape {
-        keyword: "xox",
+        keyword: "xoxa-",
         rule: "slack-token",
-        shape: r"^xox[abposr]-[0-9A-Za-z\-]{10,}",
+        shape: r"^xoxa-[0-9A-Za-z\-]{10,}",
+        public: PublicPart::Keyword,
+    },
+    Shape {
+        keyword: "xoxb-",
+        rule: "slack-token",
+        shape: r"^xoxb-[0-9A-Za-z\-]{10,}",
+        public: PublicPart::Keyword,
+    },
+    Shape {
+        keyword: "xoxp-",
+        rule: "slack-token",
+        shape: r"^xoxp-[0-9A-Za-z\-]{10,}",
+        public: PublicPart::Keyword,
+    },
+    Shape {
+        keyword: "xoxo-",
+        rule: "slack-token",
+        shape: r"^xoxo-[0-9A-Za-z\-]{10,}",
+        public: PublicPart::Keyword,
+    },
+    Shape {
+        keyword: "xoxs-",
+        rule: "slack-token",
+        shape: r"^xoxs-[0-9A-Za-z\-]{10,}",
+        public: PublicPart::Keyword,
+    },
+    Shape {
+        keyword: "xoxr-",
+        rule: "slack-token",
+        shape: r"^xoxr-[0-9A-Za-z\-]{10,}",
         public: PublicPart::Keyword,
     },
     Shape {
@@ -124,7 +154,12 @@ struct Compiled {
 }
 
 static COMPILED: LazyLock<Compiled> = LazyLock::new(|| Compiled {
-    prefilter: AhoCorasick::new(SHAPES.iter().map(|s| s.keyword)).expect("static keywords"),
+    // Leftmost-first (not overlapping) so the search runs on its SIMD prefilter; keywords do
+    // not contain one another.
+    prefilter: AhoCorasick::builder()
+        .match_kind(aho_corasick::MatchKind::LeftmostFirst)
+        .build(SHAPES.iter().map(|s| s.keyword))
+        .expect("static keywords"),
     shapes: SHAPES
         .iter()
         .map(|s| Regex::new(s.shape).expect("static shape"))
@@ -135,7 +170,7 @@ static COMPILED: LazyLock<Compiled> = LazyLock::new(|| Compiled {
 pub fn scan(bytes: &[u8]) -> Vec<Hit<'_>> {
     let compiled = &*COMPILED;
     let mut hits: Vec<Hit> = Vec::new();
-    for found in compiled.prefilter.find_overlapping_iter(bytes) {
+    for found in compiled.prefilter.find_iter(bytes) {
         let index = found.pattern().as_usize();
         let start = found.start();
         let window = &bytes[start..bytes.len().min(start + SHAPE_WINDOW)];
