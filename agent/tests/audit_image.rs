@@ -432,6 +432,53 @@ fn an_oci_layout_with_baked_credentials() {
 }
 
 #[test]
+fn an_oci_archive_in_docker_engine_25_layout() {
+    // Docker Engine 25+ `docker save`: an OCI layout (index.json, blobs/sha256) plus the
+    // legacy manifest.json pointing into the blobs, in one tar, read in place.
+    let dir = tempfile::tempdir().unwrap();
+    let layout_dir = dir.path().join("layout");
+    leaky_layout(&layout_dir);
+    let index: Value =
+        serde_json::from_slice(&std::fs::read(layout_dir.join("index.json")).unwrap()).unwrap();
+    let manifest_blob = |digest: &str| layout_dir.join("blobs/sha256").join(&digest[7..]);
+    let manifest: Value = serde_json::from_slice(
+        &std::fs::read(manifest_blob(
+            index["manifests"][0]["digest"].as_str().unwrap(),
+        ))
+        .unwrap(),
+    )
+    .unwrap();
+    let blob_name = |d: &Value| format!("blobs/sha256/{}", &d["digest"].as_str().unwrap()[7..]);
+    let legacy = json!([{
+        "Config": blob_name(&manifest["config"]),
+        "RepoTags": ["leaky/app:25"],
+        "Layers": manifest["layers"].as_array().unwrap().iter().map(blob_name).collect::<Vec<_>>(),
+    }]);
+    std::fs::write(layout_dir.join("manifest.json"), legacy.to_string()).unwrap();
+    let archive = dir.path().join("image.tar");
+    let mut builder = tar::Builder::new(std::fs::File::create(&archive).unwrap());
+    builder.append_dir_all(".", &layout_dir).unwrap();
+    builder.finish().unwrap();
+    drop(builder);
+    let (code, report) = json_report(&[], &archive);
+    assert_eq!(code, Some(1), "{report:#}");
+    assert_eq!(
+        find(&report, "/root/.aws/credentials", "aws-shared-credentials")["status"],
+        "deleted"
+    );
+    assert_eq!(
+        find(&report, "/app/config.js", "github-token")["status"],
+        "overwritten"
+    );
+    // Read in place: the archive's members were not written anywhere.
+    assert_eq!(
+        std::fs::read_dir(dir.path()).unwrap().count(),
+        2,
+        "layout and archive only"
+    );
+}
+
+#[test]
 fn a_docker_save_archive_legacy_layout() {
     let dir = tempfile::tempdir().unwrap();
     let layer = layer_tar(&[Member::File(
