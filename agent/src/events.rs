@@ -119,6 +119,8 @@ pub struct CgroupEvent {
     pub created: bool,
     pub id: u64,
     pub path: String,
+    /// When (CLOCK_BOOTTIME ns).
+    pub boot_ns: u64,
 }
 
 /// A connect() to a catalogue endpoint's address and port.
@@ -295,11 +297,12 @@ fn decode_cgroup(bytes: &[u8], header: RecordHeader) -> Result<Event, DecodeErro
         other => return Err(DecodeError::BadField("event", other as u64)),
     };
     // cgroup names are chosen by whoever creates them: keep every byte, escaped.
-    let path = crate::sinks::forensic::escape_bytes(&rec.path[..len]);
+    let path = crate::escape::escape_bytes(&rec.path[..len]);
     Ok(Event::Cgroup(CgroupEvent {
         created,
         id: rec.id,
         path,
+        boot_ns: rec.boot_ns,
     }))
 }
 

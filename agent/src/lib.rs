@@ -9,6 +9,8 @@ pub mod audit;
 pub mod cli;
 pub mod containers;
 pub mod dns;
+pub mod error;
+pub mod escape;
 pub mod events;
 pub mod footprint;
 pub mod learn;

@@ -320,6 +320,16 @@ impl Pipeline {
             action: judgement.action.as_str(),
         });
         record.container = meta.as_deref().map(sinks::container_section);
+        if let Some(section) = record.container.as_mut()
+            && section.started.is_none()
+        {
+            // The runtime's state was gone before the agent looked (a container that ran for
+            // milliseconds): its cgroup's creation is when it started.
+            section.started = self
+                .containers
+                .cgroup_created_ns(held.cgroup_id)
+                .and_then(|ns| sinks::rfc3339(self.boot_to_unix_ns + ns as i128));
+        }
         record.process.container_entry =
             meta.as_deref().and_then(|m| m.init_pid).and_then(|init| {
                 self.processes
@@ -629,6 +639,29 @@ impl Pipeline {
                 log::debug!("image {}: {why}", audit.image);
             }
         }
+    }
+
+    /// The periodic upkeep of the tables (every few seconds): processes whose exit was missed,
+    /// exited processes, allowed-access dedup, idle metric series, learned endpoints, removed
+    /// containers; and the gauges that report their sizes.
+    pub fn housekeeping(&mut self, now: Instant) {
+        let missed = self.processes.reconcile_with_procfs(now);
+        if missed > 0 {
+            log::debug!("{missed} process(es) gone without an exit event");
+            self.metrics.process_exits_missed.inc_by(missed as u64);
+        }
+        self.processes.expire(now);
+        self.expire_allowed(now);
+        self.metrics.expire_series(now);
+        self.learned.expire(now);
+        self.containers.sweep();
+        self.metrics.processes.set(self.processes.len() as i64);
+        self.metrics
+            .containers
+            .set(self.containers.containers() as i64);
+        self.metrics
+            .learned_endpoints
+            .set(self.learned.entries() as i64);
     }
 
     pub fn expire_allowed(&mut self, now: Instant) {

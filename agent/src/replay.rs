@@ -12,8 +12,8 @@ use anyhow::{Context as _, Result, bail};
 use serde_json::{Value, json};
 
 use crate::{
-    cli::UsageError,
     containers::{Metadata, Pod},
+    error::UsageError,
     footprint::{self, Subject, Verdict},
     policy,
 };

@@ -98,7 +98,7 @@ pub fn run_for(opts: RunOptions, duration: Option<Duration>) -> Result<time::Off
         for p in &problems {
             eprintln!("{p}");
         }
-        crate::cli::UsageError(format!(
+        crate::error::UsageError(format!(
             "{} problem(s) in {}",
             problems.len(),
             opts.policies.display()
@@ -231,23 +231,7 @@ pub fn run_for(opts: RunOptions, duration: Option<Duration>) -> Result<time::Off
                         start_scan(&pipeline, &mut scan, &mut scan_again);
                     }
                 }
-                _ = housekeeping.tick() => {
-                    let now = std::time::Instant::now();
-                    let missed = pipeline.processes.reconcile_with_procfs(now);
-                    if missed > 0 {
-                        log::debug!("{missed} process(es) gone without an exit event");
-                        pipeline.metrics.process_exits_missed.inc_by(missed as u64);
-                    }
-                    pipeline.processes.expire(now);
-                    pipeline.expire_allowed(std::time::Instant::now());
-                    pipeline.metrics.expire_series(now);
-                    pipeline.learned.expire(std::time::Instant::now());
-                    pipeline.containers.sweep();
-                    pipeline.metrics.processes.set(pipeline.processes.len() as i64);
-                    pipeline.metrics.containers.set(pipeline.containers.containers() as i64);
-                    let learned = pipeline.learned.entries() as i64;
-                    pipeline.metrics.learned_endpoints.set(learned);
-                }
+                _ = housekeeping.tick() => pipeline.housekeeping(std::time::Instant::now()),
                 _ = hold_check.tick() => {
                     pipeline.release_held(false);
                     pipeline.poll_image_audits();

@@ -377,17 +377,33 @@ fn live_learning_watches_for_the_duration() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    // Wait for the learner's probes (its "ready" line is on stderr; the log file appears).
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let log = std::env::temp_dir().join(format!("credwatch-learn-{}/observed.jsonl", learner.id()));
-    while !log.exists() && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    assert!(log.exists(), "the live learner started");
+    // Wait for the learner's probes: its "ready" line on stderr comes once they are attached
+    // (its log file exists earlier, so waiting for the file raced with the container start).
+    let mut learner = learner;
+    let stderr = learner.stderr.take().unwrap();
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        let mut lines = Vec::new();
+        for line in std::io::BufRead::lines(std::io::BufReader::new(stderr)).map_while(Result::ok) {
+            if line.contains("credwatch: ready") {
+                let _ = ready_tx.send(());
+            }
+            lines.push(line);
+        }
+        lines.join("\n")
+    });
+    assert!(
+        ready_rx.recv_timeout(Duration::from_secs(60)).is_ok(),
+        "the live learner did not get ready"
+    );
     let container = Container::new(&id, &[("live", "x")], &["/bin/cat", "/run/secrets/live"]);
     container.run_to_completion();
     let result = learner.wait_with_output().unwrap();
-    let report = text(&result);
+    let report = format!(
+        "{}{}",
+        String::from_utf8_lossy(&result.stdout),
+        reader.join().unwrap()
+    );
     assert!(result.status.success(), "{report}");
     let yaml = std::fs::read_to_string(out.join(format!("container-{id}.yaml")))
         .unwrap_or_else(|_| panic!("{report}"));

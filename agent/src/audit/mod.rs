@@ -17,7 +17,7 @@ use std::{collections::BTreeSet, io::Read as _, path::PathBuf};
 
 use anyhow::Result;
 
-use crate::{cli::UsageError, policy};
+use crate::{error::UsageError, policy};
 pub use containerd::DEFAULT_SOCKET as CONTAINERD_SOCKET;
 pub use finding::{Finding, Severity, Source, Status};
 use image::{Incomplete, Store};

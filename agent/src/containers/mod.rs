@@ -73,6 +73,9 @@ pub struct Containers {
     by_cgroup: HashMap<u64, Entry>,
     /// Paths from the kernel's cgroup_mkdir events, with when the cgroup was removed.
     known_paths: HashMap<u64, (String, Option<Instant>)>,
+    /// When the kernel reported each known cgroup's creation (boot-time ns): a container's
+    /// start when its runtime state is gone before the agent looks (short-lived containers).
+    created_ns: HashMap<u64, u64>,
     api: Option<RuntimeApi>,
     /// Images the runtime API named since the last `take_new_images`.
     new_images: Vec<String>,
@@ -88,6 +91,7 @@ impl Containers {
             roots,
             by_cgroup: HashMap::new(),
             known_paths: HashMap::new(),
+            created_ns: HashMap::new(),
             api,
             new_images: Vec::new(),
         }
@@ -106,6 +110,7 @@ impl Containers {
             }
         }
         if event.created {
+            self.created_ns.insert(event.id, event.boot_ns);
             self.resolve(event.id, 0, Lookup::Cached);
         }
     }
@@ -244,6 +249,11 @@ impl Containers {
         std::mem::take(&mut self.new_images)
     }
 
+    /// When the kernel reported the cgroup's creation (boot-time ns), if it did.
+    pub fn cgroup_created_ns(&self, cgroup_id: u64) -> Option<u64> {
+        self.created_ns.get(&cgroup_id).copied()
+    }
+
     /// Whether a record from this cgroup should wait: its metadata is being fetched, or its
     /// runtime state may still appear (the cgroup is alive).
     pub fn is_pending(&mut self, cgroup_id: u64) -> bool {
@@ -285,6 +295,8 @@ impl Containers {
         self.known_paths.retain(|_, (_, removed)| {
             removed.is_none_or(|at| now.duration_since(at) < REMOVED_GRACE)
         });
+        let known = &self.known_paths;
+        self.created_ns.retain(|id, _| known.contains_key(id));
         let (known, paths) = (&self.known_paths, &self.paths);
         self.by_cgroup.retain(|id, _| {
             known.contains_key(id) || paths.as_ref().is_some_and(|p| p.path_of(*id).is_some())

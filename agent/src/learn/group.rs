@@ -300,7 +300,7 @@ mod tests {
             ("/run/secrets/[x]", "/run/secrets/x"),
             ("/run/secrets/back\\slash", "/run/secrets/backslash"),
         ] {
-            let logged = crate::sinks::forensic::escape_bytes(path.as_bytes());
+            let logged = crate::escape::escape_bytes(path.as_bytes());
             let glob = globset::GlobBuilder::new(&learned_path(&logged).unwrap())
                 .literal_separator(true)
                 .build()

@@ -19,8 +19,8 @@ use anyhow::{Context as _, Result, bail};
 use time::OffsetDateTime;
 
 use crate::{
-    cli::UsageError,
     containers::{Metadata, Pod},
+    error::UsageError,
     footprint::{self, Subject, Verdict},
     policy::{self, PolicySet},
 };

@@ -14,23 +14,7 @@ use super::logfile::LogFile;
 
 pub const SCHEMA: u32 = 1;
 
-/// Escapes untrusted bytes into a string (see the module doc).
-pub fn escape_bytes(bytes: &[u8]) -> String {
-    let mut out = String::with_capacity(bytes.len());
-    for chunk in bytes.utf8_chunks() {
-        for c in chunk.valid().chars() {
-            if c == '\\' {
-                out.push_str("\\\\");
-            } else {
-                out.push(c);
-            }
-        }
-        for b in chunk.invalid() {
-            out.push_str(&format!("\\x{b:02x}"));
-        }
-    }
-    out
-}
+pub use crate::escape::escape_bytes;
 
 #[derive(Serialize, Debug, Clone)]
 pub struct Record {
