@@ -533,3 +533,56 @@ fn probe_status(probe: &'static str, mode: &'static str, result: Result<()>) -> 
         },
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use credwatch_common::{maps, probe};
+
+    /// Every map and program the agent asks for by name is in the embedded object: a rename
+    /// on either side fails here, unprivileged, instead of at load time on a node.
+    #[test]
+    fn the_embedded_object_has_every_map_and_program_the_agent_names() {
+        let object =
+            aya_obj::Object::parse(super::PROGRAMS).expect("the embedded eBPF object parses");
+        for map in [
+            maps::EVENTS,
+            maps::STATS,
+            maps::SECRET_INODES,
+            maps::PATH_PREFIXES,
+            maps::PATH_SUFFIXES,
+            maps::ENDPOINTS,
+            maps::NAMED_PORTS,
+            maps::LEARNED_ENDPOINTS,
+            maps::REPEATS,
+            maps::SUPPRESSED,
+        ] {
+            assert!(object.maps.contains_key(map), "map {map} missing");
+        }
+        let mut programs: Vec<String> = probe::NAMES[..probe::FILE_OPEN_COUNT as usize]
+            .iter()
+            .chain(&["connect"])
+            .flat_map(|name| [format!("sys_enter_{name}"), format!("sys_exit_{name}")])
+            .collect();
+        programs.extend(
+            [
+                "sched_process_exec",
+                "sched_process_fork",
+                "sched_process_exit",
+                "cgroup_mkdir",
+                "cgroup_rmdir",
+                "dns_answers",
+                "connect4",
+                "connect6",
+                "io_uring_submit_req",
+                "io_uring_complete",
+            ]
+            .map(String::from),
+        );
+        for program in &programs {
+            assert!(
+                object.programs.contains_key(program),
+                "program {program} missing"
+            );
+        }
+    }
+}

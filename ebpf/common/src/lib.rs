@@ -552,3 +552,25 @@ mod user {
     unsafe impl aya::Pod for super::Budget {}
     unsafe impl aya::Pod for super::KernelOffsets {}
 }
+
+// The wire layout is a contract between the kernel programs and the agent: sizes are checked
+// when either is compiled, so a field added, resized or reordered changes them on purpose
+// (and WIRE_VERSION with them), never by accident. The same holds for map keys and values.
+const _: () = {
+    use core::mem::size_of;
+    assert!(size_of::<RecordHeader>() == 8);
+    assert!(size_of::<FileOpenRecord>() == 5248);
+    assert!(FILE_OPEN_FIXED_BYTES == 128);
+    assert!(size_of::<ProcessRecord>() == 1368);
+    assert!(PROCESS_FIXED_BYTES == 88 && PROCESS_ARGS_OFFSET == 344);
+    assert!(size_of::<CgroupRecord>() == 544);
+    assert!(size_of::<ConnectRecord>() == 104);
+    assert!(size_of::<DnsRecord>() == 1264);
+    assert!(size_of::<RepeatKey>() == 48);
+    assert!(size_of::<RepeatValue>() == 24);
+    assert!(size_of::<SuppressedKey>() == 16);
+    assert!(size_of::<Budget>() == 16);
+    assert!(size_of::<InodeKey>() == 16);
+    assert!(size_of::<EndpointValue>() == 24);
+    assert!(size_of::<LearnedKey>() == 24);
+};
