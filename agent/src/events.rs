@@ -6,9 +6,9 @@ use std::{fmt, mem::size_of};
 use credwatch_common::{
     ARGS_BYTES, CGROUP_MKDIR, CGROUP_PATH_BYTES, CGROUP_RMDIR, CgroupRecord, ConnectRecord,
     DNS_BYTES, DnsRecord, FILE_OPEN_FIXED_BYTES, FILENAME_BYTES, FileOpenRecord, KIND_CGROUP,
-    KIND_CONNECT, KIND_DNS, KIND_FILE_OPEN, KIND_PROCESS, PATH_BYTES, PROCESS_ARGS_OFFSET,
-    PROCESS_FIXED_BYTES, ProcessRecord, RAW_PATH_BYTES, RecordHeader, RepeatKey, WIRE_VERSION,
-    connect_source, probe, process_event,
+    KIND_CONNECT, KIND_DNS, KIND_FILE_OPEN, KIND_MEMORY, KIND_PROCESS, MemoryRecord, PATH_BYTES,
+    PROCESS_ARGS_OFFSET, PROCESS_FIXED_BYTES, ProcessRecord, RAW_PATH_BYTES, RecordHeader,
+    RepeatKey, WIRE_VERSION, connect_source, memory_syscall, probe, process_event,
 };
 
 /// A file-open syscall, decoded.
@@ -156,6 +156,27 @@ pub enum Event {
     },
     Process(Box<ProcessEvent>),
     Cgroup(CgroupEvent),
+    Memory(Box<MemoryAccess>),
+}
+
+/// A syscall into another process's memory (ptrace attach/seize, process_vm_readv/writev).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemoryAccess {
+    pub boot_ns: u64,
+    pub pid: u32,
+    pub tid: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub cgroup_id: u64,
+    pub start_boottime: u64,
+    pub result: i64,
+    /// "ptrace", "process_vm_readv" or "process_vm_writev".
+    pub syscall: &'static str,
+    /// "PTRACE_ATTACH" or "PTRACE_SEIZE" for ptrace.
+    pub request: Option<&'static str>,
+    /// The target pid as the caller named it (its own pid namespace).
+    pub target: u32,
+    pub comm: Vec<u8>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -195,6 +216,7 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
         KIND_PROCESS => decode_process(bytes, header),
         KIND_CGROUP => decode_cgroup(bytes, header),
         KIND_CONNECT => decode_connect(bytes, header),
+        KIND_MEMORY => decode_memory(bytes, header),
         KIND_DNS => {
             let rec: DnsRecord = read_record(bytes, header)?;
             let len = rec.len as usize;
@@ -281,6 +303,36 @@ fn decode_connect(bytes: &[u8], header: RecordHeader) -> Result<Event, DecodeErr
         ipv6_socket,
         port: rec.port,
         endpoint: rec.endpoint,
+        comm: until_nul(&rec.comm).to_vec(),
+    })))
+}
+
+fn decode_memory(bytes: &[u8], header: RecordHeader) -> Result<Event, DecodeError> {
+    let rec: MemoryRecord = read_record(bytes, header)?;
+    let syscall = match rec.syscall {
+        memory_syscall::PTRACE => "ptrace",
+        memory_syscall::PROCESS_VM_READV => "process_vm_readv",
+        memory_syscall::PROCESS_VM_WRITEV => "process_vm_writev",
+        other => return Err(DecodeError::BadField("syscall", other as u64)),
+    };
+    let request = match (rec.syscall, rec.request) {
+        (memory_syscall::PTRACE, memory_syscall::PTRACE_ATTACH) => Some("PTRACE_ATTACH"),
+        (memory_syscall::PTRACE, memory_syscall::PTRACE_SEIZE) => Some("PTRACE_SEIZE"),
+        (memory_syscall::PTRACE, other) => return Err(DecodeError::BadField("request", other)),
+        _ => None,
+    };
+    Ok(Event::Memory(Box::new(MemoryAccess {
+        boot_ns: rec.boot_ns,
+        pid: rec.pid,
+        tid: rec.tid,
+        uid: rec.uid,
+        gid: rec.gid,
+        cgroup_id: rec.cgroup_id,
+        start_boottime: rec.start_boottime,
+        result: rec.result,
+        syscall,
+        request,
+        target: rec.target,
         comm: until_nul(&rec.comm).to_vec(),
     })))
 }

@@ -72,6 +72,10 @@ pub struct Pipeline {
     pub images: Option<crate::audit::NodeAudits>,
 }
 
+/// The catalogue entry whose footprints judge syscalls into another process's memory (its
+/// file paths, `/proc/<pid>/mem`, are the same theft by another route).
+const PROCESS_MEMORY: &str = "process-memory";
+
 impl Pipeline {
     #[allow(clippy::too_many_arguments)]
     pub fn new(
@@ -120,6 +124,7 @@ impl Pipeline {
         match event {
             Event::FileOpen(open) => self.file_open(&open),
             Event::Connect(connect) => self.connect(&connect),
+            Event::Memory(access) => self.memory_access(&access),
             Event::Dns { cgroup_id, message } => {
                 let catalog = &self.policies.catalog;
                 self.learned
@@ -176,6 +181,82 @@ impl Pipeline {
             outside_root: open.path_flags & credwatch_common::path_flag::OUTSIDE_ROOT != 0,
             until: Instant::now() + HOLD,
             repeat: open.repeat,
+        };
+        if let Some(still_waiting) = self.attribute(held, Instant::now()) {
+            self.held.push_back(still_waiting);
+        }
+    }
+
+    /// ptrace attach/seize or process_vm_readv/writev of another process: judged like the
+    /// catalogue's `process-memory` entry (a debugger sidecar can be allowed by a footprint).
+    fn memory_access(&mut self, m: &events::MemoryAccess) {
+        let task = |pid: u32| FileOpen {
+            boot_ns: m.boot_ns,
+            pid,
+            tid: pid,
+            ..Default::default()
+        };
+        let process = self.processes.describe(&FileOpen {
+            tid: m.tid,
+            uid: m.uid,
+            gid: m.gid,
+            cgroup_id: m.cgroup_id,
+            start_boottime: m.start_boottime,
+            comm: m.comm.clone(),
+            ..task(m.pid)
+        });
+        let host_pid = crate::process::host_pid_in_namespace_of(m.pid, m.target);
+        // A process reading its own memory is no theft.
+        if process.ns_pid == Some(m.target) || host_pid == Some(m.pid) {
+            return;
+        }
+        let target_info = host_pid.map(|pid| self.processes.describe(&task(pid)));
+        let target_container = host_pid
+            .and_then(|pid| Some((pid, self.processes.cgroup_of(pid)?)))
+            .and_then(|(pid, cgroup)| {
+                self.containers
+                    .resolve(cgroup, pid, Lookup::Cached)
+                    .container()
+            })
+            .map(|meta| meta.id.clone());
+        let catalog = &self.policies.catalog;
+        let secret = catalog
+            .files
+            .iter()
+            .find(|f| f.name == PROCESS_MEMORY)
+            .map_or_else(
+                || (PROCESS_MEMORY.to_string(), "builtin".to_string()),
+                |f| (f.name.clone(), f.catalog.clone()),
+            );
+        let mut record = self.new_record(m.boot_ns, m.tid, "process_memory", secret, &process);
+        record.memory = Some(forensic::MemorySection {
+            syscall: m.syscall,
+            request: m.request,
+            result: m.result,
+            errno: (m.result < 0).then(|| sinks::errno_name(-m.result)),
+            target: forensic::MemoryTarget {
+                pid: m.target,
+                host_pid,
+                exe: target_info
+                    .as_ref()
+                    .and_then(|t| t.exe.as_deref())
+                    .map(crate::escape::escape_bytes),
+                comm: target_info
+                    .as_ref()
+                    .map(|t| crate::escape::escape_bytes(&t.comm))
+                    .filter(|c| !c.is_empty()),
+                container: target_container,
+            },
+        });
+        let held = Held {
+            record,
+            cgroup_id: m.cgroup_id,
+            pid: m.pid,
+            exe: process.exe,
+            path: None,
+            outside_root: false,
+            until: Instant::now() + HOLD,
+            repeat: None,
         };
         if let Some(still_waiting) = self.attribute(held, Instant::now()) {
             self.held.push_back(still_waiting);
@@ -261,6 +342,7 @@ impl Pipeline {
             },
             file: None,
             network: None,
+            memory: None,
             process: sinks::process_section(process, self.boot_to_unix_ns),
             container: None,
             pod: None,
@@ -526,6 +608,7 @@ impl Pipeline {
                 },
                 file: None,
                 network: None,
+                memory: None,
                 process: Default::default(),
                 container: meta.as_deref().map(sinks::container_section),
                 pod: meta.as_deref().and_then(sinks::pod_section),

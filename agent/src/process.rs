@@ -380,6 +380,27 @@ fn read_args(pid: u32) -> Option<Vec<Vec<u8>>> {
         .map(|raw| split_args(&raw))
 }
 
+/// The host pid of the process that `caller`'s pid namespace numbers `target` (the pid a
+/// container process passes to ptrace or process_vm_readv). None when the caller is gone or
+/// no process matches.
+pub fn host_pid_in_namespace_of(caller: u32, target: u32) -> Option<u32> {
+    let namespace = |pid: &str| std::fs::read_link(format!("/proc/{pid}/ns/pid")).ok();
+    let caller_ns = namespace(&caller.to_string())?;
+    if Some(&caller_ns) == namespace("self").as_ref() {
+        return Some(target);
+    }
+    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name.to_str().and_then(|n| n.parse::<u32>().ok()) else {
+            continue;
+        };
+        if namespace(&pid.to_string()).as_ref() == Some(&caller_ns) && ns_pid(pid) == Some(target) {
+            return Some(pid);
+        }
+    }
+    None
+}
+
 fn ns_pid(pid: u32) -> Option<u32> {
     let status = procfs::process::Process::new(pid as i32)
         .ok()?

@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use credwatch_tests::{Agent, agent, runc::Container};
+use credwatch_tests::{Agent, agent, helper_binary, runc::Container};
 use serde_json::json;
 
 /// (path inside the container, catalogue entry it must be named as).
@@ -116,4 +116,66 @@ fn another_process_memory_is_named_and_a_process_own_is_not() {
         .filter(|r| r["file"]["raw_path"] == "/proc/self/mem")
         .collect();
     assert!(own.is_empty(), "its own memory is exempt: {own:?}");
+}
+
+/// ptrace attach and process_vm_readv of another process, from a container: records of kind
+/// `process_memory` naming the syscall, its result and the target; the same read of the
+/// process's own memory is not recorded.
+#[test]
+fn syscalls_into_another_process_memory_are_recorded() {
+    let agent = setup();
+    let id = format!("cw-{}-memsys", std::process::id());
+    let rootfs = credwatch_tests::runc::rootfs();
+    std::fs::create_dir_all(rootfs.join("usr")).unwrap();
+    for (link, to) in [("lib", "usr/lib"), ("lib64", "usr/lib64")] {
+        let _ = std::os::unix::fs::symlink(to, rootfs.join(link));
+    }
+    let target = rootfs.join("opt/memreader");
+    if !target.exists() {
+        std::fs::create_dir_all(target.parent().unwrap()).unwrap();
+        std::fs::write(&target, "").unwrap();
+    }
+    let helper = helper_binary("credwatch-memreader");
+    let c = Container::with_spec(&id, &[], &["/opt/memreader"], |spec| {
+        let mounts = spec["mounts"].as_array_mut().unwrap();
+        mounts.push(
+            json!({"destination": "/usr", "type": "bind", "source": "/usr",
+            "options": ["rbind", "ro"]}),
+        );
+        mounts.push(
+            json!({"destination": "/opt/memreader", "type": "bind", "source": helper,
+            "options": ["bind", "ro"]}),
+        );
+    });
+    c.run_to_completion();
+    let of = |syscall: &str| {
+        agent.wait_record(syscall, |r| {
+            r["container"]["id"] == id.as_str()
+                && r["kind"] == "process_memory"
+                && r["memory"]["syscall"] == syscall
+        })
+    };
+    let readv = of("process_vm_readv");
+    assert_eq!(readv["secret"]["name"], "process-memory", "{readv:#}");
+    assert_eq!(readv["memory"]["result"], 32, "{readv:#}");
+    assert_eq!(readv["verdict"], "undeclared");
+    // The target is the reader's child: named by its pid in the container's namespace and
+    // resolved to the host's process, its executable and container.
+    let target = &readv["memory"]["target"];
+    assert_eq!(readv["process"]["exe"], "/opt/memreader", "{readv:#}");
+    assert_eq!(target["exe"], "/opt/memreader", "{readv:#}");
+    assert_eq!(target["container"], id.as_str(), "{readv:#}");
+    assert!(target["pid"].as_u64().unwrap() > 1, "{readv:#}");
+    assert!(target["host_pid"].is_u64(), "{readv:#}");
+    assert_ne!(target["host_pid"], readv["process"]["pid"], "{readv:#}");
+    let attach = of("ptrace");
+    assert_eq!(attach["memory"]["request"], "PTRACE_ATTACH", "{attach:#}");
+    assert_eq!(attach["memory"]["result"], 0, "{attach:#}");
+    let readvs = agent
+        .records()
+        .into_iter()
+        .filter(|r| r["container"]["id"] == id.as_str())
+        .filter(|r| r["memory"]["syscall"] == "process_vm_readv")
+        .count();
+    assert_eq!(readvs, 1, "the read of its own memory is not recorded");
 }

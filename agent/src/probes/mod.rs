@@ -134,6 +134,11 @@ impl Probes {
         probes.record(status);
         let status = probes.attach_connect_hooks();
         probes.record(status);
+        // Another process's memory (ptrace attach, process_vm_readv/writev): rare syscalls.
+        for name in ["ptrace", "process_vm_readv", "process_vm_writev"] {
+            let status = probes.attach_syscall(name, ArgsMode::SavedAtEntry);
+            probes.record(status);
+        }
         Ok(probes)
     }
 
@@ -560,7 +565,7 @@ mod tests {
         }
         let mut programs: Vec<String> = probe::NAMES[..probe::FILE_OPEN_COUNT as usize]
             .iter()
-            .chain(&["connect"])
+            .chain(&["connect", "ptrace", "process_vm_readv", "process_vm_writev"])
             .flat_map(|name| [format!("sys_enter_{name}"), format!("sys_exit_{name}")])
             .collect();
         programs.extend(

@@ -30,6 +30,9 @@ pub struct Record {
     pub file: Option<FileSection>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub network: Option<NetworkSection>,
+    /// `kind: "process_memory"`: the syscall into another process's memory.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub memory: Option<MemorySection>,
     /// Absent (pid 0) on a summary of accesses a container's budget cut: they left no
     /// record of who made them.
     #[serde(skip_serializing_if = "ProcessSection::unknown")]
@@ -54,6 +57,37 @@ pub struct Record {
     /// must be rotated.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub image_finding: Option<ImageFindingSection>,
+}
+
+#[derive(Serialize, Debug, Clone)]
+pub struct MemorySection {
+    /// "ptrace", "process_vm_readv" or "process_vm_writev".
+    pub syscall: &'static str,
+    /// "PTRACE_ATTACH" or "PTRACE_SEIZE".
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub request: Option<&'static str>,
+    /// The return value (bytes transferred for process_vm_*), or -errno.
+    pub result: i64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub errno: Option<String>,
+    pub target: MemoryTarget,
+}
+
+/// The process whose memory was reached for.
+#[derive(Serialize, Debug, Clone)]
+pub struct MemoryTarget {
+    /// As the caller named it (in the caller's pid namespace).
+    pub pid: u32,
+    /// The same process on the host, when it could be found.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub host_pid: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub exe: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub comm: Option<String>,
+    /// The target's container id, when it is in one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub container: Option<String>,
 }
 
 #[derive(Serialize, Debug, Clone)]

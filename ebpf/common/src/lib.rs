@@ -15,6 +15,7 @@ pub const KIND_PROCESS: u16 = 2;
 pub const KIND_CGROUP: u16 = 3;
 pub const KIND_CONNECT: u16 = 4;
 pub const KIND_DNS: u16 = 5;
+pub const KIND_MEMORY: u16 = 6;
 
 /// Bytes kept of a DNS response: the EDNS buffer size resolvers use by default (DNS Flag Day
 /// 2020), so answers with several records and a CNAME chain fit.
@@ -88,7 +89,9 @@ pub mod probe {
     pub const CGROUP_CONNECT: u32 = 12;
     /// IORING_OP_OPENAT/OPENAT2 through io_uring (no syscall of their own).
     pub const IO_URING_OPEN: u32 = 13;
-    pub const COUNT: u32 = 14;
+    /// Another process's memory: ptrace attach/seize, process_vm_readv/writev.
+    pub const PROCESS_MEMORY: u32 = 14;
+    pub const COUNT: u32 = 15;
     /// How many of the first probes are file-open syscalls.
     pub const FILE_OPEN_COUNT: u32 = 5;
     /// Names as used in metrics and log records (`sys_` dropped).
@@ -107,6 +110,7 @@ pub mod probe {
         "dns",
         "cgroup_connect",
         "io_uring_open",
+        "process_memory",
     ];
 }
 
@@ -155,6 +159,40 @@ pub struct ConnectRecord {
     /// IPv6, or IPv4 mapped into IPv6 (::ffff:a.b.c.d).
     pub addr: [u8; 16],
     pub comm: [u8; 16],
+}
+
+/// A syscall that reaches into another process's memory (ATT&CK T1003.007): `ptrace`
+/// PTRACE_ATTACH or PTRACE_SEIZE (every later peek goes through that attachment), or
+/// `process_vm_readv` / `process_vm_writev`. The target is the pid as the caller named it (in
+/// its own pid namespace); the agent resolves it.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct MemoryRecord {
+    pub header: RecordHeader,
+    pub boot_ns: u64,
+    pub pid: u32,
+    pub tid: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub cgroup_id: u64,
+    pub start_boottime: u64,
+    /// The syscall's return value (-errno on failure).
+    pub result: i64,
+    /// The ptrace request (0 for process_vm_*).
+    pub request: u64,
+    pub target: u32,
+    /// `memory_syscall`.
+    pub syscall: u32,
+    pub comm: [u8; 16],
+}
+
+pub mod memory_syscall {
+    pub const PTRACE: u32 = 1;
+    pub const PROCESS_VM_READV: u32 = 2;
+    pub const PROCESS_VM_WRITEV: u32 = 3;
+    /// The ptrace requests that start access to another process (linux/ptrace.h).
+    pub const PTRACE_ATTACH: u64 = 16;
+    pub const PTRACE_SEIZE: u64 = 0x4206;
 }
 
 /// Where a connect was seen.
@@ -541,6 +579,7 @@ mod user {
     unsafe impl aya::Pod for super::ProcessRecord {}
     unsafe impl aya::Pod for super::CgroupRecord {}
     unsafe impl aya::Pod for super::ConnectRecord {}
+    unsafe impl aya::Pod for super::MemoryRecord {}
     unsafe impl aya::Pod for super::DnsRecord {}
     unsafe impl aya::Pod for super::EndpointValue {}
     unsafe impl aya::Pod for super::LearnedKey {}
@@ -565,6 +604,7 @@ const _: () = {
     assert!(PROCESS_FIXED_BYTES == 88 && PROCESS_ARGS_OFFSET == 344);
     assert!(size_of::<CgroupRecord>() == 544);
     assert!(size_of::<ConnectRecord>() == 104);
+    assert!(size_of::<MemoryRecord>() == 88);
     assert!(size_of::<DnsRecord>() == 1264);
     assert!(size_of::<RepeatKey>() == 48);
     assert!(size_of::<RepeatValue>() == 24);

@@ -13,6 +13,7 @@ mod cgroup;
 mod connect;
 mod dns;
 mod filter;
+mod memory;
 mod open;
 mod process;
 mod repeats;
@@ -83,6 +84,10 @@ static NAMED_PORTS: aya_ebpf::maps::Array<u16> =
 /// that a mark whose exit never ran (probes attached mid-syscall) cannot fill it.
 #[map(name = "CONNECTS")]
 static CONNECTS: LruHashMap<u64, connect::InConnect> = LruHashMap::with_max_entries(16384, 0);
+
+/// Threads inside ptrace / process_vm_readv / process_vm_writev (see `memory.rs`).
+#[map(name = "MEMORY_CALLS")]
+static MEMORY_CALLS: LruHashMap<u64, memory::InMemoryCall> = LruHashMap::with_max_entries(4096, 0);
 /// io_uring open requests between submission and completion (see `uring.rs`).
 #[map(name = "URING_OPENS")]
 static URING_OPENS: LruHashMap<u64, uring::UringOpen> = LruHashMap::with_max_entries(1024, 0);
@@ -250,6 +255,57 @@ pub fn connect6(ctx: SockAddrContext) -> i32 {
 #[tracepoint(category = "syscalls", name = "sys_exit_connect")]
 pub fn sys_exit_connect(ctx: TracePointContext) -> u32 {
     connect::exit(arg(&ctx, RET) as i64);
+    0
+}
+
+// Another process's memory: rare syscalls, enter+exit.
+#[tracepoint(category = "syscalls", name = "sys_enter_ptrace")]
+pub fn sys_enter_ptrace(ctx: TracePointContext) -> u32 {
+    // ptrace(request, pid, addr, data)
+    memory::enter(
+        credwatch_common::memory_syscall::PTRACE,
+        arg(&ctx, ARG1),
+        arg(&ctx, ARG0),
+    );
+    0
+}
+
+#[tracepoint(category = "syscalls", name = "sys_exit_ptrace")]
+pub fn sys_exit_ptrace(ctx: TracePointContext) -> u32 {
+    memory::exit(arg(&ctx, RET) as i64);
+    0
+}
+
+#[tracepoint(category = "syscalls", name = "sys_enter_process_vm_readv")]
+pub fn sys_enter_process_vm_readv(ctx: TracePointContext) -> u32 {
+    // process_vm_readv(pid, local_iov, liovcnt, remote_iov, riovcnt, flags)
+    memory::enter(
+        credwatch_common::memory_syscall::PROCESS_VM_READV,
+        arg(&ctx, ARG0),
+        0,
+    );
+    0
+}
+
+#[tracepoint(category = "syscalls", name = "sys_exit_process_vm_readv")]
+pub fn sys_exit_process_vm_readv(ctx: TracePointContext) -> u32 {
+    memory::exit(arg(&ctx, RET) as i64);
+    0
+}
+
+#[tracepoint(category = "syscalls", name = "sys_enter_process_vm_writev")]
+pub fn sys_enter_process_vm_writev(ctx: TracePointContext) -> u32 {
+    memory::enter(
+        credwatch_common::memory_syscall::PROCESS_VM_WRITEV,
+        arg(&ctx, ARG0),
+        0,
+    );
+    0
+}
+
+#[tracepoint(category = "syscalls", name = "sys_exit_process_vm_writev")]
+pub fn sys_exit_process_vm_writev(ctx: TracePointContext) -> u32 {
+    memory::exit(arg(&ctx, RET) as i64);
     0
 }
 
