@@ -72,6 +72,26 @@ pub struct Pipeline {
     pub images: Option<crate::audit::NodeAudits>,
 }
 
+/// `/proc/<pid>/root/<path>` through another live process of `<pid>`'s container, when `<pid>`
+/// has exited (its table entry still names its cgroup for a while).
+fn relocate_root(
+    processes: &crate::process::ProcessTable,
+    found_at: &std::path::Path,
+) -> Option<std::path::PathBuf> {
+    let mut parts = found_at.strip_prefix("/proc").ok()?.components();
+    let pid: u32 = parts.next()?.as_os_str().to_str()?.parse().ok()?;
+    if std::path::Path::new("/proc").join(pid.to_string()).exists() {
+        return None;
+    }
+    let cgroup = processes.cgroup_of(pid)?;
+    let live = processes.pids_in_cgroups(&[cgroup]).into_iter().next()?;
+    Some(
+        std::path::Path::new("/proc")
+            .join(live.to_string())
+            .join(parts.as_path()),
+    )
+}
+
 /// The catalogue entry whose footprints judge syscalls into another process's memory (its
 /// file paths, `/proc/<pid>/mem`, are the same theft by another route).
 const PROCESS_MEMORY: &str = "process-memory";
@@ -161,7 +181,12 @@ impl Pipeline {
     fn file_open(&mut self, open: &FileOpen) {
         let process = self.processes.describe(open);
         let catalog = &self.policies.catalog;
-        let Some(credential) = self.secrets.classify(catalog, open, process.ns_pid) else {
+        let processes = &self.processes;
+        let relocate = |found_at: &std::path::Path| relocate_root(processes, found_at);
+        let Some(credential) = self
+            .secrets
+            .classify(catalog, open, process.ns_pid, &relocate)
+        else {
             // The kernel keys are coarser than the globs; its repeats are not credentials either.
             if let Some(key) = open.repeat {
                 self.repeat_origins.remember(key, None);
@@ -343,6 +368,7 @@ impl Pipeline {
             file: None,
             network: None,
             memory: None,
+            budget: None,
             process: sinks::process_section(process, self.boot_to_unix_ns),
             container: None,
             pod: None,
@@ -549,6 +575,41 @@ impl Pipeline {
                     o.found,
                     o.root.display()
                 );
+                // The container is itself reported, once, in the log as well as the gauge.
+                self.next_event += 1;
+                let record = forensic::Record {
+                    schema: forensic::SCHEMA,
+                    ts: sinks::rfc3339(time::OffsetDateTime::now_utc().unix_timestamp_nanos())
+                        .unwrap_or_default(),
+                    event_id: format!("budget-secret-files-{}", self.next_event),
+                    node: self.node.clone(),
+                    verdict: "over_budget",
+                    reason: "more catalogue files in its filesystem than it may have tracked by inode: the rest are known by path only (a hardlink to one of them is not recognised)".to_string(),
+                    kind: "budget",
+                    secret: forensic::SecretSection {
+                        name: String::new(),
+                        catalog_entry: String::new(),
+                    },
+                    file: None,
+                    network: None,
+                    memory: None,
+                    budget: Some(forensic::BudgetSection {
+                        budget: "secret_files",
+                        limit: crate::secrets::MAX_FILES_PER_ROOT as u64,
+                        found: o.found as u64,
+                    }),
+                    process: Default::default(),
+                    container: meta.as_deref().map(sinks::container_section),
+                    pod: meta.as_deref().and_then(sinks::pod_section),
+                    policy: None,
+                    count: None,
+                    first_ts: None,
+                    last_ts: None,
+                    repeat_of: None,
+                    image_finding: None,
+                };
+                let written = self.log.write(&record);
+                self.count_unwritten(written);
             }
             self.metrics
                 .secret_files_over_budget
@@ -571,8 +632,7 @@ impl Pipeline {
         for (key, cut) in finished.iter().filter(|(_, cut)| cut.count > 0) {
             let catalog = &self.policies.catalog;
             let rule = if key.rule & credwatch_common::SECRET_RULE != 0 {
-                self.secrets
-                    .rule_of(key.rule & !credwatch_common::SECRET_RULE)
+                crate::secrets::SecretTable::rule_of(key.rule & !credwatch_common::SECRET_RULE)
             } else {
                 Some(key.rule as usize)
             };
@@ -609,6 +669,7 @@ impl Pipeline {
                 file: None,
                 network: None,
                 memory: None,
+                budget: None,
                 process: Default::default(),
                 container: meta.as_deref().map(sinks::container_section),
                 pod: meta.as_deref().and_then(sinks::pod_section),

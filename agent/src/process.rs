@@ -80,13 +80,18 @@ impl ProcessTable {
 
     /// A live process in each of `cgroups` (for looking into its container's filesystem).
     pub fn pids_in_cgroups(&self, cgroups: &[u64]) -> Vec<u32> {
-        let mut found: HashMap<u64, u32> = HashMap::new();
+        // The longest-lived process of each: a container's filesystem is read through its
+        // /proc/<pid>/root, which a short-lived `cat` would take away mid-search.
+        let mut found: HashMap<u64, (u64, u32)> = HashMap::new();
         for (pid, p) in &self.procs {
             if p.exited.is_none() && cgroups.contains(&p.cgroup_id) {
-                found.entry(p.cgroup_id).or_insert(*pid);
+                let oldest = found.entry(p.cgroup_id).or_insert((p.start_ns, *pid));
+                if p.start_ns < oldest.0 {
+                    *oldest = (p.start_ns, *pid);
+                }
             }
         }
-        found.into_values().collect()
+        found.into_values().map(|(_, pid)| pid).collect()
     }
 
     /// Every process alive now, from procfs.

@@ -42,7 +42,7 @@ pub struct KnownSecret {
     pub found_at: PathBuf,
 }
 
-/// Secrets by the id the kernel's inode map returns (id = index + 1), and by inode.
+/// Secrets known by inode (the kernel's inode map holds their catalogue entry + 1).
 #[derive(Debug, Default)]
 pub struct SecretTable {
     known: Vec<KnownSecret>,
@@ -141,7 +141,10 @@ pub fn resolve_with_budgets(
                         found_at: file.clone(),
                     });
                     table.by_inode.insert(key, table.known.len() - 1);
-                    inodes.insert(key, table.known.len() as u32);
+                    // The kernel's value names the catalogue entry (+ 1, never 0), not the file:
+                    // it stays the same across searches, so what the kernel counted under it
+                    // before a search is still named right after.
+                    inodes.insert(key, rule_index as u32 + 1);
                     from_root += 1;
                 }
             }
@@ -240,18 +243,19 @@ fn is_contained_link(path: &Path) -> bool {
 impl SecretTable {
     /// Which credential `open` touched, if any. Userspace re-checks every record exactly: the
     /// kernel's prefix/suffix keys are coarser than the globs.
-    /// The catalogue entry of a known secret (by the kernel's secret id).
-    pub fn rule_of(&self, secret_id: u32) -> Option<usize> {
-        self.known
-            .get((secret_id as usize).checked_sub(1)?)
-            .map(|k| k.rule)
+    /// The catalogue entry of a known secret inode (the kernel's secret id is entry + 1).
+    pub fn rule_of(secret_id: u32) -> Option<usize> {
+        (secret_id as usize).checked_sub(1)
     }
 
+    /// `relocate`: where a secret found under `/proc/<pid>/root` can be looked at now that
+    /// `<pid>` has exited (the same file through a live process of its container), if anywhere.
     pub fn classify(
         &self,
         catalog: &Catalog,
         open: &FileOpen,
         ns_pid: Option<u32>,
+        relocate: &dyn Fn(&Path) -> Option<PathBuf>,
     ) -> Option<Credential> {
         let inode = InodeKey {
             dev: crate::events::user_dev_to_kernel(open.dev),
@@ -265,7 +269,10 @@ impl SecretTable {
             // can hit a secret's stale entry until the next search. Under another path than
             // the secret's, the hit counts only while the secret's file still has this inode
             // (a hardlink); otherwise the open is judged by its own path below.
-            if opened_path.is_none() || still_has_inode(&known.found_at, inode) {
+            if opened_path.is_none()
+                || still_has_inode(&known.found_at, inode)
+                || relocate(&known.found_at).is_some_and(|now| still_has_inode(&now, inode))
+            {
                 return Some(Credential {
                     rule: known.rule,
                     path: known.path.clone(),
@@ -446,7 +453,7 @@ mod tests {
             ino: meta.ino(),
         }];
         let stale_id = if id_of_b == 1 { 2 } else { 1 };
-        // A record of "b" carrying the id an earlier search gave another file.
+        // A record of "b" carrying another value than the map holds for it: named by inode.
         let open = FileOpen {
             pid: 1,
             tid: 1,
@@ -458,7 +465,7 @@ mod tests {
             path: secrets.join("b").as_os_str().as_bytes().to_vec(),
             ..Default::default()
         };
-        let credential = table.classify(&catalog, &open, None).unwrap();
+        let credential = table.classify(&catalog, &open, None, &|_| None).unwrap();
         assert_eq!(credential.path, secrets.join("b").as_os_str().as_bytes());
 
         // A hardlink elsewhere is named by the secret while the secret has that inode...
@@ -468,13 +475,26 @@ mod tests {
             path: elsewhere.as_os_str().as_bytes().to_vec(),
             ..open.clone()
         };
-        let credential = table.classify(&catalog, &through_link, None).unwrap();
+        let credential = table
+            .classify(&catalog, &through_link, None, &|_| None)
+            .unwrap();
         assert_eq!(credential.path, secrets.join("b").as_os_str().as_bytes());
         assert!(credential.opened_path.is_some());
         // ...and once the secret is gone, the inode number is another file's (reused after a
         // delete): judged by its own path, it is no credential.
         std::fs::remove_file(secrets.join("b")).unwrap();
-        assert_eq!(table.classify(&catalog, &through_link, None), None);
+        assert_eq!(
+            table.classify(&catalog, &through_link, None, &|_| None),
+            None
+        );
+        // Found through a process that has exited: the same file seen through a live process
+        // of its container still has the inode.
+        let live = elsewhere.clone();
+        let relocated = table.classify(&catalog, &through_link, None, &move |_| Some(live.clone()));
+        assert_eq!(
+            relocated.unwrap().path,
+            secrets.join("b").as_os_str().as_bytes()
+        );
     }
 
     #[test]

@@ -179,3 +179,47 @@ fn syscalls_into_another_process_memory_are_recorded() {
         .count();
     assert_eq!(readvs, 1, "the read of its own memory is not recorded");
 }
+
+/// The host's filesystem mounted into a container at /host (as node agents and debug pods
+/// do): a pod secret the kubelet keeps, read through it, is named by its host path, with the
+/// path the container used beside it (`opened_path`). The agent knows the host's secret files
+/// by inode, whatever path reaches them.
+#[test]
+fn a_pod_secret_read_through_a_mount_of_the_host_is_named_by_its_host_path() {
+    let agent = setup();
+    let kubelet = Path::new("/var/lib/kubelet");
+    let created_kubelet = !kubelet.exists();
+    let pod = kubelet.join(format!(
+        "pods/{:08x}-e2e0-4000-8000-000000000000",
+        std::process::id()
+    ));
+    let dir = pod.join("volumes/kubernetes.io~secret/db-creds");
+    std::fs::create_dir_all(&dir).unwrap();
+    let secret = dir.join("password");
+    std::fs::write(&secret, "not-a-real-credential\n").unwrap();
+    let seen_as = format!("/host{}", secret.display());
+    let id = format!("cw-{}-hostmount", std::process::id());
+    let script = format!("while true; do cat {seen_as} >/dev/null; sleep 1; done");
+    let c = Container::with_spec(&id, &[], &["/bin/sh", "-c", &script], |spec| {
+        spec["mounts"].as_array_mut().unwrap().push(json!({
+            "destination": "/host/var/lib/kubelet", "type": "bind", "source": kubelet,
+            "options": ["rbind", "ro"]}));
+    });
+    c.start();
+    // Named once the agent's search of the host has found the file (at the container's start
+    // or the next refresh).
+    let record = agent.wait_record(&seen_as, |r| {
+        r["container"]["id"] == id.as_str() && r["file"]["opened_path"] == seen_as.as_str()
+    });
+    c.stop();
+    let _ = std::fs::remove_dir_all(if created_kubelet { kubelet } else { &pod });
+    assert_eq!(
+        record["file"]["path"],
+        secret.to_str().unwrap(),
+        "{record:#}"
+    );
+    assert_eq!(
+        record["secret"]["name"], "kubelet-pod-secrets",
+        "{record:#}"
+    );
+}

@@ -289,6 +289,8 @@ fn a_container_over_its_budget_is_summarised_and_blinds_no_one() {
             .records()
             .into_iter()
             .filter(|r| r["container"]["id"] == attacker.as_str())
+            // (its 30,000 files are also over its secret-file budget: reported apart)
+            .filter(|r| r["kind"] != "budget")
             .collect();
         let (summaries, records): (Vec<Value>, Vec<Value>) =
             mine.into_iter().partition(|r| r["verdict"] == "suppressed");
@@ -345,6 +347,18 @@ fn a_container_full_of_secret_files_does_not_stop_inode_tracking_for_others() {
         std::thread::sleep(Duration::from_millis(200));
     };
     assert!(found > 1024.0, "the hoarder is reported: {found}");
+    // ...and named in the log, once.
+    let reported = agent.wait_record("the hoarder's budget record", |r| {
+        r["container"]["id"] == hoarder.as_str() && r["kind"] == "budget"
+    });
+    assert_eq!(reported["verdict"], "over_budget", "{reported:#}");
+    assert_eq!(reported["budget"]["budget"], "secret_files", "{reported:#}");
+    assert_eq!(reported["budget"]["limit"], 1024, "{reported:#}");
+    assert!(
+        reported["budget"]["found"].as_u64().unwrap() > 1024,
+        "{reported:#}"
+    );
+    assert!(reported.get("secret").is_none(), "{reported:#}");
     // Another container reads its own secret through a hardlink outside every catalogue
     // path: only its inode names it, so its inode must still be tracked.
     let victim = id("linked");

@@ -204,14 +204,16 @@ impl Evidence {
             }
             self.lines += 1;
             match parse(&text, source.clone()) {
-                Ok(observation) => self.observations.push(observation),
+                Ok(Some(observation)) => self.observations.push(observation),
+                // Not an access (a container reported for going over a budget).
+                Ok(None) => {}
                 Err(message) => self.bad.push(BadLine { source, message }),
             }
         }
     }
 }
 
-fn parse(text: &str, source: String) -> Result<Observation, String> {
+fn parse(text: &str, source: String) -> Result<Option<Observation>, String> {
     let line: Line =
         serde_json::from_str(text).map_err(|err| format!("not a credwatch record: {err}"))?;
     match line.schema {
@@ -222,6 +224,9 @@ fn parse(text: &str, source: String) -> Result<Observation, String> {
             ));
         }
         None => return Err("not a credwatch record: no schema".into()),
+    }
+    if line.kind.as_deref() == Some("budget") {
+        return Ok(None);
     }
     let at = line
         .ts
@@ -276,7 +281,7 @@ fn parse(text: &str, source: String) -> Result<Observation, String> {
             labels: p.labels,
         }),
     });
-    Ok(Observation {
+    Ok(Some(Observation {
         accesses: line.count.unwrap_or(1).max(1),
         at,
         node: line.node,
@@ -292,7 +297,7 @@ fn parse(text: &str, source: String) -> Result<Observation, String> {
         entry: line.process.container_entry,
         container,
         source,
-    })
+    }))
 }
 
 #[cfg(test)]

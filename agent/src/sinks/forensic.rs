@@ -25,6 +25,8 @@ pub struct Record {
     pub verdict: &'static str,
     pub reason: String,
     pub kind: &'static str,
+    /// Absent on a `kind: "budget"` record (no one secret).
+    #[serde(skip_serializing_if = "SecretSection::is_empty")]
     pub secret: SecretSection,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub file: Option<FileSection>,
@@ -33,6 +35,9 @@ pub struct Record {
     /// `kind: "process_memory"`: the syscall into another process's memory.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub memory: Option<MemorySection>,
+    /// `kind: "budget"`: what the container exceeded.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub budget: Option<BudgetSection>,
     /// Absent (pid 0) on a summary of accesses a container's budget cut: they left no
     /// record of who made them.
     #[serde(skip_serializing_if = "ProcessSection::unknown")]
@@ -57,6 +62,16 @@ pub struct Record {
     /// must be rotated.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub image_finding: Option<ImageFindingSection>,
+}
+
+/// `kind: "budget"`: a container went over a per-container budget other than its record rate
+/// (which gives `suppressed` summaries): what it exceeded, the limit and how much it had.
+#[derive(Serialize, Debug, Clone)]
+pub struct BudgetSection {
+    /// "secret_files": catalogue files in its filesystem tracked by inode.
+    pub budget: &'static str,
+    pub limit: u64,
+    pub found: u64,
 }
 
 #[derive(Serialize, Debug, Clone)]
@@ -137,6 +152,12 @@ pub struct SecretSection {
     pub name: String,
     /// `<CredentialCatalog name>/<entry name>`.
     pub catalog_entry: String,
+}
+
+impl SecretSection {
+    pub fn is_empty(&self) -> bool {
+        self.name.is_empty()
+    }
 }
 
 #[derive(Serialize, Debug, Default, Clone)]

@@ -356,7 +356,7 @@ pub struct FileOpenRecord {
     pub dev: u32,
     /// The dirfd argument (`AT_FDCWD` = -100), or the mount fd for `open_by_handle_at`.
     pub dirfd: i32,
-    /// Value from the secret-inode map, 0 when it did not match.
+    /// Value from the secret-inode map (the catalogue entry + 1), 0 when it did not match.
     pub secret_id: u32,
     /// Bits of [`matched`].
     pub matched: u32,
