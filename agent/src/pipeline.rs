@@ -448,14 +448,14 @@ impl Pipeline {
         if let (Some(m), Some(images)) = (meta.as_deref(), self.images.as_mut())
             && let Some(image) = &m.image
         {
-            images.want(image, &self.policies.catalog);
+            images.want(image);
             record.image_finding = record
                 .file
                 .as_ref()
                 .filter(|_| !held.outside_root)
                 .and_then(|f| images.baked(image, &f.path))
                 .map(|baked| forensic::ImageFindingSection {
-                    status: baked.status.name(),
+                    status: baked.status,
                     layer: baked.layer,
                     rule: baked.rule.clone(),
                 });
@@ -766,13 +766,13 @@ impl Pipeline {
             return;
         };
         for image in self.containers.take_new_images() {
-            images.want(&image, &self.policies.catalog);
+            images.want(&image);
         }
         for audit in images.collect() {
             for ((status, severity), count) in &audit.counts {
                 self.metrics
                     .image_findings
-                    .with_label_values(&[audit.image.as_str(), status, severity])
+                    .with_label_values(&[audit.image.as_str(), status.as_str(), severity.as_str()])
                     .set(*count);
             }
             if let Some(why) = &audit.incomplete {

@@ -156,7 +156,10 @@ pub fn run_for(opts: RunOptions, duration: Option<Duration>) -> Result<time::Off
             .clone()
             .filter(|s| s.to_string_lossy().contains("containerd"))
             .unwrap_or_else(|| PathBuf::from(crate::audit::CONTAINERD_SOCKET));
-        pipeline.images = crate::audit::NodeAudits::start(socket);
+        pipeline.images = crate::audit::NodeAudits::start(crate::audit::AuditSetup {
+            socket,
+            policies: opts.policies.clone(),
+        });
     }
 
     let runtime = tokio::runtime::Builder::new_current_thread()

@@ -21,7 +21,7 @@ use crate::{error::UsageError, policy};
 pub use containerd::DEFAULT_SOCKET as CONTAINERD_SOCKET;
 pub use finding::{Finding, Severity, Source, Status};
 use image::{Incomplete, Store};
-pub use node::NodeAudits;
+pub use node::{AuditSetup, NodeAudits};
 
 /// Used when `CREDWATCH_FINGERPRINT_KEY` is not set: fingerprints then compare across every
 /// credwatch installation (fine for high-entropy tokens; set a key of your own for passwords).

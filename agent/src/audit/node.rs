@@ -1,36 +1,41 @@
-//! The agent's side of the image audit: each new container's image is audited once (through
-//! containerd's content API, on a worker thread at the lowest CPU priority, one image at a
-//! time), and a file record of a container reading a credential its own image carries is
-//! marked `image_finding`: a baked secret in use, which must be rotated.
+//! The agent's side of the image audit: each new container's image is audited once, and a
+//! file record of a container reading a credential its own image carries is marked
+//! `image_finding`: a baked secret in use, which must be rotated.
+//!
+//! An image is untrusted input that anyone who can push to a registry controls, so the audit
+//! runs in a child process (`credwatch audit-image containerd://…`) at the lowest CPU
+//! priority, with its data memory capped and a time limit: an image built to exhaust memory or
+//! time ends that audit as incomplete, never the agent.
 
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
+    os::unix::process::CommandExt as _,
     path::PathBuf,
+    process::{Command, Stdio},
     sync::{Arc, mpsc},
+    time::{Duration, Instant},
 };
 
-use log::{debug, info, warn};
-
-use super::{
-    containerd::{ContentStore, host_platform},
-    finding::{Severity, Status},
-    image::{Incomplete, Store, targets},
-    layer::Layers,
-};
-use crate::policy::Catalog;
+use log::{info, warn};
+use serde::Deserialize;
 
 /// Images audited (and kept) per agent: a node runs far fewer; past it, new images are not
 /// audited (logged once).
 const MAX_IMAGES: usize = 1024;
 /// Layer findings kept per image for the record join.
 const MAX_BAKED_FILES: usize = 4096;
-/// A node audit stops a layer that expands past this (the CLI's default is larger).
+/// The audit child's data memory (heap and anonymous mappings); a normal audit peaks near
+/// 30 MiB whatever the image's size.
+const CHILD_MEMORY: u64 = 128 << 20;
+/// An audit taking longer is stopped (incomplete).
+const CHILD_TIME: Duration = Duration::from_secs(600);
+/// A layer may expand to this much in a node audit.
 const NODE_MAX_LAYER_BYTES: u64 = 16 << 30;
 
 /// A credential file present in an image's final filesystem.
 #[derive(Debug, Clone)]
 pub struct BakedFile {
-    pub status: Status,
+    pub status: &'static str,
     pub layer: usize,
     pub rule: String,
 }
@@ -41,31 +46,33 @@ pub struct ImageAudit {
     pub manifest_digest: String,
     /// Present credential files by path (as the container sees them).
     pub baked: HashMap<String, BakedFile>,
-    /// Findings of every status and source, for the metric.
-    pub counts: BTreeMap<(&'static str, &'static str), i64>,
+    /// Findings of every status and source by (status, severity), for the metric.
+    pub counts: BTreeMap<(String, String), i64>,
     pub incomplete: Option<String>,
 }
 
-struct Request {
-    image: String,
-    catalog: Catalog,
-}
-
 pub struct NodeAudits {
-    requests: mpsc::Sender<Request>,
+    requests: mpsc::Sender<String>,
     answers: mpsc::Receiver<ImageAudit>,
     asked: HashSet<String>,
     done: HashMap<String, Arc<ImageAudit>>,
     warned_full: bool,
 }
 
+/// Where the audit child finds containerd and the catalogue.
+#[derive(Clone)]
+pub struct AuditSetup {
+    pub socket: PathBuf,
+    pub policies: PathBuf,
+}
+
 impl NodeAudits {
-    pub fn start(socket: PathBuf) -> Option<NodeAudits> {
-        let (requests, incoming) = mpsc::channel::<Request>();
+    pub fn start(setup: AuditSetup) -> Option<NodeAudits> {
+        let (requests, incoming) = mpsc::channel::<String>();
         let (outgoing, answers) = mpsc::channel();
         std::thread::Builder::new()
             .name("image-audit".into())
-            .spawn(move || worker(socket, incoming, outgoing))
+            .spawn(move || worker(setup, incoming, outgoing))
             .ok()?;
         Some(NodeAudits {
             requests,
@@ -78,7 +85,7 @@ impl NodeAudits {
 
     /// Audits `image` (a containerd reference; its namespace is looked up) unless it was
     /// asked before.
-    pub fn want(&mut self, image: &str, catalog: &Catalog) {
+    pub fn want(&mut self, image: &str) {
         if self.asked.contains(image) {
             return;
         }
@@ -89,10 +96,7 @@ impl NodeAudits {
             return;
         }
         self.asked.insert(image.to_string());
-        let _ = self.requests.send(Request {
-            image: image.to_string(),
-            catalog: catalog.clone(),
-        });
+        let _ = self.requests.send(image.to_string());
     }
 
     /// Audits finished since the last call.
@@ -112,41 +116,21 @@ impl NodeAudits {
     }
 }
 
-fn worker(socket: PathBuf, incoming: mpsc::Receiver<Request>, outgoing: mpsc::Sender<ImageAudit>) {
-    // The audit is background work: it yields the CPU to everything else on the node.
-    // SAFETY: setpriority on this thread's own id.
-    unsafe {
-        libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, 19);
-    }
-    let key = std::env::var("CREDWATCH_FINGERPRINT_KEY")
-        .map(String::into_bytes)
-        .unwrap_or_else(|_| super::DEFAULT_FINGERPRINT_KEY.to_vec());
-    let mut by_digest: HashMap<String, Findings> = HashMap::new();
-    for request in incoming {
-        let started = std::time::Instant::now();
-        let mut audit = ImageAudit {
-            image: request.image.clone(),
-            ..Default::default()
+fn worker(setup: AuditSetup, incoming: mpsc::Receiver<String>, outgoing: mpsc::Sender<ImageAudit>) {
+    for image in incoming {
+        let started = Instant::now();
+        let audit = match audit_in_child(&setup, &image) {
+            Ok(audit) => audit,
+            Err(why) => ImageAudit {
+                image: image.clone(),
+                incomplete: Some(why),
+                ..Default::default()
+            },
         };
-        match audit_image(
-            &socket,
-            &request.image,
-            &request.catalog,
-            &key,
-            &mut by_digest,
-        ) {
-            Ok((digest, baked, counts)) => {
-                audit.manifest_digest = digest;
-                audit.baked = baked;
-                audit.counts = counts;
-            }
-            Err(Incomplete(why)) => audit.incomplete = Some(why),
-        }
         match &audit.incomplete {
-            Some(why) => warn!("image audit of {}: incomplete: {why}", audit.image),
+            Some(why) => warn!("image audit of {image}: incomplete: {why}"),
             None => info!(
-                "image audit of {} ({}): {} credential file(s) present, in {:?}",
-                audit.image,
+                "image audit of {image} ({}): {} credential file(s) present, in {:?}",
                 audit.manifest_digest,
                 audit.baked.len(),
                 started.elapsed()
@@ -158,72 +142,124 @@ fn worker(socket: PathBuf, incoming: mpsc::Receiver<Request>, outgoing: mpsc::Se
     }
 }
 
-/// Present credential files by path, and finding counts by (status, severity).
-type Findings = (HashMap<String, BakedFile>, Counts);
-type Counts = BTreeMap<(&'static str, &'static str), i64>;
-/// The manifest digest and its findings.
-type Audited = (
-    String,
-    HashMap<String, BakedFile>,
-    BTreeMap<(&'static str, &'static str), i64>,
-);
+/// The parts of `audit-image --format json` the agent uses.
+#[derive(Deserialize)]
+struct Report {
+    #[serde(default)]
+    images: Vec<ReportImage>,
+    #[serde(default)]
+    findings: Vec<ReportFinding>,
+    #[serde(default)]
+    incomplete: Vec<String>,
+}
 
-fn audit_image(
-    socket: &std::path::Path,
-    spec: &str,
-    catalog: &Catalog,
-    key: &[u8],
-    by_digest: &mut HashMap<String, Findings>,
-) -> Result<Audited, Incomplete> {
-    let store = Store::Containerd(Box::new(ContentStore::open(spec, socket)?));
-    let platform = host_platform();
-    let target = targets(&store, spec, Some(&platform))?
-        .into_iter()
-        .next()
-        .ok_or_else(|| Incomplete(format!("no {platform} image")))?;
-    if let Some((baked, counts)) = by_digest.get(&target.manifest_digest) {
-        debug!(
-            "image audit: {spec} is {} (audited before)",
-            target.manifest_digest
-        );
-        return Ok((
-            target.manifest_digest.clone(),
-            baked.clone(),
-            counts.clone(),
+#[derive(Deserialize)]
+struct ReportImage {
+    manifest_digest: String,
+}
+
+#[derive(Deserialize)]
+struct ReportFinding {
+    source: String,
+    rule: String,
+    severity: String,
+    status: String,
+    #[serde(default)]
+    layer: Option<usize>,
+    #[serde(default)]
+    path: Option<String>,
+}
+
+fn audit_in_child(setup: &AuditSetup, image: &str) -> Result<ImageAudit, String> {
+    let exe = std::env::current_exe().map_err(|e| format!("own executable: {e}"))?;
+    let mut command = Command::new(exe);
+    command
+        .args(["audit-image", "--format", "json", "--fail-on", "critical"])
+        .arg("--policies")
+        .arg(&setup.policies)
+        .arg("--containerd-socket")
+        .arg(&setup.socket)
+        .args(["--max-layer-bytes", &NODE_MAX_LAYER_BYTES.to_string()])
+        .arg(format!("containerd://{image}"))
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    // SAFETY: only async-signal-safe calls between fork and exec.
+    unsafe {
+        command.pre_exec(|| {
+            libc::setpriority(libc::PRIO_PROCESS, 0, 19);
+            let limit = libc::rlimit {
+                rlim_cur: CHILD_MEMORY,
+                rlim_max: CHILD_MEMORY,
+            };
+            libc::setrlimit(libc::RLIMIT_DATA, &limit);
+            Ok(())
+        });
+    }
+    let mut child = command
+        .spawn()
+        .map_err(|e| format!("starting the audit: {e}"))?;
+    // The report is read on its own thread, so a full pipe cannot stall the child.
+    let mut stdout = child.stdout.take().expect("piped");
+    let reader = std::thread::spawn(move || {
+        let mut text = Vec::new();
+        let _ = std::io::Read::read_to_end(&mut stdout, &mut text);
+        text
+    });
+    let deadline = Instant::now() + CHILD_TIME;
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(status)) => break status,
+            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(100)),
+            _ => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(format!("stopped after {CHILD_TIME:?}"));
+            }
+        }
+    };
+    let text = reader.join().unwrap_or_default();
+    // 0: clean, 1: findings, 3: incomplete (the report says why); anything else (a signal:
+    // out of memory) is a failed audit.
+    if !matches!(status.code(), Some(0 | 1 | 3)) {
+        return Err(format!(
+            "the audit process failed ({status}); memory cap {} MiB",
+            CHILD_MEMORY >> 20
         ));
     }
-    let mut layers = Layers::new(catalog, key, NODE_MAX_LAYER_BYTES);
-    for (index, name) in target.layers.iter().enumerate() {
-        layers.scan(index, store.read(name)?)?;
-    }
-    let mut counts: BTreeMap<(&'static str, &'static str), i64> = BTreeMap::new();
-    let mut baked = HashMap::new();
-    for hit in layers.hits {
-        *counts
-            .entry((hit.status.name(), hit.severity.name()))
+    let report: Report =
+        serde_json::from_slice(&text).map_err(|e| format!("unreadable audit report: {e}"))?;
+    let mut audit = ImageAudit {
+        image: image.to_string(),
+        manifest_digest: report
+            .images
+            .first()
+            .map(|i| i.manifest_digest.clone())
+            .unwrap_or_default(),
+        incomplete: report.incomplete.first().cloned(),
+        ..Default::default()
+    };
+    for finding in report.findings {
+        *audit
+            .counts
+            .entry((finding.status.clone(), finding.severity.clone()))
             .or_default() += 1;
-        if hit.status == Status::Present
-            && hit.severity >= Severity::Medium
-            && baked.len() < MAX_BAKED_FILES
+        let in_use_matters = finding.source == "layer"
+            && finding.status == "present"
+            && matches!(finding.severity.as_str(), "medium" | "high" | "critical");
+        if let (true, Some(path), Some(layer)) = (in_use_matters, finding.path, finding.layer)
+            && audit.baked.len() < MAX_BAKED_FILES
         {
-            baked.insert(
-                hit.path,
+            audit.baked.insert(
+                path,
                 BakedFile {
-                    status: hit.status,
-                    layer: hit.layer,
-                    rule: hit.rule,
+                    status: "present",
+                    layer,
+                    rule: finding.rule,
                 },
             );
         }
     }
-    for hit in super::config::scan(&target.config) {
-        *counts.entry(("present", hit.severity.name())).or_default() += 1;
-    }
-    if by_digest.len() < MAX_IMAGES {
-        by_digest.insert(
-            target.manifest_digest.clone(),
-            (baked.clone(), counts.clone()),
-        );
-    }
-    Ok((target.manifest_digest, baked, counts))
+    Ok(audit)
 }
