@@ -663,6 +663,39 @@ fn broken_images_are_incomplete_never_a_silent_pass() {
 }
 
 #[test]
+fn a_huge_tar_header_ends_the_scan_not_the_memory() {
+    // A GNU long name of 200 MiB (a few hundred KiB once gzipped; stored plain here to keep
+    // the test fast): the tar reader keeps it whole, so the data-memory cap ends the scan as
+    // incomplete.
+    let dir = tempfile::tempdir().unwrap();
+    let layout = Layout::new(dir.path());
+    let mut builder = tar::Builder::new(Vec::new());
+    let mut header = tar::Header::new_gnu();
+    header.set_size(1);
+    header.set_mode(0o644);
+    let name = "a".repeat(200 << 20);
+    builder.append_data(&mut header, &name, &b"x"[..]).unwrap();
+    drop(name);
+    let raw = builder.into_inner().unwrap();
+    let stored = gzip(&raw);
+    let manifest = layout.image(
+        &[("application/vnd.oci.image.layer.v1.tar+gzip", raw, stored)],
+        json!({}),
+        "linux/amd64",
+    );
+    layout.index(vec![manifest]);
+    let (code, report) = json_report(&["--max-memory-mib", "128"], dir.path());
+    assert_eq!(code, Some(3), "{report:#}");
+    assert!(
+        report["incomplete"][0]
+            .as_str()
+            .unwrap()
+            .contains("out of memory"),
+        "{report:#}"
+    );
+}
+
+#[test]
 fn a_decompression_bomb_stops_at_the_limit() {
     let dir = tempfile::tempdir().unwrap();
     let layout = Layout::new(dir.path());

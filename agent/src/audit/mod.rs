@@ -55,6 +55,11 @@ pub struct AuditOptions {
     /// Uncompressed bytes one layer may expand to before the scan stops (exit 3).
     #[arg(long, default_value_t = 64 << 30)]
     pub max_layer_bytes: u64,
+    /// Data memory the audit may use (MiB, RLIMIT_DATA; 0: no cap). A normal audit peaks near
+    /// 30 MiB whatever the image's size; a layer built to exhaust memory (a huge tar header)
+    /// ends the scan with exit 3 instead.
+    #[arg(long, default_value_t = 256)]
+    pub max_memory_mib: u64,
     /// containerd's socket, for `containerd://` images.
     #[arg(long, default_value = containerd::DEFAULT_SOCKET)]
     pub containerd_socket: PathBuf,
@@ -89,6 +94,9 @@ pub struct ImageSummary {
 /// Exit code: 0 clean, 1 findings at or above the threshold, 3 incomplete (takes precedence:
 /// an unread layer may hold anything).
 pub fn audit(options: AuditOptions) -> Result<u8> {
+    if options.max_memory_mib > 0 {
+        cap_data_memory(options.max_memory_mib << 20);
+    }
     let set = policy::load_dir(&options.policies).map_err(|problems| {
         let lines: Vec<String> = problems.iter().map(|p| p.to_string()).collect();
         UsageError(format!("invalid policies:\n{}", lines.join("\n")))
@@ -137,6 +145,18 @@ pub fn audit(options: AuditOptions) -> Result<u8> {
     } else {
         0
     })
+}
+
+/// Lowers this process's RLIMIT_DATA to `bytes` (never raises it: a parent's cap stays).
+fn cap_data_memory(bytes: u64) {
+    // SAFETY: plain getrlimit/setrlimit on this process with a valid struct.
+    unsafe {
+        let mut limit: libc::rlimit = std::mem::zeroed();
+        if libc::getrlimit(libc::RLIMIT_DATA, &mut limit) == 0 {
+            limit.rlim_cur = limit.rlim_cur.min(bytes);
+            libc::setrlimit(libc::RLIMIT_DATA, &limit);
+        }
+    }
 }
 
 fn audit_one(
