@@ -445,10 +445,10 @@ impl Pipeline {
             });
         record.pod = meta.as_deref().and_then(sinks::pod_section);
         record.process.cgroup = host_cgroup.clone();
-        if let (Some(m), Some(images)) = (meta.as_deref(), self.images.as_mut())
+        // (Images are asked for as the runtime API names them: `poll_image_audits`.)
+        if let (Some(m), Some(images)) = (meta.as_deref(), self.images.as_ref())
             && let Some(image) = &m.image
         {
-            images.want(image);
             record.image_finding = record
                 .file
                 .as_ref()

@@ -240,6 +240,17 @@ pub struct ImageConfig {
     pub history: Vec<History>,
 }
 
+impl ImageConfig {
+    /// The platform the config says it is for.
+    fn platform(&self) -> Platform {
+        Platform {
+            os: self.os.clone(),
+            architecture: self.architecture.clone(),
+            variant: self.variant.clone(),
+        }
+    }
+}
+
 #[derive(Deserialize, Debug, Default)]
 #[serde(rename_all = "PascalCase")]
 pub struct RunConfig {
@@ -351,11 +362,7 @@ pub fn targets(
             let platform_name = descriptor
                 .platform
                 .clone()
-                .unwrap_or(Platform {
-                    os: config.os.clone(),
-                    architecture: config.architecture.clone(),
-                    variant: config.variant.clone(),
-                })
+                .unwrap_or_else(|| config.platform())
                 .name();
             if platform.is_some_and(|p| p != platform_name) {
                 continue;
@@ -385,12 +392,7 @@ pub fn targets(
         let manifests: Vec<DockerManifest> = store.read_json("manifest.json")?;
         for manifest in manifests {
             let config: ImageConfig = store.read_json(&manifest.config)?;
-            let platform_name = Platform {
-                os: config.os.clone(),
-                architecture: config.architecture.clone(),
-                variant: config.variant.clone(),
-            }
-            .name();
+            let platform_name = config.platform().name();
             if platform.is_some_and(|p| p != platform_name) {
                 continue;
             }

@@ -24,8 +24,8 @@ use serde::Deserialize;
 const MAX_IMAGES: usize = 1024;
 /// Layer findings kept per image for the record join.
 const MAX_BAKED_FILES: usize = 4096;
-/// The audit child's data memory (heap and anonymous mappings); a normal audit peaks near
-/// 30 MiB whatever the image's size.
+/// The audit child's data memory (`--max-memory-mib`, RLIMIT_DATA); a normal audit peaks
+/// near 30 MiB whatever the image's size.
 const CHILD_MEMORY: u64 = 128 << 20;
 /// An audit taking longer is stopped (incomplete).
 const CHILD_TIME: Duration = Duration::from_secs(600);
@@ -180,20 +180,16 @@ fn audit_in_child(setup: &AuditSetup, image: &str) -> Result<ImageAudit, String>
         .arg("--containerd-socket")
         .arg(&setup.socket)
         .args(["--max-layer-bytes", &NODE_MAX_LAYER_BYTES.to_string()])
+        .args(["--max-memory-mib", &(CHILD_MEMORY >> 20).to_string()])
         .arg(format!("containerd://{image}"))
         .env("RUST_LOG", "warn")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::null());
-    // SAFETY: only async-signal-safe calls between fork and exec.
+    // SAFETY: only an async-signal-safe call between fork and exec.
     unsafe {
         command.pre_exec(|| {
             libc::setpriority(libc::PRIO_PROCESS, 0, 19);
-            let limit = libc::rlimit {
-                rlim_cur: CHILD_MEMORY,
-                rlim_max: CHILD_MEMORY,
-            };
-            libc::setrlimit(libc::RLIMIT_DATA, &limit);
             Ok(())
         });
     }

@@ -29,7 +29,7 @@ use credwatch_common::{
 };
 
 use crate::{
-    AGENT_TGID, CONNECTS, DNS_RECENT, ENDPOINTS, EVENTS, LEARNED_ENDPOINTS, NAMED_PORTS, OFFSETS,
+    CONNECTS, DNS_RECENT, ENDPOINTS, EVENTS, LEARNED_ENDPOINTS, NAMED_PORTS, OFFSETS, is_agent,
     stats::count, vfs,
 };
 
@@ -59,10 +59,6 @@ struct Target {
     family: u16,
     port: u16,
     addr: [u8; 16],
-}
-
-fn is_agent(pid_tgid: u64) -> bool {
-    (pid_tgid >> 32) as u32 == AGENT_TGID.load()
 }
 
 pub fn enter(sockaddr: u64) {

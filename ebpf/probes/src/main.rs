@@ -132,6 +132,12 @@ const ARG1: usize = 24;
 const ARG2: usize = 32;
 const RET: usize = 16;
 
+/// Whether the current task is the agent itself (its own opens and syscalls are not watched).
+#[inline(always)]
+fn is_agent(pid_tgid: u64) -> bool {
+    (pid_tgid >> 32) as u32 == AGENT_TGID.load()
+}
+
 #[inline(always)]
 fn arg(ctx: &TracePointContext, offset: usize) -> u64 {
     unsafe { ctx.read_at::<u64>(offset) }.unwrap_or(0)

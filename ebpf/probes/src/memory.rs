@@ -11,7 +11,7 @@ use aya_ebpf::helpers::{
 };
 use credwatch_common::{KIND_MEMORY, MemoryRecord, RecordHeader, memory_syscall, outcome, probe};
 
-use crate::{AGENT_TGID, EVENTS, MEMORY_CALLS, OFFSETS, budget, stats::count, vfs};
+use crate::{EVENTS, MEMORY_CALLS, OFFSETS, budget, stats::count, vfs};
 
 /// A thread inside one of the syscalls.
 #[repr(C)]
@@ -30,7 +30,7 @@ pub fn enter(syscall: u32, target: u64, request: u64) {
         return;
     }
     let pid_tgid = bpf_get_current_pid_tgid();
-    if (pid_tgid >> 32) as u32 == AGENT_TGID.load() {
+    if crate::is_agent(pid_tgid) {
         return;
     }
     let call = InMemoryCall {

@@ -19,7 +19,7 @@ use credwatch_common::{
 };
 
 use crate::{
-    AGENT_TGID, EVENTS, OFFSETS, PENDING_SLOT, PENDING_SPILL, SCRATCH, budget, filter,
+    EVENTS, OFFSETS, PENDING_SLOT, PENDING_SPILL, SCRATCH, budget, filter,
     repeats::{self, Repeat},
     stats::count,
     vfs::{self, KPath, PATH_MASK, WALK_BYTES},
@@ -82,7 +82,7 @@ pub struct Scratch {
 /// (that thread is blocked inside its open), those arguments move to the spill hash first.
 pub fn enter(probe: u32, dirfd: i32, path_ptr: u64, flags: u32) {
     let pid_tgid = bpf_get_current_pid_tgid();
-    if (pid_tgid >> 32) as u32 == AGENT_TGID.load() {
+    if crate::is_agent(pid_tgid) {
         return;
     }
     let Some(slot) = PENDING_SLOT.get_ptr_mut(0) else {
@@ -195,7 +195,7 @@ fn args_from_regs(o: &KernelOffsets, probe: u32, pid_tgid: u64) -> Option<Pendin
 
 pub fn exit(probe: u32, ret: i64) {
     let pid_tgid = bpf_get_current_pid_tgid();
-    if (pid_tgid >> 32) as u32 == AGENT_TGID.load() {
+    if crate::is_agent(pid_tgid) {
         return;
     }
     let offsets = OFFSETS.load();
@@ -224,7 +224,7 @@ pub fn exit(probe: u32, ret: i64) {
 #[inline(never)]
 pub fn io_uring_opened(ret: i64, submitted: Option<&crate::uring::UringOpen>) {
     let pid_tgid = bpf_get_current_pid_tgid();
-    if (pid_tgid >> 32) as u32 == AGENT_TGID.load() {
+    if crate::is_agent(pid_tgid) {
         return;
     }
     let offsets = OFFSETS.load();
