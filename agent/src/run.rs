@@ -206,15 +206,18 @@ pub fn run_for(opts: RunOptions, duration: Option<Duration>) -> Result<time::Off
                     let mut guard = guard?;
                     let events = guard.get_inner_mut();
                     let mut handled = 0usize;
-                    while let Some(item) = events.next() {
+                    while handled < RING_BATCH {
+                        let Some(item) = events.next() else { break };
                         pipeline.handle(&item);
                         handled += 1;
-                        // A ring that never empties (a flood) still reaches the log.
-                        if handled.is_multiple_of(LOG_BATCH) {
-                            pipeline.flush_log();
-                        }
                     }
-                    guard.clear_ready();
+                    // A ring that never empties (a flood, or a slow machine) must not starve
+                    // the timers: held records, repeat summaries and secret searches wait on
+                    // them. A full batch leaves the ring marked readable, so the next turn of
+                    // the loop comes straight back here unless a timer is due.
+                    if handled < RING_BATCH {
+                        guard.clear_ready();
+                    }
                     // Addresses just learned from DNS: into the kernel before the next batch.
                     if pipeline.learned.take_changed() {
                         refresh_endpoints(&mut pipeline, &mut probes);
@@ -270,8 +273,9 @@ pub fn run_for(opts: RunOptions, duration: Option<Duration>) -> Result<time::Off
     })
 }
 
-/// Records handled from the ring buffer between writes to the log.
-const LOG_BATCH: usize = 1024;
+/// Records handled from the ring buffer per turn of the event loop (the log is written after
+/// each turn).
+const RING_BATCH: usize = 1024;
 
 /// How often the kernel's counts of repeated accesses are looked at (windows are ~1 s).
 const REPEAT_CHECK: Duration = Duration::from_millis(500);

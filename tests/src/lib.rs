@@ -10,7 +10,7 @@ use std::{
     os::unix::{fs::PermissionsExt as _, process::CommandExt as _},
     path::{Path, PathBuf},
     process::{Child, ChildStdin, Command, Stdio},
-    sync::OnceLock,
+    sync::{Mutex, MutexGuard, OnceLock},
     time::{Duration, Instant},
 };
 
@@ -31,6 +31,17 @@ pub struct Agent {
     pub log: PathBuf,
     pub stderr: PathBuf,
     pub metrics_addr: String,
+    /// The log's records parsed so far: each poll parses only what the agent wrote since (a
+    /// test that waits on a log of tens of thousands of records must not take the CPU the
+    /// agent needs).
+    parsed: Mutex<ParsedLog>,
+}
+
+#[derive(Default)]
+struct ParsedLog {
+    /// Bytes of the log parsed (up to the last complete line).
+    offset: u64,
+    records: Vec<Value>,
 }
 
 static AGENT: OnceLock<Agent> = OnceLock::new();
@@ -138,29 +149,53 @@ fn start_agent(prepare: fn(&Path) -> String, probe_mode: &str) -> Agent {
         log,
         stderr,
         metrics_addr,
+        parsed: Mutex::default(),
     }
 }
 
 impl Agent {
     /// All records so far.
     pub fn records(&self) -> Vec<Value> {
-        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
-        // The agent may be writing the last line while we read: only whole
-        // lines (ending in a newline) are records yet.
-        let complete = &text[..text.rfind('\n').map_or(0, |end| end + 1)];
-        complete
-            .lines()
-            .map(|line| {
-                serde_json::from_str(line).unwrap_or_else(|e| panic!("bad JSON line {line:?}: {e}"))
-            })
-            .collect()
+        self.parsed_log().records.clone()
+    }
+
+    /// The first record so far that matches `pred`.
+    pub fn find_record(&self, pred: impl Fn(&Value) -> bool) -> Option<Value> {
+        self.parsed_log().records.iter().find(|r| pred(r)).cloned()
+    }
+
+    /// The log parsed up to its last complete line (the agent may be writing the next one).
+    fn parsed_log(&self) -> MutexGuard<'_, ParsedLog> {
+        use std::io::Seek as _;
+        let mut parsed = self.parsed.lock().unwrap_or_else(|p| p.into_inner());
+        let Ok(mut file) = std::fs::File::open(&self.log) else {
+            return parsed;
+        };
+        if file.metadata().map_or(0, |m| m.len()) < parsed.offset {
+            *parsed = ParsedLog::default(); // the log was replaced
+        }
+        let mut fresh = Vec::new();
+        if file.seek(std::io::SeekFrom::Start(parsed.offset)).is_err()
+            || file.read_to_end(&mut fresh).is_err()
+        {
+            return parsed;
+        }
+        let complete = fresh.iter().rposition(|&b| b == b'\n').map_or(0, |end| end + 1);
+        for line in fresh[..complete].split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
+            let record = serde_json::from_slice(line).unwrap_or_else(|e| {
+                panic!("bad JSON line {:?}: {e}", String::from_utf8_lossy(line))
+            });
+            parsed.records.push(record);
+        }
+        parsed.offset += complete as u64;
+        parsed
     }
 
     /// Waits for the first record matching `pred`.
     pub fn wait_record(&self, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
         let deadline = Instant::now() + RECORD_TIMEOUT;
         loop {
-            if let Some(found) = self.records().into_iter().find(|r| pred(r)) {
+            if let Some(found) = self.find_record(&pred) {
                 return found;
             }
             if Instant::now() > deadline {

@@ -12,7 +12,7 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 
-use crate::{build_agent, cargo, is_root, setup, status, workspace_root};
+use crate::{Profile, build_agent, cargo, is_root, setup, status, workspace_root};
 
 mod audit;
 mod load;
@@ -36,7 +36,7 @@ pub fn bench(iterations: u64, rounds: u32) -> Result<()> {
     setup::setup()?;
     ensure_debian_packages(&[("opensnoop", "libbpf-tools"), ("bpftrace", "bpftrace")])?;
     let _stats = load::BpfStats::enable()?;
-    let agent = build_agent(true)?;
+    let agent = build_agent(Profile::Release)?;
     status(cargo().args([
         "build",
         "--release",

@@ -89,18 +89,37 @@ pub fn is_root() -> bool {
 }
 
 /// Builds the agent and returns the binary's path.
-pub fn build_agent(release: bool) -> Result<PathBuf> {
-    let mut cmd = cargo();
-    cmd.args(["build", "-p", "credwatch"]);
-    if release {
-        cmd.arg("--release");
-    }
-    status(&mut cmd)?;
-    let profile = if release { "release" } else { "debug" };
+pub fn build_agent(profile: Profile) -> Result<PathBuf> {
+    status(cargo().args(["build", "-p", "credwatch", "--profile", profile.name()]))?;
     Ok(workspace_root()
         .join("target")
-        .join(profile)
+        .join(profile.dir())
         .join("credwatch"))
+}
+
+/// How the agent is built.
+#[derive(Clone, Copy)]
+pub enum Profile {
+    /// What users run (`cargo xtask run`, the benchmarks, the image).
+    Release,
+    /// The release build with overflow checks and debug assertions on, for the end-to-end
+    /// suite: the code users run, at the speed they run it (an unoptimised agent is ~30 times
+    /// slower at writing records and fell behind the no-loss tests on a slow machine), with
+    /// the checks that turn a silent bug into a failing test.
+    EndToEnd,
+}
+
+impl Profile {
+    fn name(self) -> &'static str {
+        match self {
+            Profile::Release => "release",
+            Profile::EndToEnd => "e2e",
+        }
+    }
+
+    fn dir(self) -> &'static str {
+        self.name()
+    }
 }
 
 /// Runs `program args` as root: directly when we are root, else through sudo.
@@ -121,7 +140,7 @@ fn as_root(program: &Path, args: &[String]) -> Command {
 
 fn run(args: &[String]) -> Result<()> {
     setup::setup()?;
-    let agent = build_agent(true)?;
+    let agent = build_agent(Profile::Release)?;
     let mut full = vec!["run".to_string()];
     full.extend(args.iter().cloned());
     status(as_root(&agent, &full).current_dir(workspace_root()))
@@ -141,7 +160,7 @@ fn test(args: &[String]) -> Result<()> {
     ]))?;
 
     println!("xtask: privileged end-to-end tests");
-    let agent = build_agent(false)?;
+    let agent = build_agent(Profile::EndToEnd)?;
     // Build the test binaries unprivileged, then run them as root.
     let out = cargo()
         .args([
