@@ -180,8 +180,14 @@ impl Agent {
         {
             return parsed;
         }
-        let complete = fresh.iter().rposition(|&b| b == b'\n').map_or(0, |end| end + 1);
-        for line in fresh[..complete].split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
+        let complete = fresh
+            .iter()
+            .rposition(|&b| b == b'\n')
+            .map_or(0, |end| end + 1);
+        for line in fresh[..complete]
+            .split(|&b| b == b'\n')
+            .filter(|l| !l.is_empty())
+        {
             let record = serde_json::from_slice(line).unwrap_or_else(|e| {
                 panic!("bad JSON line {:?}: {e}", String::from_utf8_lossy(line))
             });
