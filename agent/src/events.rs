@@ -6,9 +6,10 @@ use std::{fmt, mem::size_of};
 use credwatch_common::{
     ARGS_BYTES, CGROUP_MKDIR, CGROUP_PATH_BYTES, CGROUP_RMDIR, CgroupRecord, ConnectRecord,
     DNS_BYTES, DnsRecord, FILE_OPEN_FIXED_BYTES, FILENAME_BYTES, FileOpenRecord, KIND_CGROUP,
-    KIND_CONNECT, KIND_DNS, KIND_FILE_OPEN, KIND_MEMORY, KIND_PROCESS, MemoryRecord, PATH_BYTES,
-    PROCESS_ARGS_OFFSET, PROCESS_FIXED_BYTES, ProcessRecord, RAW_PATH_BYTES, RecordHeader,
-    RepeatKey, WIRE_VERSION, connect_source, memory_syscall, probe, process_event,
+    KIND_CONNECT, KIND_DNS, KIND_FILE_OPEN, KIND_MEMORY, KIND_PROCESS, KIND_REQUEST, MemoryRecord,
+    PATH_BYTES, PROCESS_ARGS_OFFSET, PROCESS_FIXED_BYTES, ProcessRecord, RAW_PATH_BYTES,
+    REQUEST_BYTES, RecordHeader, RepeatKey, RequestRecord, WIRE_VERSION, connect_source,
+    memory_syscall, probe, process_event, request_flag,
 };
 
 /// A file-open syscall, decoded.
@@ -142,6 +143,21 @@ pub struct Connect {
     pub port: u16,
     pub endpoint: u32,
     pub comm: Vec<u8>,
+    /// The socket's cookie (0: unknown); requests sent on it carry the same.
+    pub cookie: u64,
+}
+
+/// A payload sent on a connection whose requests are inspected (its first bytes).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Request {
+    pub boot_ns: u64,
+    pub cookie: u64,
+    pub cgroup_id: u64,
+    pub data: Vec<u8>,
+    /// The payload's whole length (more than `data` when cut in the kernel).
+    pub payload_len: u32,
+    /// The connection's last inspected payload: later ones go unseen.
+    pub last: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -157,6 +173,7 @@ pub enum Event {
     Process(Box<ProcessEvent>),
     Cgroup(CgroupEvent),
     Memory(Box<MemoryAccess>),
+    Request(Box<Request>),
 }
 
 /// A syscall into another process's memory (ptrace attach/seize, process_vm_readv/writev).
@@ -217,6 +234,21 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
         KIND_CGROUP => decode_cgroup(bytes, header),
         KIND_CONNECT => decode_connect(bytes, header),
         KIND_MEMORY => decode_memory(bytes, header),
+        KIND_REQUEST => {
+            let rec: RequestRecord = read_record(bytes, header)?;
+            let len = rec.len as usize;
+            if len > REQUEST_BYTES || len > rec.payload_len as usize {
+                return Err(DecodeError::BadField("len", len as u64));
+            }
+            Ok(Event::Request(Box::new(Request {
+                boot_ns: rec.boot_ns,
+                cookie: rec.cookie,
+                cgroup_id: rec.cgroup_id,
+                data: rec.data[..len].to_vec(),
+                payload_len: rec.payload_len,
+                last: rec.flags & request_flag::LAST != 0,
+            })))
+        }
         KIND_DNS => {
             let rec: DnsRecord = read_record(bytes, header)?;
             let len = rec.len as usize;
@@ -304,6 +336,7 @@ fn decode_connect(bytes: &[u8], header: RecordHeader) -> Result<Event, DecodeErr
         port: rec.port,
         endpoint: rec.endpoint,
         comm: until_nul(&rec.comm).to_vec(),
+        cookie: rec.cookie,
     })))
 }
 

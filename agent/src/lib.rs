@@ -19,6 +19,7 @@ pub mod policy;
 pub mod probes;
 pub mod process;
 pub mod replay;
+pub mod requests;
 pub mod run;
 pub mod secrets;
 pub mod sinks;

@@ -19,6 +19,7 @@ use crate::{
     footprint::{self, Subject, Verdict},
     policy::{Action, PolicySet},
     process::ProcessTable,
+    requests,
     secrets::SecretTable,
     sinks::{self, forensic, metrics::Metrics},
     summaries::{AllowedKey, Finished, RepeatOrigins, Tally},
@@ -30,7 +31,27 @@ pub const HOLD: Duration = Duration::from_millis(500);
 /// this long.
 pub const ALLOWED_EVERY: Duration = Duration::from_secs(600);
 
+/// How long a connection to an endpoint whose requests are inspected may stay silent before it
+/// is recorded as it is (`request: "not_seen"`).
+pub const REQUEST_WAIT: Duration = Duration::from_secs(2);
+/// How long an inspected connection's context is kept after its last request.
+const INSPECTED_IDLE: Duration = Duration::from_secs(300);
+/// Inspected connections tracked at most; past that, new ones are recorded as they are.
+const MAX_INSPECTED: usize = 4096;
+
+/// A connection to an endpoint whose requests decide whether it is a credential access.
+struct Inspected {
+    /// Its connect's record, written with each request that makes it one.
+    connect: Held,
+    service: String,
+    /// A request was judged: a connection that then goes quiet is not recorded.
+    answered: bool,
+    /// Silent until then: recorded as it is. Answered: forgotten then.
+    deadline: Instant,
+}
+
 /// A record waiting for its container's metadata and its verdict.
+#[derive(Clone)]
 struct Held {
     record: forensic::Record,
     cgroup_id: u64,
@@ -56,6 +77,8 @@ pub struct Pipeline {
     pub boot_to_unix_ns: i128,
     next_event: u64,
     held: VecDeque<Held>,
+    /// Connections whose requests are inspected, by socket cookie.
+    inspected: HashMap<u64, Inspected>,
     /// When an allowed (container, binary, secret, path or endpoint) was last written.
     allowed_logged: HashMap<AllowedKey, Instant>,
     /// Containers already warned about for holding too many secret files.
@@ -119,6 +142,7 @@ impl Pipeline {
             boot_to_unix_ns,
             next_event: 0,
             held: VecDeque::new(),
+            inspected: HashMap::new(),
             allowed_logged: HashMap::new(),
             repeat_origins: RepeatOrigins::default(),
             secret_budget_warned: Default::default(),
@@ -145,6 +169,7 @@ impl Pipeline {
             Event::FileOpen(open) => self.file_open(&open),
             Event::Connect(connect) => self.connect(&connect),
             Event::Memory(access) => self.memory_access(&access),
+            Event::Request(request) => self.request(&request),
             Event::Dns { cgroup_id, message } => {
                 let catalog = &self.policies.catalog;
                 self.learned
@@ -324,10 +349,21 @@ impl Pipeline {
             } else {
                 "cgroup_hook"
             },
+            request: None,
+            http: None,
         };
+        // What it asks for decides, when the kernel inspects its requests (a connect that
+        // failed sends none).
+        let inspect = endpoint.http_paths.is_some()
+            && c.cookie != 0
+            && c.result
+                .is_none_or(|r| r == 0 || r == -(libc::EINPROGRESS as i64))
+            && self.inspected.len() < MAX_INSPECTED;
         let secret = (endpoint.name.clone(), endpoint.catalog.clone());
+        let service = endpoint.name.clone();
         let mut record = self.new_record(c.boot_ns, c.tid, "network", secret, &process);
         record.network = Some(network);
+        let now = Instant::now();
         let held = Held {
             record,
             cgroup_id: c.cgroup_id,
@@ -335,12 +371,115 @@ impl Pipeline {
             exe: process.exe,
             path: None,
             outside_root: false,
-            until: Instant::now() + HOLD,
+            until: now + HOLD,
             repeat: None,
         };
-        if let Some(still_waiting) = self.attribute(held, Instant::now()) {
+        if inspect {
+            let waiting = Inspected {
+                connect: held,
+                service,
+                answered: false,
+                deadline: now + REQUEST_WAIT,
+            };
+            // (a reused cookie's old entry is replaced: cookies are never reused while the
+            // socket lives)
+            self.inspected.insert(c.cookie, waiting);
+            return;
+        }
+        if let Some(still_waiting) = self.attribute(held, now) {
             self.held.push_back(still_waiting);
         }
+    }
+
+    /// A payload sent on an inspected connection: a credential request (or one not shown to
+    /// be benign) is recorded as the connection's credential access; a benign one is counted.
+    fn request(&mut self, r: &events::Request) {
+        let catalog = &self.policies.catalog;
+        let Some(entry) = self.inspected.get_mut(&r.cookie) else {
+            // Its connect was not seen (sent before the agent started) or not kept.
+            self.metrics
+                .endpoint_requests
+                .with_label_values(&["unknown", "unattributed"])
+                .inc();
+            return;
+        };
+        let paths = catalog
+            .endpoints
+            .iter()
+            .find(|e| e.name == entry.service)
+            .and_then(|e| e.http_paths.as_ref());
+        let judged = match paths {
+            Some(paths) => requests::judge(&r.data, r.payload_len, paths),
+            None => requests::Judged::Unreadable(None), // the catalogue changed since
+        };
+        let (credential, mut why, line) = match judged {
+            requests::Judged::Benign(_) => ("false", None, None),
+            requests::Judged::Credential(line) => ("true", Some("credential"), Some(line)),
+            requests::Judged::Unreadable(line) => ("unreadable", Some("unreadable"), line),
+        };
+        self.metrics
+            .endpoint_requests
+            .with_label_values(&[entry.service.as_str(), credential])
+            .inc();
+        let now = Instant::now();
+        entry.answered = true;
+        entry.deadline = now + INSPECTED_IDLE;
+        if r.last {
+            // The kernel stops here: what the connection sends next goes unseen.
+            why = why.or(Some("beyond_inspection"));
+        }
+        let Some(why) = why else { return };
+        let mut held = entry.connect.clone();
+        if r.last {
+            self.inspected.remove(&r.cookie);
+        }
+        let tid = held.record.process.tid;
+        self.renumber(&mut held.record, r.boot_ns, tid);
+        if let Some(network) = held.record.network.as_mut() {
+            network.request = Some(why);
+            network.http = line.map(|l| forensic::HttpSection {
+                method: l.method,
+                path: l.path,
+            });
+        }
+        held.until = now + HOLD;
+        if let Some(still_waiting) = self.attribute(held, now) {
+            self.held.push_back(still_waiting);
+        }
+    }
+
+    /// Records inspected connections that stayed silent past `REQUEST_WAIT` as they are, and
+    /// forgets answered ones idle past `INSPECTED_IDLE`; with `flush`, all of them now.
+    fn release_inspected(&mut self, now: Instant, flush: bool) {
+        let due: Vec<u64> = self
+            .inspected
+            .iter()
+            .filter(|(_, e)| flush || now >= e.deadline)
+            .map(|(cookie, _)| *cookie)
+            .collect();
+        for cookie in due {
+            let Some(entry) = self.inspected.remove(&cookie) else {
+                continue;
+            };
+            if entry.answered {
+                continue;
+            }
+            let mut held = entry.connect;
+            if let Some(network) = held.record.network.as_mut() {
+                network.request = Some("not_seen");
+            }
+            held.until = now + HOLD;
+            if let Some(still_waiting) = self.attribute(held, now) {
+                self.held.push_back(still_waiting);
+            }
+        }
+    }
+
+    /// A copy of a record gets its own time and event id.
+    fn renumber(&mut self, record: &mut forensic::Record, boot_ns: u64, tid: u32) {
+        self.next_event += 1;
+        record.ts = sinks::rfc3339(self.boot_to_unix_ns + boot_ns as i128).unwrap_or_default();
+        record.event_id = format!("{boot_ns:016x}-{tid:08x}-{}", self.next_event);
     }
 
     /// A record's common part; verdict, container and policy are added by `attribute`.
@@ -726,6 +865,7 @@ impl Pipeline {
 
     /// Retries held records; with `flush`, writes all of them with what is known.
     pub fn release_held(&mut self, flush: bool) {
+        self.release_inspected(Instant::now(), flush);
         let now = if flush {
             Instant::now() + HOLD * 2
         } else {

@@ -9,6 +9,13 @@ use std::{
 };
 
 use credwatch_tests::{Agent, agent, netns::Netns, runc::Container};
+
+/// The number in a `credwatch_endpoint_requests_total` series (0 when absent).
+fn endpoint_requests(agent: &Agent, service: &str, credential: &str) -> f64 {
+    agent.metric(&format!(
+        "credwatch_endpoint_requests_total{{credential=\"{credential}\",service=\"{service}\"}}"
+    ))
+}
 use serde_json::Value;
 
 const FOOTPRINT: &str = r#"apiVersion: credwatch.dev/v1alpha1
@@ -61,7 +68,7 @@ fn connects_to_credential_endpoints_are_recorded_and_judged() {
     let agent = setup();
     let netns = Netns::create(&format!("cw-{}", std::process::id()));
     let id = format!("cw-{}-net", std::process::id());
-    let script = "wget -q -O /dev/null http://169.254.169.254/latest/meta-data/; \
+    let script = "wget -q -O /dev/null http://169.254.169.254/latest/meta-data/iam/security-credentials/; \
                   wget -q -O /dev/null http://127.0.0.1:8200/v1/secret/data/db; \
                   wget -q -O /dev/null http://127.0.0.1:8080/; exit 0";
     netns.container(&id, script).run_to_completion();
@@ -72,6 +79,13 @@ fn connects_to_credential_endpoints_are_recorded_and_judged() {
     assert_eq!(imds["network"]["port"], 80);
     assert_eq!(imds["network"]["family"], "ipv4");
     assert_eq!(imds["network"]["result"], 0);
+    // The request made it a credential access: its line is in the record.
+    assert_eq!(imds["network"]["request"], "credential", "{imds:#}");
+    assert_eq!(imds["network"]["http"]["method"], "GET");
+    assert_eq!(
+        imds["network"]["http"]["path"],
+        "/latest/meta-data/iam/security-credentials"
+    );
     assert_eq!(imds["verdict"], "undeclared");
     assert_eq!(imds["process"]["args"][0], "wget", "{imds:#}");
     assert_eq!(imds["process"]["ancestors"][0]["args"][0], "/bin/sh");
@@ -104,7 +118,7 @@ fn connects_to_credential_endpoints_are_recorded_and_judged() {
     netns
         .container(
             &ok_id,
-            "wget -q -O /dev/null http://169.254.169.254/; exit 0",
+            "wget -q -O /dev/null http://169.254.169.254/latest/user-data; exit 0",
         )
         .run_to_completion();
     let allowed = network_record(agent, &ok_id, "instance-metadata");
@@ -466,4 +480,147 @@ fn boto3_calling_secrets_manager_is_named_and_judged() {
         allowed["network"]["hostname"],
         "secretsmanager.us-east-1.amazonaws.com"
     );
+}
+
+/// The metadata service answers the region as readily as the node's credentials: the request
+/// decides. A container asking for its region and its instance id is counted, not recorded; the
+/// same container asking for the role's credentials is recorded with the request line, however
+/// the path is disguised; and a credential request behind a benign one on the same keep-alive
+/// connection (as SDKs do: IMDSv2 token, then credentials) is still recorded.
+#[test]
+fn metadata_requests_are_judged_by_what_they_ask_for() {
+    let agent = setup();
+    assert_eq!(
+        agent.metric(r#"credwatch_probe_attached{mode="cgroup_skb",probe="endpoint_request"}"#),
+        1.0
+    );
+    let mut netns = Netns::create(&format!("cwm-{}", std::process::id()));
+    let benign_before = endpoint_requests(agent, "instance-metadata", "false");
+
+    let quiet = format!("cw-{}-imdsquiet", std::process::id());
+    let script = "wget -q -O /dev/null http://169.254.169.254/latest/meta-data/placement/region; \
+                  wget -q -O /dev/null http://169.254.169.254/latest/meta-data/instance-id; exit 0";
+    netns.container(&quiet, script).run_to_completion();
+
+    let thief = format!("cw-{}-imdsthief", std::process::id());
+    let script = "wget -q -O /dev/null http://169.254.169.254/latest/meta-data/placement/region; \
+                  wget -q -O /dev/null 'http://169.254.169.254//latest/./meta-data/%69am/security-credentials/web?x=1'; \
+                  exit 0";
+    netns.container(&thief, script).run_to_completion();
+    let record = network_record(agent, &thief, "instance-metadata");
+    assert_eq!(record["network"]["request"], "credential", "{record:#}");
+    assert_eq!(record["network"]["http"]["method"], "GET");
+    // Resolved as the server resolves it; the query string is never kept.
+    assert_eq!(
+        record["network"]["http"]["path"], "/latest/meta-data/iam/security-credentials/web",
+        "{record:#}"
+    );
+    // The benign requests: counted, not recorded (the thief's region read included).
+    assert!(endpoint_requests(agent, "instance-metadata", "false") >= benign_before + 3.0);
+    std::thread::sleep(crate_request_wait());
+    let records = |id: &str| -> Vec<Value> {
+        agent
+            .records()
+            .into_iter()
+            .filter(|r| r["container"]["id"] == id)
+            .collect()
+    };
+    assert_eq!(
+        records(&quiet),
+        Vec::<Value>::new(),
+        "benign reads are not recorded"
+    );
+    assert_eq!(records(&thief).len(), 1, "{:#?}", records(&thief));
+
+    // Keep-alive: an HTTP/1.1 server on IMDS's IPv6 address, one connection, two requests.
+    let root = std::env::temp_dir().join(format!("credwatch-imds-{}", std::process::id()));
+    let role = root.join("latest/meta-data/iam/security-credentials");
+    std::fs::create_dir_all(&role).unwrap();
+    std::fs::write(root.join("latest/meta-data/instance-id"), "i-0123").unwrap();
+    std::fs::write(role.join("web"), "{}").unwrap();
+    netns.add_address("fd00:ec2::254");
+    netns.spawn(&[
+        "python3",
+        "-m",
+        "http.server",
+        "--protocol",
+        "HTTP/1.1",
+        "--directory",
+        root.to_str().unwrap(),
+        "--bind",
+        "fd00:ec2::254",
+        "80",
+    ]);
+    netns.wait_listening("fd00:ec2::254", "80");
+    let sdk = format!("cw-{}-imdskeepalive", std::process::id());
+    let script = "import http.client\n\
+                  c = http.client.HTTPConnection('fd00:ec2::254', 80)\n\
+                  ports = set()\n\
+                  for path in ['/latest/meta-data/instance-id', '/latest/meta-data/iam/security-credentials/web']:\n\
+                  \x20   c.request('GET', path)\n\
+                  \x20   assert c.getresponse().read()\n\
+                  \x20   ports.add(c.sock.getsockname()[1])\n\
+                  assert len(ports) == 1, ports\n";
+    netns
+        .python_container(&sdk, script, &[])
+        .run_to_completion();
+    let record = network_record(agent, &sdk, "instance-metadata");
+    assert_eq!(record["network"]["address"], "fd00:ec2::254", "{record:#}");
+    assert_eq!(record["network"]["request"], "credential", "{record:#}");
+    assert_eq!(
+        record["network"]["http"]["path"],
+        "/latest/meta-data/iam/security-credentials/web"
+    );
+    std::thread::sleep(crate_request_wait());
+    assert_eq!(records(&sdk).len(), 1, "{:#?}", records(&sdk));
+    let _ = std::fs::remove_dir_all(&root);
+}
+
+/// What cannot be shown to be a benign request is recorded as a credential access: binary
+/// garbage on port 80, a request line longer than the kernel copies, a connection that sends
+/// nothing. None of it stalls the agent.
+#[test]
+fn hostile_requests_to_the_metadata_service_are_recorded_safely() {
+    let agent = setup();
+    let netns = Netns::create(&format!("cwh-{}", std::process::id()));
+    let id = format!("cw-{}-imdshostile", std::process::id());
+    let script = "import socket, os\n\
+                  def send(data):\n\
+                  \x20   s = socket.create_connection(('169.254.169.254', 80))\n\
+                  \x20   s.sendall(data)\n\
+                  \x20   s.close()\n\
+                  send(bytes([0x16, 3, 1, 2, 0]) + os.urandom(2000))\n\
+                  send(b'GET /' + b'a' * 8192 + b' HTTP/1.1\\r\\n\\r\\n')\n\
+                  send(b'')\n";
+    netns.python_container(&id, script, &[]).run_to_completion();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let mut why: Vec<String> = loop {
+        let why: Vec<String> = agent
+            .records()
+            .into_iter()
+            .filter(|r| r["container"]["id"] == id.as_str())
+            .map(|r| {
+                assert!(r["network"]["http"].is_null(), "{r:#}");
+                r["network"]["request"].as_str().unwrap_or("?").to_string()
+            })
+            .collect();
+        if why.len() >= 3 || Instant::now() > deadline {
+            break why;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    why.sort();
+    assert_eq!(why, ["not_seen", "unreadable", "unreadable"]);
+    assert!(endpoint_requests(agent, "instance-metadata", "unreadable") >= 2.0);
+    // Still answering.
+    assert!(
+        agent
+            .metrics()
+            .contains("credwatch_endpoint_requests_total")
+    );
+}
+
+/// A silent connection is recorded once the agent has waited this long for its request.
+fn crate_request_wait() -> Duration {
+    credwatch::pipeline::REQUEST_WAIT + Duration::from_millis(500)
 }

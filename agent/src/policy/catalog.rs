@@ -56,6 +56,10 @@ struct EndpointSpec {
     hosts: Vec<String>,
     #[serde(default)]
     ports: Vec<u16>,
+    /// Plain-HTTP services: the request paths that hand out credentials (globs). Other
+    /// requests to the endpoint are counted, not recorded as credential accesses.
+    #[serde(default, rename = "httpPaths")]
+    http_paths: Vec<String>,
 }
 
 /// One `files` entry of the catalogue, compiled.
@@ -180,6 +184,9 @@ pub struct EndpointRule {
     pub host_globs: Option<GlobSet>,
     /// Empty = any port.
     pub ports: Vec<u16>,
+    /// The request paths that are credential accesses (`httpPaths`, `*` within one path
+    /// segment); None: every connect is one.
+    pub http_paths: Option<GlobSet>,
 }
 
 /// "Secretsmanager.US-East-1.amazonaws.com." → "secretsmanager/us-east-1/amazonaws/com".
@@ -203,6 +210,12 @@ impl EndpointRule {
             id: index as u32 + 1,
             port_count: self.ports.len() as u32,
             ports: [0; ENDPOINT_PORTS],
+            flags: if self.http_paths.is_some() {
+                credwatch_common::endpoint_flag::INSPECT_REQUESTS
+            } else {
+                0
+            },
+            _pad: 0,
         };
         for (slot, port) in value.ports.iter_mut().zip(&self.ports) {
             *slot = *port;
@@ -435,6 +448,27 @@ impl CatalogBuilder {
                     )),
                 }
             }
+            let mut paths = GlobSetBuilder::new();
+            for pattern in &endpoint.http_paths {
+                let glob = pattern
+                    .starts_with('/')
+                    .then(|| GlobBuilder::new(pattern).literal_separator(true).build());
+                match glob {
+                    Some(Ok(glob)) => {
+                        paths.add(glob);
+                    }
+                    Some(Err(err)) => problems.push(source.locate(
+                        line,
+                        pattern,
+                        format!("bad httpPaths pattern {pattern:?}: {}", err.kind()),
+                    )),
+                    None => problems.push(source.locate(
+                        line,
+                        pattern,
+                        format!("httpPaths pattern {pattern:?} must start with \"/\""),
+                    )),
+                }
+            }
             self.endpoints.push(EndpointRule {
                 name: endpoint.name,
                 catalog: catalog_name.clone(),
@@ -444,6 +478,9 @@ impl CatalogBuilder {
                     .flatten(),
                 hosts: endpoint.hosts,
                 ports: endpoint.ports,
+                http_paths: (!endpoint.http_paths.is_empty())
+                    .then(|| paths.build().ok())
+                    .flatten(),
             });
         }
     }

@@ -134,6 +134,12 @@ impl Probes {
         probes.record(status);
         let status = probes.attach_connect_hooks();
         probes.record(status);
+        let status = probes.attach_cgroup_skb(
+            probe::ENDPOINT_REQUEST,
+            "endpoint_requests",
+            aya::programs::CgroupSkbAttachType::Egress,
+        );
+        probes.record(status);
         // Another process's memory (ptrace attach, process_vm_readv/writev): rare syscalls.
         for name in ["ptrace", "process_vm_readv", "process_vm_writev"] {
             let status = probes.attach_syscall(name, ArgsMode::SavedAtEntry);
@@ -172,21 +178,37 @@ impl Probes {
 
     /// DNS responses to every process: a cgroup_skb ingress program on the cgroup2 root.
     fn attach_dns(&mut self) -> ProbeStatus {
-        let name = probe::NAMES[probe::DNS as usize];
+        self.attach_cgroup_skb(
+            probe::DNS,
+            "dns_answers",
+            aya::programs::CgroupSkbAttachType::Ingress,
+        )
+    }
+
+    /// A cgroup_skb program on the cgroup2 root: every cgroup below inherits it.
+    fn attach_cgroup_skb(
+        &mut self,
+        probe: u32,
+        program_name: &str,
+        direction: aya::programs::CgroupSkbAttachType,
+    ) -> ProbeStatus {
+        let name = probe::NAMES[probe as usize];
         let result = (|| -> Result<()> {
             let program: &mut aya::programs::CgroupSkb = self
                 .ebpf
-                .program_mut("dns_answers")
-                .ok_or_else(|| anyhow!("program dns_answers missing from the object"))?
+                .program_mut(program_name)
+                .ok_or_else(|| anyhow!("program {program_name} missing from the object"))?
                 .try_into()?;
-            program.load().context("loading dns_answers")?;
+            program
+                .load()
+                .with_context(|| format!("loading {program_name}"))?;
             program
                 .attach(
                     cgroup2_root()?,
-                    aya::programs::CgroupSkbAttachType::Ingress,
+                    direction,
                     aya::programs::CgroupAttachMode::Single,
                 )
-                .context("attaching dns_answers to the cgroup2 root")?;
+                .with_context(|| format!("attaching {program_name} to the cgroup2 root"))?;
             Ok(())
         })();
         probe_status(name, "cgroup_skb", result)
@@ -560,6 +582,7 @@ mod tests {
             maps::LEARNED_ENDPOINTS,
             maps::REPEATS,
             maps::SUPPRESSED,
+            maps::INSPECTED,
         ] {
             assert!(object.maps.contains_key(map), "map {map} missing");
         }
@@ -576,6 +599,7 @@ mod tests {
                 "cgroup_mkdir",
                 "cgroup_rmdir",
                 "dns_answers",
+                "endpoint_requests",
                 "connect4",
                 "connect6",
                 "io_uring_submit_req",

@@ -211,6 +211,22 @@ pub struct NetworkSection {
     pub result: Option<i64>,
     /// "connect" (the syscall) or "cgroup_hook" (io_uring, TCP Fast Open: not connect(2)).
     pub source: &'static str,
+    /// For endpoints whose requests are inspected (`httpPaths`): why this connection is a
+    /// credential access — "credential" (a request for a credential path), "unreadable" (a
+    /// payload not shown to be a benign request), "not_seen" (no request was seen in time),
+    /// "beyond_inspection" (more payloads than the kernel inspects per connection).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub request: Option<&'static str>,
+    /// The request line, when one was read: method and path only (no query string, headers or
+    /// body), escaped like every string from a workload.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub http: Option<HttpSection>,
+}
+
+#[derive(Serialize, Debug, Clone, PartialEq, Eq)]
+pub struct HttpSection {
+    pub method: String,
+    pub path: String,
 }
 
 #[derive(Serialize, Debug, Default, Clone)]

@@ -25,6 +25,8 @@ pub struct Metrics {
     /// Findings of `audit-image` in running containers' images.
     pub image_findings: IntGaugeVec,
     pub policy_reloads: IntCounterVec,
+    /// Requests read on connections to plain-HTTP credential endpoints, by what they asked.
+    pub endpoint_requests: IntCounterVec,
     policy_info: IntGaugeVec,
     kernel_events: IntCounterVec,
     probe_attached: IntGaugeVec,
@@ -183,6 +185,12 @@ impl Metrics {
                 "credwatch_policy_reloads_total",
                 "Policy reloads, by result (failure: rejected, the last good set kept running).",
                 &["result"],
+            ),
+            endpoint_requests: counter(
+                &registry,
+                "credwatch_endpoint_requests_total",
+                "Requests sent to plain-HTTP credential endpoints (instance metadata, ECS and EKS credential agents), by catalogue endpoint and whether they asked for a credential (true), for something else (false: counted, not recorded), or could not be shown to be benign (unreadable: recorded).",
+                &["service", "credential"],
             ),
             policy_info: gauge(
                 &registry,

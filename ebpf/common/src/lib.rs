@@ -7,7 +7,7 @@
 #![no_std]
 
 /// Version of the wire records. Bump on any layout change.
-pub const WIRE_VERSION: u16 = 2;
+pub const WIRE_VERSION: u16 = 3;
 
 /// Record kinds (the `kind` field of [`RecordHeader`]).
 pub const KIND_FILE_OPEN: u16 = 1;
@@ -16,10 +16,19 @@ pub const KIND_CGROUP: u16 = 3;
 pub const KIND_CONNECT: u16 = 4;
 pub const KIND_DNS: u16 = 5;
 pub const KIND_MEMORY: u16 = 6;
+pub const KIND_REQUEST: u16 = 7;
 
 /// Bytes kept of a DNS response: the EDNS buffer size resolvers use by default (DNS Flag Day
 /// 2020), so answers with several records and a CNAME chain fit.
 pub const DNS_BYTES: usize = 1232;
+
+/// Bytes kept of each payload sent on a connection to an endpoint whose requests are
+/// inspected (a request line and its first headers; longer ones are cut, and judged as
+/// unreadable).
+pub const REQUEST_BYTES: usize = 1024;
+/// Payloads inspected per connection. The one that reaches it is marked
+/// [`request_flag::LAST`]: the agent records the connection, since later requests go unseen.
+pub const REQUEST_SEGMENTS: u32 = 32;
 
 /// Ports kept per catalogue endpoint in the kernel's address map (0 entries = any port).
 pub const ENDPOINT_PORTS: usize = 8;
@@ -59,6 +68,7 @@ pub mod maps {
     pub const LEARNED_ENDPOINTS: &str = "LEARNED_ENDPOINTS";
     pub const REPEATS: &str = "REPEATS";
     pub const SUPPRESSED: &str = "SUPPRESSED";
+    pub const INSPECTED: &str = "INSPECTED";
 }
 
 /// Names of the load-time globals the agent sets.
@@ -91,7 +101,10 @@ pub mod probe {
     pub const IO_URING_OPEN: u32 = 13;
     /// Another process's memory: ptrace attach/seize, process_vm_readv/writev.
     pub const PROCESS_MEMORY: u32 = 14;
-    pub const COUNT: u32 = 15;
+    /// What is sent on connections to endpoints whose requests are inspected (cgroup_skb
+    /// egress on the cgroup2 root).
+    pub const ENDPOINT_REQUEST: u32 = 15;
+    pub const COUNT: u32 = 16;
     /// How many of the first probes are file-open syscalls.
     pub const FILE_OPEN_COUNT: u32 = 5;
     /// Names as used in metrics and log records (`sys_` dropped).
@@ -111,6 +124,7 @@ pub mod probe {
         "cgroup_connect",
         "io_uring_open",
         "process_memory",
+        "endpoint_request",
     ];
 }
 
@@ -159,6 +173,43 @@ pub struct ConnectRecord {
     /// IPv6, or IPv4 mapped into IPv6 (::ffff:a.b.c.d).
     pub addr: [u8; 16],
     pub comm: [u8; 16],
+    /// The socket's cookie (0: not known, the cgroup hook did not run): names the connection
+    /// in [`RequestRecord`]s.
+    pub cookie: u64,
+}
+
+/// A payload sent on a connection to an endpoint whose requests are inspected (instance
+/// metadata and the other plain-HTTP credential services): its first bytes, for the agent to
+/// read the request line. Nothing else about the connection is repeated: the connect record
+/// with the same cookie came first.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct RequestRecord {
+    pub header: RecordHeader,
+    pub boot_ns: u64,
+    pub cookie: u64,
+    /// cgroup of the sending socket.
+    pub cgroup_id: u64,
+    /// Bytes used in `data`.
+    pub len: u32,
+    /// The payload's whole length (more than `len` when cut).
+    pub payload_len: u32,
+    /// `request_flag` bits.
+    pub flags: u32,
+    pub _pad: u32,
+    pub data: [u8; REQUEST_BYTES],
+}
+
+/// Bits of [`RequestRecord::flags`].
+pub mod request_flag {
+    /// The connection's last inspected payload ([`super::REQUEST_SEGMENTS`]).
+    pub const LAST: u32 = 1;
+}
+
+/// Bits of [`EndpointValue::flags`].
+pub mod endpoint_flag {
+    /// What connections to it send is inspected (the catalogue lists `httpPaths`).
+    pub const INSPECT_REQUESTS: u32 = 1;
 }
 
 /// A syscall that reaches into another process's memory (ATT&CK T1003.007): `ptrace`
@@ -228,6 +279,9 @@ pub struct EndpointValue {
     /// How many of `ports` are used; 0 = any port.
     pub port_count: u32,
     pub ports: [u16; ENDPOINT_PORTS],
+    /// `endpoint_flag` bits.
+    pub flags: u32,
+    pub _pad: u32,
 }
 
 /// Key of the learned-endpoint map: an address that DNS answers received by one cgroup gave
@@ -603,7 +657,8 @@ const _: () = {
     assert!(size_of::<ProcessRecord>() == 1368);
     assert!(PROCESS_FIXED_BYTES == 88 && PROCESS_ARGS_OFFSET == 344);
     assert!(size_of::<CgroupRecord>() == 544);
-    assert!(size_of::<ConnectRecord>() == 104);
+    assert!(size_of::<ConnectRecord>() == 112);
+    assert!(size_of::<RequestRecord>() == 1072);
     assert!(size_of::<MemoryRecord>() == 88);
     assert!(size_of::<DnsRecord>() == 1264);
     assert!(size_of::<RepeatKey>() == 48);
@@ -611,6 +666,6 @@ const _: () = {
     assert!(size_of::<SuppressedKey>() == 16);
     assert!(size_of::<Budget>() == 16);
     assert!(size_of::<InodeKey>() == 16);
-    assert!(size_of::<EndpointValue>() == 24);
+    assert!(size_of::<EndpointValue>() == 32);
     assert!(size_of::<LearnedKey>() == 24);
 };

@@ -18,19 +18,21 @@ use aya_ebpf::{
     helpers::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid,
         bpf_probe_read_user,
-        generated::{self, bpf_get_current_cgroup_id, bpf_ktime_get_boot_ns},
+        generated::{
+            self, bpf_get_current_cgroup_id, bpf_get_socket_cookie, bpf_ktime_get_boot_ns,
+        },
     },
     maps::lpm_trie::Key,
     programs::SockAddrContext,
 };
 use credwatch_common::{
     ConnectRecord, DNS_GRACE_NS, ENDPOINT_PORTS, KIND_CONNECT, LearnedKey, NAMED_PORT_SLOTS,
-    RecordHeader, connect_source, outcome, probe,
+    RecordHeader, connect_source, endpoint_flag, outcome, probe,
 };
 
 use crate::{
     CONNECTS, DNS_RECENT, ENDPOINTS, EVENTS, LEARNED_ENDPOINTS, NAMED_PORTS, OFFSETS, is_agent,
-    stats::count, vfs,
+    requests, stats::count, vfs,
 };
 
 const AF_INET: u16 = 2;
@@ -52,6 +54,7 @@ pub struct InConnect {
     port: u16,
     _pad: u32,
     addr: [u8; 16],
+    cookie: u64,
 }
 
 /// An address and port as the process asked (IPv4 mapped into IPv6).
@@ -59,6 +62,8 @@ struct Target {
     family: u16,
     port: u16,
     addr: [u8; 16],
+    /// The socket's cookie (0 where no socket is at hand: the syscall fallback).
+    cookie: u64,
 }
 
 pub fn enter(sockaddr: u64) {
@@ -74,6 +79,7 @@ pub fn enter(sockaddr: u64) {
         port: 0,
         _pad: 0,
         addr: [0; 16],
+        cookie: 0,
     };
     let _ = CONNECTS.insert(&pid_tgid, &mark, 0);
 }
@@ -97,6 +103,7 @@ pub fn hook4(ctx: &SockAddrContext) {
         // user_port holds the port in network byte order in its low 16 bits.
         port: u16::from_be(port as u16),
         addr,
+        cookie: unsafe { bpf_get_socket_cookie(ctx.sock_addr.cast()) },
     });
 }
 
@@ -122,6 +129,7 @@ pub fn hook6(ctx: &SockAddrContext) {
         family: AF_INET6,
         port: u16::from_be(port as u16),
         addr,
+        cookie: unsafe { bpf_get_socket_cookie(ctx.sock_addr.cast()) },
     });
 }
 
@@ -132,16 +140,22 @@ fn hook(target: Target) {
         return;
     }
     let endpoint = endpoint_for(&target);
+    if let Some((_, flags)) = endpoint
+        && flags & endpoint_flag::INSPECT_REQUESTS != 0
+    {
+        requests::watch(target.cookie);
+    }
     if let Some(mark) = CONNECTS.get_ptr_mut(&pid_tgid) {
         // Inside connect(2): sys_exit_connect emits it with the result.
         let mark = unsafe { &mut *mark };
         match endpoint {
-            Some(id) => {
+            Some((id, _)) => {
                 mark.state = HOOK_MATCHED;
                 mark.endpoint = id;
                 mark.family = target.family;
                 mark.port = target.port;
                 mark.addr = target.addr;
+                mark.cookie = target.cookie;
             }
             None => mark.state = HOOK_FILTERED,
         }
@@ -149,7 +163,7 @@ fn hook(target: Target) {
     }
     count(probe::CGROUP_CONNECT, outcome::SEEN);
     match endpoint {
-        Some(id) => emit(
+        Some((id, _)) => emit(
             probe::CGROUP_CONNECT,
             pid_tgid,
             &target,
@@ -179,6 +193,7 @@ pub fn exit(ret: i64) {
                 family: mark.family,
                 port: mark.port,
                 addr: mark.addr,
+                cookie: mark.cookie,
             },
             mark.endpoint,
         ),
@@ -189,7 +204,7 @@ pub fn exit(ret: i64) {
                 return;
             };
             match endpoint_for(&target) {
-                Some(id) => (target, id),
+                Some((id, _)) => (target, id),
                 None => return count(probe::CONNECT, outcome::FILTERED),
             }
         }
@@ -242,17 +257,18 @@ fn read_sockaddr(sockaddr: u64) -> Option<Target> {
         family,
         port: u16::from_be_bytes(port_bytes),
         addr,
+        cookie: 0,
     })
 }
 
-/// The catalogue endpoint (index + 1) of a credential endpoint: a catalogue address, or one
-/// this cgroup's own DNS answers named. `Some(0)` for an unconfirmed connect (see
-/// `just_resolved`); `None` for everything else.
-fn endpoint_for(target: &Target) -> Option<u32> {
+/// The catalogue endpoint (index + 1) of a credential endpoint and its `endpoint_flag`s: a
+/// catalogue address, or one this cgroup's own DNS answers named. `Some((0, 0))` for an
+/// unconfirmed connect (see `just_resolved`); `None` for everything else.
+fn endpoint_for(target: &Target) -> Option<(u32, u32)> {
     if let Some(e) = ENDPOINTS.get(Key::new(128, target.addr))
         && port_matches(e.port_count, &e.ports, target.port)
     {
-        return Some(e.id);
+        return Some((e.id, e.flags));
     }
     let cgroup_id = unsafe { bpf_get_current_cgroup_id() };
     let learned = LearnedKey {
@@ -262,11 +278,11 @@ fn endpoint_for(target: &Target) -> Option<u32> {
     if let Some(e) = unsafe { LEARNED_ENDPOINTS.get(&learned) }
         && port_matches(e.port_count, &e.ports, target.port)
     {
-        return Some(e.id);
+        return Some((e.id, e.flags));
     }
     // Not (yet) known: the agent learns DNS answers asynchronously, so a connect right after
     // an answer to this cgroup, on a host-name endpoint's port, goes up unconfirmed.
-    (just_resolved(cgroup_id) && named_port(target.port)).then_some(0)
+    (just_resolved(cgroup_id) && named_port(target.port)).then_some((0, 0))
 }
 
 // Inlined: BPF calls take at most five arguments.
@@ -294,6 +310,7 @@ fn emit(probe: u32, pid_tgid: u64, target: &Target, endpoint: u32, result: i64, 
         _pad: 0,
         addr: target.addr,
         comm: bpf_get_current_comm().unwrap_or([0; 16]),
+        cookie: target.cookie,
     };
     if EVENTS.output::<ConnectRecord>(&record, 0).is_ok() {
         count(probe, outcome::EMITTED);

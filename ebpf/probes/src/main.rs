@@ -17,6 +17,7 @@ mod memory;
 mod open;
 mod process;
 mod repeats;
+mod requests;
 mod stats;
 mod uring;
 mod vfs;
@@ -30,8 +31,8 @@ use aya_ebpf::{
 use credwatch_common::{
     Budget, CGROUP_MKDIR, CGROUP_RMDIR, CgroupRecord, DnsRecord, EndpointValue, InodeKey,
     IoUringOffsets, KernelOffsets, LearnedKey, NAMED_PORT_SLOTS, PathKeyData, ProcessRecord,
-    REPEAT_ENTRIES, RepeatKey, RepeatValue, STATS_ENTRIES, SUPPRESSED_ENTRIES, SuppressedKey,
-    probe,
+    REPEAT_ENTRIES, RepeatKey, RepeatValue, RequestRecord, STATS_ENTRIES, SUPPRESSED_ENTRIES,
+    SuppressedKey, probe,
 };
 
 /// Filled by the agent from `/sys/kernel/btf/vmlinux` before load.
@@ -100,6 +101,13 @@ static DNS_RECENT: LruHashMap<u64, u64> = LruHashMap::with_max_entries(16384, 0)
 /// Per-CPU working memory for DNS records.
 #[map(name = "DNS_SCRATCH")]
 static DNS_SCRATCH: PerCpuArray<DnsRecord> = PerCpuArray::with_max_entries(1, 0);
+/// Connections whose payloads are inspected (socket cookie → progress), see `requests.rs`.
+/// LRU: a closed connection's entry makes room.
+#[map(name = "INSPECTED")]
+static INSPECTED: LruHashMap<u64, requests::Inspected> = LruHashMap::with_max_entries(4096, 0);
+/// Per-CPU working memory for request records.
+#[map(name = "REQUEST_SCRATCH")]
+static REQUEST_SCRATCH: PerCpuArray<RequestRecord> = PerCpuArray::with_max_entries(1, 0);
 /// Per-CPU working memory for cgroup records.
 #[map(name = "CGROUP_SCRATCH")]
 static CGROUP_SCRATCH: PerCpuArray<CgroupRecord> = PerCpuArray::with_max_entries(1, 0);
@@ -318,6 +326,12 @@ pub fn sys_exit_process_vm_writev(ctx: TracePointContext) -> u32 {
 #[cgroup_skb(ingress)]
 pub fn dns_answers(ctx: SkBuffContext) -> i32 {
     dns::ingress(&ctx);
+    1
+}
+
+#[cgroup_skb(egress)]
+pub fn endpoint_requests(ctx: SkBuffContext) -> i32 {
+    requests::egress(&ctx);
     1
 }
 

