@@ -24,3 +24,4 @@ pub mod run;
 pub mod secrets;
 pub mod sinks;
 pub mod summaries;
+pub mod tls_hello;

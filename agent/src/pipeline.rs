@@ -23,6 +23,7 @@ use crate::{
     secrets::SecretTable,
     sinks::{self, forensic, metrics::Metrics},
     summaries::{AllowedKey, Finished, RepeatOrigins, Tally},
+    tls_hello,
 };
 
 /// Longest a record waits for its container's metadata.
@@ -47,6 +48,16 @@ struct Inspected {
     /// A request was judged: a connection that then goes quiet is not recorded.
     answered: bool,
     /// Silent until then: recorded as it is. Answered: forgotten then.
+    deadline: Instant,
+}
+
+/// A connect nothing named, waiting for its TLS ClientHello.
+struct PendingHello {
+    connect: events::Connect,
+    /// The payloads so far.
+    bytes: Vec<u8>,
+    /// A payload was cut in the kernel: what follows would not continue it.
+    cut: bool,
     deadline: Instant,
 }
 
@@ -79,6 +90,8 @@ pub struct Pipeline {
     held: VecDeque<Held>,
     /// Connections whose requests are inspected, by socket cookie.
     inspected: HashMap<u64, Inspected>,
+    /// Connects nothing named, waiting for their ClientHello, by socket cookie.
+    hellos: HashMap<u64, PendingHello>,
     /// When an allowed (container, binary, secret, path or endpoint) was last written.
     allowed_logged: HashMap<AllowedKey, Instant>,
     /// Containers already warned about for holding too many secret files.
@@ -143,6 +156,7 @@ impl Pipeline {
             next_event: 0,
             held: VecDeque::new(),
             inspected: HashMap::new(),
+            hellos: HashMap::new(),
             allowed_logged: HashMap::new(),
             repeat_origins: RepeatOrigins::default(),
             secret_budget_warned: Default::default(),
@@ -314,20 +328,43 @@ impl Pipeline {
     }
 
     fn connect(&mut self, c: &events::Connect) {
-        let process = self.processes.describe_connect(c);
         let catalog = &self.policies.catalog;
+        let on_port = |i: &usize| {
+            catalog
+                .endpoints
+                .get(*i)
+                .is_some_and(|e| e.ports.is_empty() || e.ports.contains(&c.port))
+        };
         let endpoint = match c.endpoint {
             // Unconfirmed: a connect right after a DNS answer; decided by what that answer
             // taught (it was handled before this record: the ring buffer keeps their order).
             0 => self
                 .learned
                 .endpoint(c.cgroup_id, &c.address)
-                .and_then(|i| catalog.endpoints.get(i))
-                .filter(|e| e.ports.is_empty() || e.ports.contains(&c.port)),
-            id => catalog.endpoint(id),
+                .filter(on_port),
+            credwatch_common::SNI_CANDIDATE => None,
+            id => (id as usize).checked_sub(1).filter(on_port),
         };
-        let Some(endpoint) = endpoint else {
-            return; // not a credential endpoint (or the catalogue changed since)
+        match endpoint {
+            Some(index) => self.record_connect(c, index, None),
+            // Nothing named the address: the ClientHello may (the kernel reads it).
+            None if (c.endpoint == 0 || c.endpoint == credwatch_common::SNI_CANDIDATE)
+                && c.cookie != 0
+                && c.result
+                    .is_none_or(|r| r == 0 || r == -(libc::EINPROGRESS as i64)) =>
+            {
+                self.await_hello(c)
+            }
+            None => {} // not a credential endpoint (or the catalogue changed since)
+        }
+    }
+
+    /// Writes (or holds, for its request) the record of a connect to catalogue endpoint
+    /// `index`; `sni`: the server name that named it.
+    fn record_connect(&mut self, c: &events::Connect, index: usize, sni: Option<String>) {
+        let process = self.processes.describe_connect(c);
+        let Some(endpoint) = self.policies.catalog.endpoints.get(index) else {
+            return;
         };
         let family = match (c.ipv6_socket, c.address) {
             (false, _) => "ipv4",
@@ -341,7 +378,9 @@ impl Pipeline {
             hostname: self
                 .learned
                 .hostname(c.cgroup_id, &c.address)
-                .map(str::to_string),
+                .map(str::to_string)
+                .or_else(|| sni.clone()),
+            sni,
             service: endpoint.name.clone(),
             result: c.result,
             source: if c.result.is_some() {
@@ -391,9 +430,73 @@ impl Pipeline {
         }
     }
 
+    /// Waits for the ClientHello of a connect nothing named (see `tls_hello`).
+    fn await_hello(&mut self, c: &events::Connect) {
+        if self.hellos.len() >= MAX_INSPECTED {
+            self.count_unnamed(c);
+            return;
+        }
+        let waiting = PendingHello {
+            connect: c.clone(),
+            bytes: Vec::new(),
+            cut: false,
+            deadline: Instant::now() + REQUEST_WAIT,
+        };
+        self.hellos.insert(c.cookie, waiting);
+    }
+
+    /// The first payloads of a connection waiting for its ClientHello: named by a catalogue
+    /// host, it is a credential access like a connect named by DNS.
+    fn hello(&mut self, r: &events::Request) {
+        let Some(pending) = self.hellos.get_mut(&r.cookie) else {
+            return;
+        };
+        if !pending.cut {
+            pending.bytes.extend_from_slice(&r.data);
+            // (a cut payload's continuation would not follow on from it)
+            pending.cut = r.data.len() < r.payload_len as usize;
+        }
+        let named = match tls_hello::server_name(&pending.bytes) {
+            tls_hello::Hello::NeedMore if !r.last && !pending.cut => return,
+            tls_hello::Hello::Named(name) => Some(name),
+            _ => None,
+        };
+        let Some(pending) = self.hellos.remove(&r.cookie) else {
+            return;
+        };
+        let c = &pending.connect;
+        let Some(name) = named else {
+            self.count_unnamed(c);
+            return;
+        };
+        let index = self.policies.catalog.endpoints.iter().position(|e| {
+            e.matches_host(&name) && (e.ports.is_empty() || e.ports.contains(&c.port))
+        });
+        if let Some(index) = index {
+            self.record_connect(c, index, Some(name));
+        }
+    }
+
+    /// A connect on a host-name endpoint's port that nothing could name, per container.
+    fn count_unnamed(&mut self, c: &events::Connect) {
+        let meta = match self.containers.resolve(c.cgroup_id, c.pid, Lookup::Cached) {
+            Origin::Container(meta) => Some(meta),
+            Origin::Host { .. } => None,
+        };
+        let [namespace, workload, container] = crate::containers::metric_labels(meta.as_deref());
+        self.metrics.add(
+            crate::sinks::metrics::Family::UnnamedConnects,
+            &[&namespace, &workload, &container],
+            1,
+        );
+    }
+
     /// A payload sent on an inspected connection: a credential request (or one not shown to
     /// be benign) is recorded as the connection's credential access; a benign one is counted.
     fn request(&mut self, r: &events::Request) {
+        if self.hellos.contains_key(&r.cookie) {
+            return self.hello(r);
+        }
         let catalog = &self.policies.catalog;
         let Some(entry) = self.inspected.get_mut(&r.cookie) else {
             // Its connect was not seen (sent before the agent started) or not kept.
@@ -451,6 +554,17 @@ impl Pipeline {
     /// Records inspected connections that stayed silent past `REQUEST_WAIT` as they are, and
     /// forgets answered ones idle past `INSPECTED_IDLE`; with `flush`, all of them now.
     fn release_inspected(&mut self, now: Instant, flush: bool) {
+        let silent: Vec<u64> = self
+            .hellos
+            .iter()
+            .filter(|(_, h)| flush || now >= h.deadline)
+            .map(|(cookie, _)| *cookie)
+            .collect();
+        for cookie in silent {
+            if let Some(pending) = self.hellos.remove(&cookie) {
+                self.count_unnamed(&pending.connect);
+            }
+        }
         let due: Vec<u64> = self
             .inspected
             .iter()

@@ -624,3 +624,97 @@ fn hostile_requests_to_the_metadata_service_are_recorded_safely() {
 fn crate_request_wait() -> Duration {
     credwatch::pipeline::REQUEST_WAIT + Duration::from_millis(500)
 }
+
+/// The sum of `credwatch_unnamed_connects_total` for container `id`.
+fn unnamed_connects(agent: &Agent, id: &str) -> f64 {
+    let label = format!("container=\"{id}\"");
+    agent
+        .metrics()
+        .lines()
+        .filter(|l| l.starts_with("credwatch_unnamed_connects_total{") && l.contains(&label))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// Connections to an address no DNS answer named (an `/etc/hosts` entry, a hard-coded address):
+/// the TLS ClientHello's server name names the endpoint, also when the ClientHello arrives in
+/// two segments. A server name outside the catalogue names no credential endpoint; a
+/// ClientHello without one is counted as unnamed for its container.
+#[test]
+fn tls_server_names_name_endpoints_without_dns() {
+    let agent = setup();
+    let mut netns = Netns::create(&format!("cws-{}", std::process::id()));
+    // (plain HTTP behind the port: only the ClientHello matters, the handshake may fail)
+    netns.serve("10.99.0.13", "443");
+    let client = |id: &str, server_name: &str, split: bool| {
+        let name = if server_name.is_empty() {
+            "None".to_string()
+        } else {
+            format!("'{server_name}'")
+        };
+        let script = format!(
+            "import socket, ssl, time\n\
+             ctx = ssl.create_default_context()\n\
+             ctx.check_hostname = False\n\
+             ctx.verify_mode = ssl.CERT_NONE\n\
+             incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()\n\
+             tls = ctx.wrap_bio(incoming, outgoing, server_hostname={name})\n\
+             try:\n    tls.do_handshake()\nexcept ssl.SSLWantReadError:\n    pass\n\
+             hello = outgoing.read()\n\
+             s = socket.create_connection(('10.99.0.13', 443))\n\
+             s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)\n\
+             parts = [hello[:40], hello[40:]] if {split} else [hello]\n\
+             for part in parts:\n    s.sendall(part)\n    time.sleep(0.3)\n\
+             s.close()\n",
+            split = if split { "True" } else { "False" }
+        );
+        netns.python_container(id, &script, &[]).run_to_completion();
+    };
+    let pid = std::process::id();
+    let (named, split, other, nameless) = (
+        format!("cw-{pid}-sni"),
+        format!("cw-{pid}-snisplit"),
+        format!("cw-{pid}-sniother"),
+        format!("cw-{pid}-sninone"),
+    );
+    client(&named, "secretsmanager.us-east-1.amazonaws.com", false);
+    client(&split, "SecretsManager.eu-west-1.amazonaws.com", true);
+    client(&other, "www.example.com", false);
+    client(&nameless, "", false);
+
+    let record = network_record(agent, &named, "aws-secretsmanager");
+    assert_eq!(
+        record["network"]["sni"], "secretsmanager.us-east-1.amazonaws.com",
+        "{record:#}"
+    );
+    assert_eq!(record["network"]["hostname"], record["network"]["sni"]);
+    assert_eq!(record["network"]["address"], "10.99.0.13");
+    assert_eq!(record["network"]["port"], 443);
+    assert_eq!(record["verdict"], "undeclared");
+    let record = network_record(agent, &split, "aws-secretsmanager");
+    assert_eq!(
+        record["network"]["sni"], "secretsmanager.eu-west-1.amazonaws.com",
+        "{record:#}"
+    );
+    // Neither of the others is a credential access; the nameless one is counted as unnamed.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while unnamed_connects(agent, &nameless) < 1.0 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(
+        unnamed_connects(agent, &nameless),
+        1.0,
+        "{}",
+        agent.metrics()
+    );
+    assert_eq!(unnamed_connects(agent, &other), 0.0);
+    assert_eq!(unnamed_connects(agent, &named), 0.0);
+    for id in [&other, &nameless] {
+        let records: Vec<Value> = agent
+            .records()
+            .into_iter()
+            .filter(|r| r["container"]["id"] == id.as_str())
+            .collect();
+        assert!(records.is_empty(), "{records:#?}");
+    }
+}

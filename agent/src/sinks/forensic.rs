@@ -211,6 +211,10 @@ pub struct NetworkSection {
     pub result: Option<i64>,
     /// "connect" (the syscall) or "cgroup_hook" (io_uring, TCP Fast Open: not connect(2)).
     pub source: &'static str,
+    /// The server name of the connection's TLS ClientHello, when that is what named it (no
+    /// DNS answer did).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sni: Option<String>,
     /// For endpoints whose requests are inspected (`httpPaths`): why this connection is a
     /// credential access — "credential" (a request for a credential path), "unreadable" (a
     /// payload not shown to be a benign request), "not_seen" (no request was seen in time),

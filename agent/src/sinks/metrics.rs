@@ -21,6 +21,7 @@ pub struct Metrics {
     pub deviations: IntCounterVec,
     pub events_lost: IntCounterVec,
     pub over_budget: IntCounterVec,
+    unnamed_connects: IntCounterVec,
     pub secret_files_over_budget: IntGaugeVec,
     /// Findings of `audit-image` in running containers' images.
     pub image_findings: IntGaugeVec,
@@ -51,7 +52,7 @@ pub struct Metrics {
 struct SeriesBook {
     /// Hash of (family, labels) → the series with that hash (almost always one).
     by_hash: HashMap<u64, Vec<Tracked>>,
-    per_family: [usize; 3],
+    per_family: [usize; 4],
 }
 
 struct Tracked {
@@ -99,6 +100,9 @@ pub enum Family {
     CredentialAccess,
     Deviations,
     OverBudget,
+    /// Connections on a host-name endpoint's port that nothing named (no DNS answer, no
+    /// server name in a readable ClientHello).
+    UnnamedConnects,
 }
 
 /// Series per family before new containers share one overflow series.
@@ -204,6 +208,12 @@ impl Metrics {
                 "Credential accesses of a container over its record budget, reported as summaries.",
                 &["namespace", "workload", "container"],
             ),
+            unnamed_connects: counter(
+                &registry,
+                "credwatch_unnamed_connects_total",
+                "Connects on a host-name endpoint's port (443, 6443, 8200 by default) to an address no DNS answer named, whose TLS ClientHello gave no server name either (none sent within 2 s, not TLS, cut, or without SNI): what stays unnamed.",
+                &["namespace", "workload", "container"],
+            ),
             secret_files_over_budget: gauge(
                 &registry,
                 "credwatch_secret_files_over_budget",
@@ -296,13 +306,14 @@ impl Metrics {
             Family::CredentialAccess => &self.credential_access,
             Family::Deviations => &self.deviations,
             Family::OverBudget => &self.over_budget,
+            Family::UnnamedConnects => &self.unnamed_connects,
         }
     }
 
     /// Drops per-container series unchanged for `SERIES_IDLE` (bounded under churn).
     pub fn expire_series(&self, now: std::time::Instant) {
         let mut book = self.series.lock().unwrap();
-        let mut dropped = [0usize; 3];
+        let mut dropped = [0usize; 4];
         for same in book.by_hash.values_mut() {
             same.retain(|t| {
                 if now.duration_since(t.changed) < SERIES_IDLE {

@@ -22,13 +22,18 @@ pub const KIND_REQUEST: u16 = 7;
 /// 2020), so answers with several records and a CNAME chain fit.
 pub const DNS_BYTES: usize = 1232;
 
-/// Bytes kept of each payload sent on a connection to an endpoint whose requests are
-/// inspected (a request line and its first headers; longer ones are cut, and judged as
-/// unreadable).
-pub const REQUEST_BYTES: usize = 1024;
+/// Bytes kept of each payload sent on an inspected connection (a request line and its first
+/// headers, a ClientHello segment; longer ones are cut).
+pub const REQUEST_BYTES: usize = 2048;
 /// Payloads inspected per connection. The one that reaches it is marked
 /// [`request_flag::LAST`]: the agent records the connection, since later requests go unseen.
 pub const REQUEST_SEGMENTS: u32 = 32;
+/// Payloads read of a TLS connection a ClientHello may name: a post-quantum key share makes a
+/// ClientHello ~1.8 KB, which can arrive in two.
+pub const TLS_SEGMENTS: u32 = 2;
+/// [`ConnectRecord::endpoint`] of a connect to an address nothing names, on a host-name
+/// endpoint's port: its TLS ClientHello may name it.
+pub const SNI_CANDIDATE: u32 = u32::MAX;
 
 /// Ports kept per catalogue endpoint in the kernel's address map (0 entries = any port).
 pub const ENDPOINT_PORTS: usize = 8;
@@ -210,6 +215,8 @@ pub mod request_flag {
 pub mod endpoint_flag {
     /// What connections to it send is inspected (the catalogue lists `httpPaths`).
     pub const INSPECT_REQUESTS: u32 = 1;
+    /// The connection's TLS ClientHello is read for its server name.
+    pub const INSPECT_TLS: u32 = 2;
 }
 
 /// A syscall that reaches into another process's memory (ATT&CK T1003.007): `ptrace`
@@ -658,7 +665,7 @@ const _: () = {
     assert!(PROCESS_FIXED_BYTES == 88 && PROCESS_ARGS_OFFSET == 344);
     assert!(size_of::<CgroupRecord>() == 544);
     assert!(size_of::<ConnectRecord>() == 112);
-    assert!(size_of::<RequestRecord>() == 1072);
+    assert!(size_of::<RequestRecord>() == 2096);
     assert!(size_of::<MemoryRecord>() == 88);
     assert!(size_of::<DnsRecord>() == 1264);
     assert!(size_of::<RepeatKey>() == 48);

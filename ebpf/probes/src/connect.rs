@@ -27,12 +27,12 @@ use aya_ebpf::{
 };
 use credwatch_common::{
     ConnectRecord, DNS_GRACE_NS, ENDPOINT_PORTS, KIND_CONNECT, LearnedKey, NAMED_PORT_SLOTS,
-    RecordHeader, connect_source, endpoint_flag, outcome, probe,
+    RecordHeader, SNI_CANDIDATE, connect_source, endpoint_flag, outcome, probe,
 };
 
 use crate::{
-    CONNECTS, DNS_RECENT, ENDPOINTS, EVENTS, LEARNED_ENDPOINTS, NAMED_PORTS, OFFSETS, is_agent,
-    requests, stats::count, vfs,
+    CONNECTS, DNS_RECENT, ENDPOINTS, EVENTS, LEARNED_ENDPOINTS, NAMED_PORTS, OFFSETS, budget,
+    is_agent, requests, stats::count, vfs,
 };
 
 const AF_INET: u16 = 2;
@@ -139,11 +139,26 @@ fn hook(target: Target) {
     if is_agent(pid_tgid) {
         return;
     }
-    let endpoint = endpoint_for(&target);
-    if let Some((_, flags)) = endpoint
-        && flags & endpoint_flag::INSPECT_REQUESTS != 0
+    let mut endpoint = endpoint_for(&target);
+    // On a host-name endpoint's port, an address nothing names yet (an /etc/hosts entry, a
+    // hard-coded address, DNS the agent did not see): its TLS ClientHello may name it. Within
+    // the cgroup's record budget, so that a container opening connections by the thousand
+    // cannot take the ring buffer from the others.
+    if target.cookie != 0
+        && matches!(endpoint, None | Some((0, _)))
+        && named_port(target.port)
+        && budget::take(unsafe { bpf_get_current_cgroup_id() }, unsafe {
+            bpf_ktime_get_boot_ns()
+        })
     {
-        requests::watch(target.cookie);
+        let id = endpoint.map_or(SNI_CANDIDATE, |(id, _)| id);
+        endpoint = Some((id, endpoint_flag::INSPECT_TLS));
+    }
+    if let Some((_, flags)) = endpoint
+        && flags != 0
+        && target.cookie != 0
+    {
+        requests::watch(target.cookie, flags);
     }
     if let Some(mark) = CONNECTS.get_ptr_mut(&pid_tgid) {
         // Inside connect(2): sys_exit_connect emits it with the result.

@@ -1,10 +1,12 @@
-//! What is sent on connections to endpoints whose requests decide whether a call is a
-//! credential access (instance metadata and the other plain-HTTP credential services: the
-//! region or the instance id is not a credential, `/latest/meta-data/iam/security-credentials/`
-//! is). The connect hook puts such a connection's socket cookie into `INSPECTED`; this
-//! `cgroup_skb` egress program (on the cgroup2 root) copies the first bytes of each of its first
-//! `REQUEST_SEGMENTS` payloads to userspace. Every other packet costs a cookie lookup in an
-//! almost empty map. Every packet is let through.
+//! What is sent on connections whose first bytes decide what they are: requests to endpoints
+//! whose requests decide whether a call is a credential access (instance metadata and the
+//! other plain-HTTP credential services: the region or the instance id is not a credential,
+//! `/latest/meta-data/iam/security-credentials/` is), and TLS ClientHellos of connections on a
+//! host-name endpoint's port to an address nothing named (the server name names them). The
+//! connect hook puts such a connection's socket cookie into `INSPECTED`; this `cgroup_skb`
+//! egress program (on the cgroup2 root) copies the first bytes of each of its first
+//! `REQUEST_SEGMENTS` (TLS: `TLS_SEGMENTS`) payloads to userspace. Every other packet costs a
+//! cookie lookup in a small map. Every packet is let through.
 
 use aya_ebpf::{
     EbpfContext as _,
@@ -12,8 +14,8 @@ use aya_ebpf::{
     programs::SkBuffContext,
 };
 use credwatch_common::{
-    KIND_REQUEST, REQUEST_BYTES, REQUEST_SEGMENTS, RecordHeader, RequestRecord, outcome, probe,
-    request_flag,
+    KIND_REQUEST, REQUEST_BYTES, REQUEST_SEGMENTS, RecordHeader, RequestRecord, TLS_SEGMENTS,
+    endpoint_flag, outcome, probe, request_flag,
 };
 
 use crate::{EVENTS, INSPECTED, REQUEST_SCRATCH, stats::count};
@@ -26,15 +28,21 @@ const TCP: u8 = 6;
 pub struct Inspected {
     /// Payloads copied so far.
     pub payloads: u32,
-    pub _pad: u32,
+    /// Payloads to copy at most.
+    pub limit: u32,
 }
 
-/// Called by the connect hook for a connection to an endpoint whose requests are inspected.
+/// Called by the connect hook for a connection whose payloads are read (`flags`: the
+/// endpoint's `endpoint_flag`s).
 #[inline(always)]
-pub fn watch(cookie: u64) {
+pub fn watch(cookie: u64, flags: u32) {
     let fresh = Inspected {
         payloads: 0,
-        _pad: 0,
+        limit: if flags & endpoint_flag::INSPECT_REQUESTS != 0 {
+            REQUEST_SEGMENTS
+        } else {
+            TLS_SEGMENTS
+        },
     };
     let _ = INSPECTED.insert(&cookie, &fresh, 0);
 }
@@ -55,7 +63,7 @@ pub fn egress(ctx: &SkBuffContext) {
     count(probe::ENDPOINT_REQUEST, outcome::SEEN);
     let state = unsafe { &mut *state };
     state.payloads += 1;
-    let last = state.payloads >= REQUEST_SEGMENTS;
+    let last = state.payloads >= state.limit;
     if last {
         let _ = INSPECTED.remove(&cookie);
     }
