@@ -15,6 +15,7 @@ use anyhow::{Context as _, Result, bail};
 use crate::{Profile, build_agent, cargo, is_root, setup, status, workspace_root};
 
 mod audit;
+mod egress;
 mod load;
 
 const CONFIGS: [&str; 4] = ["baseline", "credwatch", "opensnoop", "bpftrace"];
@@ -29,7 +30,7 @@ const URING_ITERATIONS: u64 = 1_000_000;
 const BPFTRACE_PROGRAM: &str =
     "tracepoint:syscalls:sys_enter_openat {} tracepoint:syscalls:sys_exit_openat {}";
 
-pub fn bench(iterations: u64, rounds: u32) -> Result<()> {
+pub fn bench(iterations: u64, rounds: u32, only_egress: bool) -> Result<()> {
     if !is_root() {
         bail!("the benchmark loads eBPF programs: run it as root");
     }
@@ -37,6 +38,9 @@ pub fn bench(iterations: u64, rounds: u32) -> Result<()> {
     ensure_debian_packages(&[("opensnoop", "libbpf-tools"), ("bpftrace", "bpftrace")])?;
     let _stats = load::BpfStats::enable()?;
     let agent = build_agent(Profile::Release)?;
+    if only_egress {
+        return egress::egress(&agent, rounds);
+    }
     status(cargo().args([
         "build",
         "--release",
@@ -134,6 +138,7 @@ pub fn bench(iterations: u64, rounds: u32) -> Result<()> {
         "io_uring NOP submitted and waited for, {URING_ITERATIONS} iterations, median of {rounds} interleaved rounds"
     );
     print_table("ns per NOP", &CONNECT_CONFIGS, &mut uring_results);
+    egress::egress(&agent, rounds)?;
     load::loads(&agent, &openloop, &sweep, &dir)?;
     println!();
     let mkimage = workspace_root().join("target/release/credwatch-mkimage");
@@ -141,7 +146,7 @@ pub fn bench(iterations: u64, rounds: u32) -> Result<()> {
 }
 
 /// A Markdown table of medians and ratios against the first configuration (the baseline).
-fn print_table(unit: &str, configs: &[&str], results: &mut [Vec<f64>]) {
+pub(crate) fn print_table(unit: &str, configs: &[&str], results: &mut [Vec<f64>]) {
     let medians: Vec<f64> = results.iter_mut().map(|r| median(r)).collect();
     let baseline = medians[0];
     println!("| configuration | {unit} | vs baseline |");
@@ -168,7 +173,7 @@ fn run_loop(cmd: &mut Command) -> Result<f64> {
 }
 
 /// Starts a tracer and returns once it is attached.
-fn start_tracer(config: &str, agent: &Path) -> Result<Option<Child>> {
+pub(crate) fn start_tracer(config: &str, agent: &Path) -> Result<Option<Child>> {
     let (mut cmd, ready_marker, from_stderr) = match config {
         "baseline" => return Ok(None),
         "credwatch" => {
@@ -260,7 +265,7 @@ fn drain(stream: Box<dyn Read + Send>) {
     });
 }
 
-fn stop(mut child: Child) {
+pub(crate) fn stop(mut child: Child) {
     // SIGINT: each tracer's normal way to detach and exit.
     unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
     let deadline = Instant::now() + Duration::from_secs(10);

@@ -42,6 +42,9 @@ enum Task {
         /// Rounds; each round measures every configuration once, interleaved.
         #[arg(long, default_value_t = 3)]
         rounds: u32,
+        /// Only the packet program's cost per packet (`egress`), not the whole run.
+        #[arg(long)]
+        only_egress: bool,
     },
 }
 
@@ -51,7 +54,11 @@ fn main() -> ExitCode {
         Task::Setup => setup::setup().map(|_| ()),
         Task::Run { args } => run(&args),
         Task::Test { args } => test(&args),
-        Task::Bench { iterations, rounds } => bench::bench(iterations, rounds),
+        Task::Bench {
+            iterations,
+            rounds,
+            only_egress,
+        } => bench::bench(iterations, rounds, only_egress),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
