@@ -158,6 +158,9 @@ pub struct Request {
     pub payload_len: u32,
     /// The connection's last inspected payload: later ones go unseen.
     pub last: bool,
+    /// What was copied is not what the server reads (urgent data), or nothing could be copied
+    /// (the payload could not be located): judged as unreadable.
+    pub unreadable: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -247,6 +250,7 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
                 data: rec.data[..len].to_vec(),
                 payload_len: rec.payload_len,
                 last: rec.flags & request_flag::LAST != 0,
+                unreadable: rec.flags & (request_flag::URGENT | request_flag::UNPARSED) != 0,
             })))
         }
         KIND_DNS => {

@@ -51,6 +51,20 @@ struct Inspected {
     deadline: Instant,
 }
 
+/// Whether a connect with this result may still send: done, under way (non-blocking), or
+/// interrupted by a signal (the handshake goes on); None: seen by the cgroup hook before the
+/// attempt.
+fn may_send(result: Option<i64>) -> bool {
+    const ERESTARTSYS: i64 = 512;
+    result.is_none_or(|r| {
+        r == 0
+            || r == -ERESTARTSYS
+            || [libc::EINPROGRESS, libc::EINTR, libc::EALREADY]
+                .iter()
+                .any(|e| r == -(*e as i64))
+    })
+}
+
 /// A connect nothing named, waiting for its TLS ClientHello.
 struct PendingHello {
     connect: events::Connect,
@@ -328,6 +342,11 @@ impl Pipeline {
     }
 
     fn connect(&mut self, c: &events::Connect) {
+        if c.cookie != 0 {
+            // A socket connected again (connect(AF_UNSPEC), then elsewhere): what its earlier
+            // connection was waiting for is over.
+            self.finish_connection(c.cookie, Instant::now());
+        }
         let catalog = &self.policies.catalog;
         let on_port = |i: &usize| {
             catalog
@@ -350,8 +369,7 @@ impl Pipeline {
             // Nothing named the address: the ClientHello may (the kernel reads it).
             None if (c.endpoint == 0 || c.endpoint == credwatch_common::SNI_CANDIDATE)
                 && c.cookie != 0
-                && c.result
-                    .is_none_or(|r| r == 0 || r == -(libc::EINPROGRESS as i64)) =>
+                && may_send(c.result) =>
             {
                 self.await_hello(c)
             }
@@ -395,8 +413,7 @@ impl Pipeline {
         // failed sends none).
         let inspect = endpoint.http_paths.is_some()
             && c.cookie != 0
-            && c.result
-                .is_none_or(|r| r == 0 || r == -(libc::EINPROGRESS as i64))
+            && may_send(c.result)
             && self.inspected.len() < MAX_INSPECTED;
         let secret = (endpoint.name.clone(), endpoint.catalog.clone());
         let service = endpoint.name.clone();
@@ -512,6 +529,7 @@ impl Pipeline {
             .find(|e| e.name == entry.service)
             .and_then(|e| e.http_paths.as_ref());
         let judged = match paths {
+            _ if r.unreadable => requests::Judged::Unreadable(None),
             Some(paths) => requests::judge(&r.data, r.payload_len, paths),
             None => requests::Judged::Unreadable(None), // the catalogue changed since
         };
@@ -551,6 +569,30 @@ impl Pipeline {
         }
     }
 
+    /// Ends what socket `cookie`'s connection was waiting for: a silent inspected connection is
+    /// recorded as it is, an unnamed one counted.
+    fn finish_connection(&mut self, cookie: u64, now: Instant) {
+        if let Some(pending) = self.hellos.remove(&cookie) {
+            self.count_unnamed(&pending.connect);
+        }
+        if let Some(entry) = self.inspected.remove(&cookie)
+            && !entry.answered
+        {
+            self.record_not_seen(entry, now);
+        }
+    }
+
+    fn record_not_seen(&mut self, entry: Inspected, now: Instant) {
+        let mut held = entry.connect;
+        if let Some(network) = held.record.network.as_mut() {
+            network.request = Some("not_seen");
+        }
+        held.until = now + HOLD;
+        if let Some(still_waiting) = self.attribute(held, now) {
+            self.held.push_back(still_waiting);
+        }
+    }
+
     /// Records inspected connections that stayed silent past `REQUEST_WAIT` as they are, and
     /// forgets answered ones idle past `INSPECTED_IDLE`; with `flush`, all of them now.
     fn release_inspected(&mut self, now: Instant, flush: bool) {
@@ -575,16 +617,8 @@ impl Pipeline {
             let Some(entry) = self.inspected.remove(&cookie) else {
                 continue;
             };
-            if entry.answered {
-                continue;
-            }
-            let mut held = entry.connect;
-            if let Some(network) = held.record.network.as_mut() {
-                network.request = Some("not_seen");
-            }
-            held.until = now + HOLD;
-            if let Some(still_waiting) = self.attribute(held, now) {
-                self.held.push_back(still_waiting);
+            if !entry.answered {
+                self.record_not_seen(entry, now);
             }
         }
     }

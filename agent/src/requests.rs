@@ -55,6 +55,13 @@ pub fn judge(data: &[u8], payload_len: u32, credential_paths: &GlobSet) -> Judge
     if credential_paths.is_match(&line.path) {
         return Judged::Credential(line);
     }
+    // A target that is neither origin-form (`/path`) nor plain `http://` absolute form, or one
+    // with a fragment, may be served by a path other than the one read here (servers differ:
+    // `HTTP://h/x`, `http:/x`, `x:/y`, a `#` kept in the path): not benign.
+    let target = request.path.unwrap_or_default();
+    if !(target.starts_with('/') || target.starts_with("http://")) || target.contains('#') {
+        return Judged::Unreadable(Some(line));
+    }
     let whole = matches!(status, Ok(httparse::Status::Complete(end))
         if end == data.len() && data.len() == payload_len as usize);
     let bodiless = request.headers.iter().all(|h| {
@@ -212,6 +219,20 @@ mod tests {
             Judged::Unreadable(None)
         );
         assert_eq!(judge(b"", 0, &aws()), Judged::Unreadable(None));
+        // Targets a server may resolve differently.
+        for target in [
+            "HTTP://h/latest/meta-data/x",
+            "https://h/x",
+            "http:/x",
+            "x:/y",
+            "/latest/meta-data/x#frag",
+        ] {
+            let request = format!("GET {target} HTTP/1.1\r\n\r\n");
+            assert!(
+                matches!(judge_all(&request), Judged::Unreadable(Some(_))),
+                "{target}"
+            );
+        }
     }
 
     #[test]

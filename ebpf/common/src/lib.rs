@@ -209,6 +209,11 @@ pub struct RequestRecord {
 pub mod request_flag {
     /// The connection's last inspected payload ([`super::REQUEST_SEGMENTS`]).
     pub const LAST: u32 = 1;
+    /// The segment carries urgent data (the receiver may take a byte out of the stream): what
+    /// was copied is not what the server reads.
+    pub const URGENT: u32 = 2;
+    /// The payload could not be located (IPv6 extension headers): nothing was copied.
+    pub const UNPARSED: u32 = 4;
 }
 
 /// Bits of [`EndpointValue::flags`].

@@ -64,6 +64,8 @@ struct Target {
     addr: [u8; 16],
     /// The socket's cookie (0 where no socket is at hand: the syscall fallback).
     cookie: u64,
+    /// A stream (TCP) socket.
+    stream: bool,
 }
 
 pub fn enter(sockaddr: u64) {
@@ -104,6 +106,7 @@ pub fn hook4(ctx: &SockAddrContext) {
         port: u16::from_be(port as u16),
         addr,
         cookie: unsafe { bpf_get_socket_cookie(ctx.sock_addr.cast()) },
+        stream: is_stream(ctx),
     });
 }
 
@@ -130,7 +133,14 @@ pub fn hook6(ctx: &SockAddrContext) {
         port: u16::from_be(port as u16),
         addr,
         cookie: unsafe { bpf_get_socket_cookie(ctx.sock_addr.cast()) },
+        stream: is_stream(ctx),
     });
+}
+
+/// `SOCK_STREAM`: only TCP connections send a ClientHello worth reading.
+fn is_stream(ctx: &SockAddrContext) -> bool {
+    const SOCK_STREAM: u32 = 1;
+    unsafe { core::ptr::read_volatile(&raw const (*ctx.sock_addr).type_) == SOCK_STREAM }
 }
 
 /// Both hooks; the connect always proceeds.
@@ -140,25 +150,31 @@ fn hook(target: Target) {
         return;
     }
     let mut endpoint = endpoint_for(&target);
-    // On a host-name endpoint's port, an address nothing names yet (an /etc/hosts entry, a
-    // hard-coded address, DNS the agent did not see): its TLS ClientHello may name it. Within
-    // the cgroup's record budget, so that a container opening connections by the thousand
-    // cannot take the ring buffer from the others.
+    // On a host-name endpoint's port, a TCP connection to an address nothing names yet (an
+    // /etc/hosts entry, a hard-coded address, DNS the agent did not see): its TLS ClientHello
+    // may name it. Within the cgroup's record budget, so that a container opening connections
+    // by the thousand cannot take the ring buffer from the others.
     if target.cookie != 0
+        && target.stream
         && matches!(endpoint, None | Some((0, _)))
         && named_port(target.port)
-        && budget::take(unsafe { bpf_get_current_cgroup_id() }, unsafe {
+    {
+        if budget::take(unsafe { bpf_get_current_cgroup_id() }, unsafe {
             bpf_ktime_get_boot_ns()
-        })
-    {
-        let id = endpoint.map_or(SNI_CANDIDATE, |(id, _)| id);
-        endpoint = Some((id, endpoint_flag::INSPECT_TLS));
+        }) {
+            let id = endpoint.map_or(SNI_CANDIDATE, |(id, _)| id);
+            endpoint = Some((id, endpoint_flag::INSPECT_TLS));
+        } else {
+            count(probe::CGROUP_CONNECT, outcome::OVER_BUDGET);
+        }
     }
-    if let Some((_, flags)) = endpoint
-        && flags != 0
-        && target.cookie != 0
-    {
-        requests::watch(target.cookie, flags);
+    if target.cookie != 0 {
+        match endpoint {
+            Some((_, flags)) if flags != 0 => requests::watch(target.cookie, flags),
+            // The socket may have been watched for an earlier connect (connect(AF_UNSPEC),
+            // then elsewhere): what it sends now is not that connection's.
+            _ => requests::unwatch(target.cookie),
+        }
     }
     if let Some(mark) = CONNECTS.get_ptr_mut(&pid_tgid) {
         // Inside connect(2): sys_exit_connect emits it with the result.
@@ -209,6 +225,7 @@ pub fn exit(ret: i64) {
                 port: mark.port,
                 addr: mark.addr,
                 cookie: mark.cookie,
+                stream: false,
             },
             mark.endpoint,
         ),
@@ -273,6 +290,7 @@ fn read_sockaddr(sockaddr: u64) -> Option<Target> {
         port: u16::from_be_bytes(port_bytes),
         addr,
         cookie: 0,
+        stream: false,
     })
 }
 

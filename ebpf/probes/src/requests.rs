@@ -47,17 +47,30 @@ pub fn watch(cookie: u64, flags: u32) {
     let _ = INSPECTED.insert(&cookie, &fresh, 0);
 }
 
+/// Called by the connect hook for a connection that is not watched: a socket connected again
+/// elsewhere stops being read.
+#[inline(always)]
+pub fn unwatch(cookie: u64) {
+    let _ = INSPECTED.remove(&cookie);
+}
+
 pub fn egress(ctx: &SkBuffContext) {
     // Cheapest test first: almost no socket is being inspected.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
     let Some(state) = INSPECTED.get_ptr_mut(&cookie) else {
         return;
     };
-    let Some(payload) = tcp_payload(ctx) else {
-        return;
+    let (payload, mut flags) = match tcp_payload(ctx) {
+        Some(Segment::Tcp { payload, urgent }) => {
+            (payload, if urgent { request_flag::URGENT } else { 0 })
+        }
+        // A watched connection's payload that cannot be located is reported, not skipped:
+        // IPv6 extension headers must not hide a request.
+        Some(Segment::Unparsed) => (ctx.len() as usize, request_flag::UNPARSED),
+        None => return,
     };
     let payload_len = (ctx.len() as usize).saturating_sub(payload);
-    if payload_len == 0 {
+    if payload_len == 0 && flags & request_flag::UNPARSED == 0 {
         return; // a bare ACK, SYN or FIN
     }
     count(probe::ENDPOINT_REQUEST, outcome::SEEN);
@@ -80,27 +93,32 @@ pub fn egress(ctx: &SkBuffContext) {
     // test above and would drop a second test, so the verifier (which lost that fact) is shown
     // the bounds on a fresh copy.
     let len = unsafe { core::ptr::read_volatile(&len) };
-    if len == 0 || len > REQUEST_BYTES {
+    if len > REQUEST_BYTES {
         return;
     }
-    let loaded = unsafe {
-        generated::bpf_skb_load_bytes(
-            ctx.as_ptr().cast(),
-            payload as u32,
-            rec.data.as_mut_ptr().cast(),
-            len as u32,
-        )
-    };
-    if loaded != 0 {
-        return count(probe::ENDPOINT_REQUEST, outcome::READ_ERROR);
+    if len > 0 {
+        let loaded = unsafe {
+            generated::bpf_skb_load_bytes(
+                ctx.as_ptr().cast(),
+                payload as u32,
+                rec.data.as_mut_ptr().cast(),
+                len as u32,
+            )
+        };
+        if loaded != 0 {
+            // Reported all the same, as unparsed: the agent judges what it cannot read.
+            flags |= request_flag::UNPARSED;
+            count(probe::ENDPOINT_REQUEST, outcome::READ_ERROR);
+        }
     }
     rec.header = RecordHeader::of::<RequestRecord>(KIND_REQUEST);
     rec.boot_ns = unsafe { bpf_ktime_get_boot_ns() };
     rec.cookie = cookie;
     rec.cgroup_id = unsafe { bpf_skb_cgroup_id(ctx.as_ptr().cast()) };
-    rec.len = len as u32;
+    let unparsed = flags & request_flag::UNPARSED != 0;
+    rec.len = if unparsed { 0 } else { len as u32 };
     rec.payload_len = payload_len as u32;
-    rec.flags = if last { request_flag::LAST } else { 0 };
+    rec.flags = flags | if last { request_flag::LAST } else { 0 };
     rec._pad = 0;
     if EVENTS.output::<RequestRecord>(rec, 0).is_ok() {
         count(probe::ENDPOINT_REQUEST, outcome::EMITTED);
@@ -109,8 +127,18 @@ pub fn egress(ctx: &SkBuffContext) {
     }
 }
 
-/// Offset of a TCP segment's payload (IPv4, or IPv6 without extension headers).
-fn tcp_payload(ctx: &SkBuffContext) -> Option<usize> {
+enum Segment {
+    Tcp {
+        payload: usize,
+        urgent: bool,
+    },
+    /// An IPv6 packet whose next header is not TCP (extension headers).
+    Unparsed,
+}
+
+/// Where a TCP segment's payload starts (IPv4, or IPv6 without extension headers), and
+/// whether it carries urgent data.
+fn tcp_payload(ctx: &SkBuffContext) -> Option<Segment> {
     let first: u8 = ctx.load(0).ok()?;
     let (protocol, l4) = match first >> 4 {
         4 => (ctx.load::<u8>(9).ok()?, ((first & 0x0f) as usize) * 4),
@@ -118,9 +146,14 @@ fn tcp_payload(ctx: &SkBuffContext) -> Option<usize> {
         _ => return None,
     };
     if protocol != TCP {
-        return None;
+        // (a watched socket is a TCP socket: over IPv6 this is an extension header)
+        return (first >> 4 == 6).then_some(Segment::Unparsed);
     }
-    // Data offset (in 32-bit words) in the high nibble of byte 12.
+    // Data offset (in 32-bit words) in the high nibble of byte 12; URG is bit 5 of byte 13.
     let data_offset: u8 = ctx.load(l4 + 12).ok()?;
-    Some(l4 + ((data_offset >> 4) as usize) * 4)
+    let flags: u8 = ctx.load(l4 + 13).ok()?;
+    Some(Segment::Tcp {
+        payload: l4 + ((data_offset >> 4) as usize) * 4,
+        urgent: flags & 0x20 != 0,
+    })
 }
