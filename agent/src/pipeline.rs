@@ -35,8 +35,10 @@ pub const ALLOWED_EVERY: Duration = Duration::from_secs(600);
 /// How long a connection to an endpoint whose requests are inspected may stay silent before it
 /// is recorded as it is (`request: "not_seen"`).
 pub const REQUEST_WAIT: Duration = Duration::from_secs(2);
-/// How long an inspected connection's context is kept after its last request.
-const INSPECTED_IDLE: Duration = Duration::from_secs(300);
+/// How long an inspected connection's context is kept after its last request. Long: the kernel
+/// keeps reading the connection, and a request whose context is gone is only counted
+/// (`credential="unattributed"`), so a client that waits must not outlast it easily.
+const INSPECTED_IDLE: Duration = Duration::from_secs(3600);
 /// Inspected connections tracked at most; past that, new ones are recorded as they are.
 const MAX_INSPECTED: usize = 4096;
 
