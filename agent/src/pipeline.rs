@@ -598,38 +598,28 @@ impl Pipeline {
     /// Records inspected connections that stayed silent past `REQUEST_WAIT` as they are, and
     /// forgets answered ones idle past `INSPECTED_IDLE`; with `flush`, all of them now.
     fn release_inspected(&mut self, now: Instant, flush: bool) {
-        let silent: Vec<u64> = self
-            .hellos
-            .iter()
-            .filter(|(_, h)| flush || now >= h.deadline)
-            .map(|(cookie, _)| *cookie)
-            .collect();
-        for cookie in silent {
-            if let Some(pending) = self.hellos.remove(&cookie) {
-                self.count_unnamed(&pending.connect);
-            }
-        }
-        let due: Vec<u64> = self
-            .inspected
-            .iter()
-            .filter(|(_, e)| flush || now >= e.deadline)
-            .map(|(cookie, _)| *cookie)
+        let hellos = self.hellos.iter().map(|(c, h)| (*c, h.deadline));
+        let inspected = self.inspected.iter().map(|(c, e)| (*c, e.deadline));
+        let due: Vec<u64> = hellos
+            .chain(inspected)
+            .filter(|(_, deadline)| flush || now >= *deadline)
+            .map(|(cookie, _)| cookie)
             .collect();
         for cookie in due {
-            let Some(entry) = self.inspected.remove(&cookie) else {
-                continue;
-            };
-            if !entry.answered {
-                self.record_not_seen(entry, now);
-            }
+            self.finish_connection(cookie, now);
         }
     }
 
     /// A copy of a record gets its own time and event id.
     fn renumber(&mut self, record: &mut forensic::Record, boot_ns: u64, tid: u32) {
-        self.next_event += 1;
         record.ts = sinks::rfc3339(self.boot_to_unix_ns + boot_ns as i128).unwrap_or_default();
-        record.event_id = format!("{boot_ns:016x}-{tid:08x}-{}", self.next_event);
+        record.event_id = self.next_event_id(boot_ns, tid);
+    }
+
+    /// A record's event id: its time, thread and a sequence number unique in this agent.
+    fn next_event_id(&mut self, boot_ns: u64, tid: u32) -> String {
+        self.next_event += 1;
+        format!("{boot_ns:016x}-{tid:08x}-{}", self.next_event)
     }
 
     /// A record's common part; verdict, container and policy are added by `attribute`.
@@ -641,11 +631,10 @@ impl Pipeline {
         (name, catalog): (String, String),
         process: &crate::process::ProcessInfo,
     ) -> forensic::Record {
-        self.next_event += 1;
         forensic::Record {
             schema: forensic::SCHEMA,
             ts: sinks::rfc3339(self.boot_to_unix_ns + boot_ns as i128).unwrap_or_default(),
-            event_id: format!("{boot_ns:016x}-{tid:08x}-{}", self.next_event),
+            event_id: self.next_event_id(boot_ns, tid),
             node: self.node.clone(),
             verdict: "undeclared",
             reason: String::new(),

@@ -11,10 +11,12 @@ use aya_ebpf::{
 };
 use credwatch_common::{DNS_BYTES, DnsRecord, KIND_DNS, RecordHeader, outcome, probe};
 
-use crate::{DNS_RECENT, DNS_SCRATCH, EVENTS, stats::count};
+use crate::{
+    DNS_RECENT, DNS_SCRATCH, EVENTS,
+    packet::{self, TCP, UDP},
+    stats::count,
+};
 
-const TCP: u8 = 6;
-const UDP: u8 = 17;
 const DNS_PORT: u16 = 53;
 const DNS_HEADER: usize = 12;
 
@@ -66,12 +68,7 @@ pub fn ingress(ctx: &SkBuffContext) {
 /// Offset of the DNS message when the packet is UDP or TCP from port 53 (IPv4, or IPv6 without
 /// extension headers).
 fn dns_payload(ctx: &SkBuffContext) -> Option<usize> {
-    let first: u8 = ctx.load(0).ok()?;
-    let (protocol, l4) = match first >> 4 {
-        4 => (ctx.load::<u8>(9).ok()?, ((first & 0x0f) as usize) * 4),
-        6 => (ctx.load::<u8>(6).ok()?, 40),
-        _ => return None,
-    };
+    let (_, protocol, l4) = packet::ip(ctx)?;
     if protocol != UDP && protocol != TCP {
         return None;
     }
@@ -82,7 +79,6 @@ fn dns_payload(ctx: &SkBuffContext) -> Option<usize> {
     if protocol == UDP {
         return Some(l4 + 8);
     }
-    // TCP: data offset (in 32-bit words) in the high nibble of byte 12; then the length prefix.
-    let data_offset: u8 = ctx.load(l4 + 12).ok()?;
-    Some(l4 + ((data_offset >> 4) as usize) * 4 + 2)
+    // TCP: after the header, the message's length prefix.
+    Some(packet::tcp_payload(ctx, l4)? + 2)
 }

@@ -15,6 +15,7 @@ mod dns;
 mod filter;
 mod memory;
 mod open;
+mod packet;
 mod process;
 mod repeats;
 mod requests;

@@ -18,9 +18,7 @@ use credwatch_common::{
     endpoint_flag, outcome, probe, request_flag,
 };
 
-use crate::{EVENTS, INSPECTED, REQUEST_SCRATCH, stats::count};
-
-const TCP: u8 = 6;
+use crate::{EVENTS, INSPECTED, REQUEST_SCRATCH, packet, stats::count};
 
 /// A connection being inspected (value of `INSPECTED`).
 #[repr(C)]
@@ -139,21 +137,15 @@ enum Segment {
 /// Where a TCP segment's payload starts (IPv4, or IPv6 without extension headers), and
 /// whether it carries urgent data.
 fn tcp_payload(ctx: &SkBuffContext) -> Option<Segment> {
-    let first: u8 = ctx.load(0).ok()?;
-    let (protocol, l4) = match first >> 4 {
-        4 => (ctx.load::<u8>(9).ok()?, ((first & 0x0f) as usize) * 4),
-        6 => (ctx.load::<u8>(6).ok()?, 40),
-        _ => return None,
-    };
-    if protocol != TCP {
+    let (version, protocol, l4) = packet::ip(ctx)?;
+    if protocol != packet::TCP {
         // (a watched socket is a TCP socket: over IPv6 this is an extension header)
-        return (first >> 4 == 6).then_some(Segment::Unparsed);
+        return (version == 6).then_some(Segment::Unparsed);
     }
-    // Data offset (in 32-bit words) in the high nibble of byte 12; URG is bit 5 of byte 13.
-    let data_offset: u8 = ctx.load(l4 + 12).ok()?;
+    // URG is bit 5 of the TCP header's byte 13.
     let flags: u8 = ctx.load(l4 + 13).ok()?;
     Some(Segment::Tcp {
-        payload: l4 + ((data_offset >> 4) as usize) * 4,
+        payload: packet::tcp_payload(ctx, l4)?,
         urgent: flags & 0x20 != 0,
     })
 }
