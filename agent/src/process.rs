@@ -347,7 +347,14 @@ impl ProcessTable {
                     exe: parent.exe.clone(),
                     args: parent.args.clone(),
                 });
-                if parent.ppid == next {
+                // The chain inside the process' own cgroup and the process that started it
+                // there (the runtime, `runc exec`, a shell on the host): the host's ancestry
+                // above a container is the same in every record, says nothing about the access
+                // and was most of a record's bytes.
+                let started_it = open.cgroup_id != 0
+                    && parent.cgroup_id != 0
+                    && parent.cgroup_id != open.cgroup_id;
+                if parent.ppid == next || started_it {
                     break;
                 }
                 next = parent.ppid;
@@ -379,10 +386,18 @@ fn read_exe(pid: u32) -> Option<Vec<u8>> {
 }
 
 /// argv as raw bytes: procfs' String API would lose non-UTF-8 arguments.
+/// At most what the exec probe keeps (`ARGS_BYTES`): a command line read from procfs (a process
+/// older than the agent) can be any length and is repeated in every record it appears in.
 fn read_args(pid: u32) -> Option<Vec<Vec<u8>>> {
-    std::fs::read(format!("/proc/{pid}/cmdline"))
-        .ok()
-        .map(|raw| split_args(&raw))
+    use std::io::Read as _;
+    let mut raw = Vec::new();
+    std::fs::File::open(format!("/proc/{pid}/cmdline"))
+        .and_then(|f| {
+            f.take(credwatch_common::ARGS_BYTES as u64)
+                .read_to_end(&mut raw)
+        })
+        .ok()?;
+    Some(split_args(&raw))
 }
 
 /// The host pid of the process that `caller`'s pid namespace numbers `target` (the pid a
@@ -466,6 +481,39 @@ mod tests {
         table.expire(Instant::now() + EXITED_GRACE + Duration::from_secs(1));
         assert!(table.describe(&open(CAT, 200)).exe.is_none());
         assert!(table.describe(&open(SHELL, 100)).exe.is_some());
+    }
+
+    #[test]
+    fn ancestry_stops_at_the_process_that_started_the_container() {
+        const INIT: u32 = 40_000_020;
+        const RUNC: u32 = 40_000_021;
+        let mut table = ProcessTable::new();
+        let mut ev = |pid, ppid, cgroup, exe| {
+            let mut e = event(ProcessEventKind::Exec, pid, ppid, 1, exe);
+            e.cgroup_id = cgroup;
+            table.apply(&e);
+        };
+        ev(SHELL, 1, 1, "/bin/bash"); // on the host
+        ev(RUNC, SHELL, 1, "/usr/sbin/runc");
+        ev(INIT, RUNC, 7, "/bin/sh");
+        ev(CAT, INIT, 7, "/bin/cat");
+        let mut access = open(CAT, 1);
+        access.cgroup_id = 7;
+        let chain: Vec<u32> = table
+            .describe(&access)
+            .ancestors
+            .iter()
+            .map(|a| a.pid)
+            .collect();
+        assert_eq!(chain, [INIT, RUNC], "the host shell above runc is left out");
+        access.cgroup_id = 0; // unknown cgroup: the whole chain
+        let chain: Vec<u32> = table
+            .describe(&access)
+            .ancestors
+            .iter()
+            .map(|a| a.pid)
+            .collect();
+        assert_eq!(chain[..3], [INIT, RUNC, SHELL]);
     }
 
     #[test]

@@ -41,6 +41,8 @@ pub struct Agent {
 struct ParsedLog {
     /// Bytes of the log parsed (up to the last complete line).
     offset: u64,
+    /// The last line parsed, with its newline (read again to see the log was not rewritten).
+    last_line: Vec<u8>,
     records: Vec<Value>,
 }
 
@@ -106,6 +108,8 @@ fn start_agent(prepare: fn(&Path) -> String, probe_mode: &str) -> Agent {
         .arg("--log")
         .arg(&log)
         .args(["--metrics-addr", &metrics_addr, "--node-name", "e2e-node"])
+        // One file for the whole run: the tests read every record (rotation has unit tests).
+        .args(["--log-max-bytes", "4294967296"])
         .env("CREDWATCH_PROBE_MODE", probe_mode)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -165,21 +169,29 @@ impl Agent {
     }
 
     /// The log parsed up to its last complete line (the agent may be writing the next one).
+    /// What was parsed is checked to still be there: a log rotated, or a batch the agent cut
+    /// back off after a failed write (a full disk), is parsed again from its start.
     fn parsed_log(&self) -> MutexGuard<'_, ParsedLog> {
         use std::io::Seek as _;
         let mut parsed = self.parsed.lock().unwrap_or_else(|p| p.into_inner());
         let Ok(mut file) = std::fs::File::open(&self.log) else {
             return parsed;
         };
-        if file.metadata().map_or(0, |m| m.len()) < parsed.offset {
-            *parsed = ParsedLog::default(); // the log was replaced
-        }
         let mut fresh = Vec::new();
-        if file.seek(std::io::SeekFrom::Start(parsed.offset)).is_err()
-            || file.read_to_end(&mut fresh).is_err()
-        {
-            return parsed;
+        loop {
+            let from = parsed.offset - parsed.last_line.len() as u64;
+            fresh.clear();
+            if file.seek(std::io::SeekFrom::Start(from)).is_err()
+                || file.read_to_end(&mut fresh).is_err()
+            {
+                return parsed;
+            }
+            if fresh.starts_with(&parsed.last_line) {
+                break;
+            }
+            *parsed = ParsedLog::default(); // rewritten: parse it again from its start
         }
+        let fresh = &fresh[parsed.last_line.len()..];
         let complete = fresh
             .iter()
             .rposition(|&b| b == b'\n')
@@ -189,12 +201,30 @@ impl Agent {
             .filter(|l| !l.is_empty())
         {
             let record = serde_json::from_slice(line).unwrap_or_else(|e| {
-                panic!("bad JSON line {:?}: {e}", String::from_utf8_lossy(line))
+                panic!(
+                    "bad JSON line {:?}: {e}; agent stderr:\n{}",
+                    String::from_utf8_lossy(line),
+                    self.stderr_tail()
+                )
             });
             parsed.records.push(record);
         }
+        if complete > 0 {
+            let start = fresh[..complete - 1]
+                .iter()
+                .rposition(|&b| b == b'\n')
+                .map_or(0, |end| end + 1);
+            parsed.last_line = fresh[start..complete].to_vec();
+        }
         parsed.offset += complete as u64;
         parsed
+    }
+
+    /// The last lines of the agent's stderr, for failure messages.
+    pub fn stderr_tail(&self) -> String {
+        let text = std::fs::read_to_string(&self.stderr).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(40)..].join("\n")
     }
 
     /// Waits for the first record matching `pred`.
