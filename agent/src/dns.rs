@@ -52,6 +52,18 @@ pub struct LearnedHosts {
     over_budget_warned: std::collections::HashSet<u64>,
     /// Entries of `by_cgroup` per cgroup.
     per_cgroup: HashMap<u64, usize>,
+    /// Cgroups that learned beyond their share since `take_over_share`.
+    over_share: HashMap<u64, OverShare>,
+}
+
+/// A cgroup that learned more addresses than its share (`MAX_LEARNED_PER_CGROUP`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OverShare {
+    pub cgroup_id: u64,
+    /// Its own oldest addresses replaced by newer ones.
+    pub replaced: u64,
+    /// The first time this cgroup went over.
+    pub first: bool,
 }
 
 impl LearnedHosts {
@@ -119,11 +131,18 @@ impl LearnedHosts {
     fn make_room(&mut self, cgroup_id: u64, now: Instant) {
         let own = self.per_cgroup.get(&cgroup_id).copied().unwrap_or(0);
         let victim = if own >= MAX_LEARNED_PER_CGROUP {
-            if self.over_budget_warned.insert(cgroup_id) {
+            let first = self.over_budget_warned.insert(cgroup_id);
+            if first {
                 log::warn!(
                     "cgroup {cgroup_id}: more than {MAX_LEARNED_PER_CGROUP} learned endpoint addresses; its oldest are replaced"
                 );
             }
+            let over = self.over_share.entry(cgroup_id).or_insert(OverShare {
+                cgroup_id,
+                replaced: 0,
+                first,
+            });
+            over.replaced += 1;
             Some(cgroup_id)
         } else if self.by_cgroup.len() >= MAX_LEARNED {
             self.expire(now);
@@ -150,6 +169,11 @@ impl LearnedHosts {
                 *n -= 1;
             }
         }
+    }
+
+    /// The cgroups that learned beyond their share since the last call.
+    pub fn take_over_share(&mut self) -> Vec<OverShare> {
+        self.over_share.drain().map(|(_, o)| o).collect()
     }
 
     /// Brings `per_cgroup` in line with `by_cgroup` after entries went.
@@ -442,6 +466,18 @@ mod tests {
         // One attacker: capped at its share.
         flood(&mut hosts, &catalog, 2, 1_000, now);
         assert_eq!(hosts.entries(), 1 + MAX_LEARNED_PER_CGROUP);
+        // It is named, with what it replaced, the first time as such; the victim is not.
+        let over = hosts.take_over_share();
+        assert_eq!(
+            over,
+            [OverShare {
+                cgroup_id: 2,
+                replaced: 1_000 - MAX_LEARNED_PER_CGROUP as u64,
+                first: true
+            }]
+        );
+        flood(&mut hosts, &catalog, 2, 1_001, now); // one address more than before
+        assert!(!hosts.take_over_share()[0].first, "reported once as new");
         // Many attackers filling the node-wide map: the victim keeps its entry.
         for attacker in 3..3 + (MAX_LEARNED / MAX_LEARNED_PER_CGROUP) as u64 + 2 {
             flood(

@@ -5,11 +5,11 @@ use std::{fmt, mem::size_of};
 
 use credwatch_common::{
     ARGS_BYTES, CGROUP_MKDIR, CGROUP_PATH_BYTES, CGROUP_RMDIR, CgroupRecord, ConnectRecord,
-    DNS_BYTES, DnsRecord, FILE_OPEN_FIXED_BYTES, FILENAME_BYTES, FileOpenRecord, KIND_CGROUP,
-    KIND_CONNECT, KIND_DNS, KIND_FILE_OPEN, KIND_MEMORY, KIND_PROCESS, KIND_REQUEST, MemoryRecord,
-    PATH_BYTES, PROCESS_ARGS_OFFSET, PROCESS_FIXED_BYTES, ProcessRecord, RAW_PATH_BYTES,
-    REQUEST_BYTES, RecordHeader, RepeatKey, RequestRecord, WIRE_VERSION, connect_source,
-    memory_syscall, probe, process_event, request_flag,
+    DNS_BYTES, DNS_FIXED_BYTES, DnsRecord, FILE_OPEN_FIXED_BYTES, FILENAME_BYTES, FileOpenRecord,
+    KIND_CGROUP, KIND_CONNECT, KIND_DNS, KIND_FILE_OPEN, KIND_MEMORY, KIND_PROCESS, KIND_REQUEST,
+    MemoryRecord, PATH_BYTES, PROCESS_ARGS_OFFSET, PROCESS_FIXED_BYTES, ProcessRecord,
+    RAW_PATH_BYTES, REQUEST_BYTES, REQUEST_FIXED_BYTES, RecordHeader, RepeatKey, RequestRecord,
+    WIRE_VERSION, connect_source, memory_syscall, probe, process_event, request_flag,
 };
 
 /// A file-open syscall, decoded.
@@ -238,9 +238,13 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
         KIND_CONNECT => decode_connect(bytes, header),
         KIND_MEMORY => decode_memory(bytes, header),
         KIND_REQUEST => {
-            let rec: RequestRecord = read_record(bytes, header)?;
+            // At its used size: the fixed part and the bytes copied.
+            let rec: RequestRecord = read_prefix(bytes, header, REQUEST_FIXED_BYTES)?;
             let len = rec.len as usize;
-            if len > REQUEST_BYTES || len > rec.payload_len as usize {
+            if len > REQUEST_BYTES
+                || len > rec.payload_len as usize
+                || REQUEST_FIXED_BYTES + len != header.size as usize
+            {
                 return Err(DecodeError::BadField("len", len as u64));
             }
             Ok(Event::Request(Box::new(Request {
@@ -254,9 +258,10 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
             })))
         }
         KIND_DNS => {
-            let rec: DnsRecord = read_record(bytes, header)?;
+            // At its used size: the fixed part and the message.
+            let rec: DnsRecord = read_prefix(bytes, header, DNS_FIXED_BYTES)?;
             let len = rec.len as usize;
-            if len > DNS_BYTES {
+            if len > DNS_BYTES || DNS_FIXED_BYTES + len != header.size as usize {
                 return Err(DecodeError::BadField("len", len as u64));
             }
             Ok(Event::Dns {

@@ -13,6 +13,8 @@ use std::{
 
 use log::warn;
 
+mod budgets;
+
 use crate::{
     containers::{Containers, Lookup, Origin},
     events::{self, Event, FileOpen, ProcessEventKind},
@@ -112,6 +114,8 @@ pub struct Pipeline {
     allowed_logged: HashMap<AllowedKey, Instant>,
     /// Containers already warned about for holding too many secret files.
     secret_budget_warned: std::collections::HashSet<String>,
+    /// The kernel's DNS-answer budget per container and second (`limit` in its records).
+    pub dns_answers_per_sec: u64,
     /// What each access whose repeats the kernel is counting was reported as.
     repeat_origins: RepeatOrigins,
     /// Containers whose filesystem has been searched for secret files.
@@ -176,6 +180,7 @@ impl Pipeline {
             allowed_logged: HashMap::new(),
             repeat_origins: RepeatOrigins::default(),
             secret_budget_warned: Default::default(),
+            dns_answers_per_sec: 0,
             scanned: Default::default(),
             rescan: false,
             learned: Default::default(),
@@ -204,6 +209,7 @@ impl Pipeline {
                 let catalog = &self.policies.catalog;
                 self.learned
                     .learn(catalog, cgroup_id, &message, Instant::now());
+                self.report_dns_learned_over_share();
             }
             Event::Process(process) => {
                 self.processes.apply(&process);
@@ -826,76 +832,6 @@ impl Pipeline {
         }
     }
 
-    /// Names the containers whose filesystems hold more catalogue files than their share of
-    /// the kernel's secret-inode map (a warning once, and a gauge while it lasts).
-    pub fn report_secret_budgets(&mut self, over: &[crate::secrets::OverBudget]) {
-        self.metrics.secret_files_over_budget.reset();
-        for o in over {
-            let pid = o
-                .root
-                .strip_prefix("/proc")
-                .ok()
-                .and_then(|rest| rest.iter().next())
-                .and_then(|p| p.to_str()?.parse::<u32>().ok());
-            let meta = pid.and_then(|pid| {
-                let cgroup_id = self.processes.cgroup_of(pid)?;
-                self.containers
-                    .resolve(cgroup_id, pid, Lookup::Cached)
-                    .container()
-            });
-            let [namespace, workload, container] =
-                crate::containers::metric_labels(meta.as_deref());
-            let id = meta.as_deref().map_or("the host", |m| m.id.as_str());
-            if self.secret_budget_warned.insert(id.to_string()) {
-                warn!(
-                    "{id}: more than {} catalogue files ({}+ under {}); only the first are tracked by inode, the rest by path",
-                    crate::secrets::MAX_FILES_PER_ROOT,
-                    o.found,
-                    o.root.display()
-                );
-                // The container is itself reported, once, in the log as well as the gauge.
-                self.next_event += 1;
-                let record = forensic::Record {
-                    schema: forensic::SCHEMA,
-                    ts: sinks::rfc3339(time::OffsetDateTime::now_utc().unix_timestamp_nanos())
-                        .unwrap_or_default(),
-                    event_id: format!("budget-secret-files-{}", self.next_event),
-                    node: self.node.clone(),
-                    verdict: "over_budget",
-                    reason: "more catalogue files in its filesystem than it may have tracked by inode: the rest are known by path only (a hardlink to one of them is not recognised)".to_string(),
-                    kind: "budget",
-                    secret: forensic::SecretSection {
-                        name: String::new(),
-                        catalog_entry: String::new(),
-                    },
-                    file: None,
-                    network: None,
-                    memory: None,
-                    budget: Some(forensic::BudgetSection {
-                        budget: "secret_files",
-                        limit: crate::secrets::MAX_FILES_PER_ROOT as u64,
-                        found: o.found as u64,
-                    }),
-                    process: Default::default(),
-                    container: meta.as_deref().map(sinks::container_section),
-                    pod: meta.as_deref().and_then(sinks::pod_section),
-                    policy: None,
-                    count: None,
-                    first_ts: None,
-                    last_ts: None,
-                    repeat_of: None,
-                    image_finding: None,
-                };
-                let written = self.log.write(&record);
-                self.count_unwritten(written);
-            }
-            self.metrics
-                .secret_files_over_budget
-                .with_label_values(&[&namespace, &workload, &container])
-                .set(o.found as i64);
-        }
-    }
-
     /// Reports what containers' budgets cut in finished windows: one summary record per
     /// container, catalogue entry and window (`verdict: "suppressed"`, `count`), counted in
     /// `credwatch_over_budget_total` and as credential accesses.
@@ -908,6 +844,10 @@ impl Pipeline {
     ) {
         let now = Instant::now();
         for (key, cut) in finished.iter().filter(|(_, cut)| cut.count > 0) {
+            if key.rule == credwatch_common::DNS_RULE {
+                self.report_dns_answers_over_budget(key.cgroup_id, cut);
+                continue;
+            }
             let catalog = &self.policies.catalog;
             let rule = if key.rule & credwatch_common::SECRET_RULE != 0 {
                 crate::secrets::SecretTable::rule_of(key.rule & !credwatch_common::SECRET_RULE)

@@ -148,6 +148,8 @@ pub fn run_for(opts: RunOptions, duration: Option<Duration>) -> Result<time::Off
         opts.node_name.unwrap_or_else(hostname),
         boot_to_unix_ns(),
     );
+    // The kernel gives DNS answers their own bucket at the record budget's rate.
+    pipeline.dns_answers_per_sec = opts.container_records_per_sec as u64;
 
     if opts.audit_images {
         // containerd's socket: the CRI socket when it is containerd's, else its default.

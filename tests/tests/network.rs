@@ -739,3 +739,88 @@ fn tls_server_names_name_endpoints_without_dns() {
         assert!(records.is_empty(), "{records:#?}");
     }
 }
+
+/// A container answers itself with thousands of crafted DNS responses (UDP from port 53 on its
+/// own loopback) for a catalogue host, each with a new address, to push other containers'
+/// learned addresses out and to flood the ring buffer. Another container that resolved the
+/// same host before keeps its address (its connect is still named), the attacker is reported
+/// for both budgets it went over, and nothing is lost in the kernel.
+#[test]
+fn crafted_dns_answers_blind_no_other_container() {
+    const ANSWERS: usize = 15_000;
+    let agent = setup();
+    let lost_before = agent.metric(r#"credwatch_events_lost_total{stage="kernel_ringbuf"}"#);
+    let mut netns = Netns::create(&format!("cwv-{}", std::process::id()));
+    netns.serve("10.99.0.13", "443");
+    netns.dns("secretsmanager.us-east-1.amazonaws.com", "10.99.0.13");
+    let victim_id = format!("cw-{}-dnsvictim", std::process::id());
+    let victim = netns.container(&victim_id, "sleep 120");
+    victim.start();
+    let exec = |script: &str| {
+        let out = Command::new("runc")
+            .args(["exec", &victim_id, "/bin/sh", "-c", script])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    // (dnsmasq refuses the AAAA question: nslookup's exit status says nothing.)
+    let answer = exec("nslookup secretsmanager.us-east-1.amazonaws.com 127.0.0.1");
+    assert!(answer.contains("Address: 10.99.0.13"), "{answer}");
+
+    let attacker_netns = Netns::create(&format!("cwa-{}", std::process::id()));
+    let attacker_id = format!("cw-{}-dnsflood", std::process::id());
+    let script = format!(
+        "import socket, struct\n\
+         name = b''.join(bytes([len(l)]) + l for l in b'secretsmanager.us-east-1.amazonaws.com'.split(b'.')) + b'\\0'\n\
+         rx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); rx.bind(('127.0.0.1', 5300))\n\
+         tx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); tx.bind(('127.0.0.1', 53))\n\
+         for i in range({ANSWERS}):\n\
+         \x20   header = struct.pack('>6H', i & 0xffff, 0x8180, 1, 1, 0, 0)\n\
+         \x20   question = name + struct.pack('>2H', 1, 1)\n\
+         \x20   answer = b'\\xc0\\x0c' + struct.pack('>2HIH', 1, 1, 3600, 4) + bytes([10, 98, i >> 8 & 255, i & 255])\n\
+         \x20   tx.sendto(header + question + answer, ('127.0.0.1', 5300))\n\
+         \x20   rx.recv(2048)\n"
+    );
+    attacker_netns
+        .python_container(&attacker_id, &script, &[])
+        .run_to_completion();
+
+    // The attacker is named for each budget it went over, once for its learned addresses.
+    let over = |budget: &str| {
+        agent.wait_record(&format!("{attacker_id} over its {budget} budget"), |r| {
+            r["container"]["id"] == attacker_id.as_str()
+                && r["kind"] == "budget"
+                && r["budget"]["budget"] == budget
+        })
+    };
+    let learned = over("dns_learned");
+    assert_eq!(learned["verdict"], "over_budget", "{learned:#}");
+    assert_eq!(learned["budget"]["limit"], 256, "{learned:#}");
+    let answers = over("dns_answers");
+    assert!(
+        answers["budget"]["found"].as_u64().unwrap() > 0,
+        "{answers:#}"
+    );
+    let exceeded = |budget: &str| {
+        agent.metric(&format!(
+            "credwatch_budget_exceeded_total{{budget=\"{budget}\",container=\"{attacker_id}\",namespace=\"\",workload=\"{}\"}}",
+            credwatch::containers::workload::off_kubernetes(Some(&attacker_id), None)
+        ))
+    };
+    assert!(exceeded("dns_learned") >= 1.0, "{}", agent.metrics());
+    assert!(exceeded("dns_answers") >= 1.0, "{}", agent.metrics());
+
+    // The victim's address survived the flood: its connect is named by its own lookup.
+    exec("wget -q -O /dev/null http://10.99.0.13:443/; true");
+    let record = network_record(agent, &victim_id, "aws-secretsmanager");
+    assert_eq!(
+        record["network"]["hostname"], "secretsmanager.us-east-1.amazonaws.com",
+        "{record:#}"
+    );
+    victim.stop();
+    assert_eq!(
+        agent.metric(r#"credwatch_events_lost_total{stage="kernel_ringbuf"}"#),
+        lost_before,
+        "nothing lost in the kernel"
+    );
+}

@@ -22,6 +22,7 @@ pub struct Metrics {
     pub events_lost: IntCounterVec,
     pub over_budget: IntCounterVec,
     unnamed_connects: IntCounterVec,
+    budget_exceeded: IntCounterVec,
     pub secret_files_over_budget: IntGaugeVec,
     /// Findings of `audit-image` in running containers' images.
     pub image_findings: IntGaugeVec,
@@ -52,7 +53,7 @@ pub struct Metrics {
 struct SeriesBook {
     /// Hash of (family, labels) → the series with that hash (almost always one).
     by_hash: HashMap<u64, Vec<Tracked>>,
-    per_family: [usize; 4],
+    per_family: [usize; FAMILIES],
 }
 
 struct Tracked {
@@ -103,7 +104,11 @@ pub enum Family {
     /// Connections on a host-name endpoint's port that nothing named (no DNS answer, no
     /// server name in a readable ClientHello).
     UnnamedConnects,
+    /// What a container did beyond a budget that is not itself a credential access (labels
+    /// end with `budget`).
+    BudgetExceeded,
 }
+const FAMILIES: usize = 5;
 
 /// Series per family before new containers share one overflow series.
 pub const MAX_SERIES: usize = 10_000;
@@ -214,6 +219,12 @@ impl Metrics {
                 "Connects on a host-name endpoint's port (443, 6443, 8200 by default) to an address no DNS answer named, whose TLS ClientHello gave no server name either (none sent within 2 s, not TLS, cut, or without SNI): what stays unnamed.",
                 &["namespace", "workload", "container"],
             ),
+            budget_exceeded: counter(
+                &registry,
+                "credwatch_budget_exceeded_total",
+                "What a container did beyond a budget, other than credential accesses: budget=\"dns_answers\" DNS answers it received over its DNS budget (not read, so names in them are not learned), budget=\"dns_learned\" endpoint addresses it learned beyond its share of 256 (its own oldest replaced).",
+                &["namespace", "workload", "container", "budget"],
+            ),
             secret_files_over_budget: gauge(
                 &registry,
                 "credwatch_secret_files_over_budget",
@@ -307,13 +318,14 @@ impl Metrics {
             Family::Deviations => &self.deviations,
             Family::OverBudget => &self.over_budget,
             Family::UnnamedConnects => &self.unnamed_connects,
+            Family::BudgetExceeded => &self.budget_exceeded,
         }
     }
 
     /// Drops per-container series unchanged for `SERIES_IDLE` (bounded under churn).
     pub fn expire_series(&self, now: std::time::Instant) {
         let mut book = self.series.lock().unwrap();
-        let mut dropped = [0usize; 4];
+        let mut dropped = [0usize; FAMILIES];
         for same in book.by_hash.values_mut() {
             same.retain(|t| {
                 if now.duration_since(t.changed) < SERIES_IDLE {

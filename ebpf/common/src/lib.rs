@@ -7,7 +7,7 @@
 #![no_std]
 
 /// Version of the wire records. Bump on any layout change.
-pub const WIRE_VERSION: u16 = 3;
+pub const WIRE_VERSION: u16 = 4;
 
 /// Record kinds (the `kind` field of [`RecordHeader`]).
 pub const KIND_FILE_OPEN: u16 = 1;
@@ -205,6 +205,9 @@ pub struct RequestRecord {
     pub data: [u8; REQUEST_BYTES],
 }
 
+/// Bytes of a [`RequestRecord`] before `data`: it leaves the kernel at this plus `len`.
+pub const REQUEST_FIXED_BYTES: usize = core::mem::offset_of!(RequestRecord, data);
+
 /// Bits of [`RequestRecord::flags`].
 pub mod request_flag {
     /// The connection's last inspected payload ([`super::REQUEST_SEGMENTS`]).
@@ -281,6 +284,9 @@ pub struct DnsRecord {
     pub _pad: u32,
     pub data: [u8; DNS_BYTES],
 }
+
+/// Bytes of a [`DnsRecord`] before `data`: it leaves the kernel at this plus `len`.
+pub const DNS_FIXED_BYTES: usize = core::mem::offset_of!(DnsRecord, data);
 
 /// Value of the endpoint LPM trie (keys: 128-bit IPv6 or v4-mapped prefixes).
 #[repr(C)]
@@ -497,6 +503,12 @@ pub struct SuppressedKey {
 
 /// Marks [`SuppressedKey::rule`] as a secret-inode id rather than a catalogue entry.
 pub const SECRET_RULE: u32 = 1 << 31;
+/// [`SuppressedKey::rule`] of DNS answers a cgroup received over its DNS budget (not read).
+pub const DNS_RULE: u32 = !SECRET_RULE;
+/// Set in a [`Budget`] bucket key (a cgroup id, an inode number far below it) for the cgroup's
+/// DNS-answer bucket: its own budget, so a container's DNS answers and its file accesses never
+/// spend each other's.
+pub const DNS_BUCKET: u64 = 1 << 63;
 pub const SUPPRESSED_ENTRIES: u32 = 4096;
 
 /// How often a [`RepeatKey`]'s access was repeated after its record, and when.

@@ -9,10 +9,15 @@ use aya_ebpf::{
     helpers::generated::{self, bpf_ktime_get_boot_ns, bpf_skb_cgroup_id},
     programs::SkBuffContext,
 };
-use credwatch_common::{DNS_BYTES, DnsRecord, KIND_DNS, RecordHeader, outcome, probe};
+use core::mem::size_of;
+
+use credwatch_common::{
+    DNS_BUCKET, DNS_BYTES, DNS_FIXED_BYTES, DNS_RULE, DnsRecord, KIND_DNS, RecordHeader,
+    SuppressedKey, outcome, probe,
+};
 
 use crate::{
-    DNS_RECENT, DNS_SCRATCH, EVENTS,
+    DNS_RECENT, DNS_SCRATCH, EVENTS, budget,
     packet::{self, TCP, UDP},
     stats::count,
 };
@@ -50,15 +55,39 @@ pub fn ingress(ctx: &SkBuffContext) {
     if loaded != 0 {
         return count(probe::DNS, outcome::READ_ERROR);
     }
+    let now = unsafe { bpf_ktime_get_boot_ns() };
+    let cgroup_id = unsafe { bpf_skb_cgroup_id(ctx.as_ptr().cast()) };
+    // Every answer a container receives goes up, so a container answering itself in a loop
+    // must not take the ring buffer from the others: its own DNS budget, excess counted.
+    if !budget::take(cgroup_id | DNS_BUCKET, now) {
+        let mut key = SuppressedKey {
+            cgroup_id,
+            rule: DNS_RULE,
+            epoch: 0,
+        };
+        let outcome = if budget::suppress(&mut key, now) {
+            outcome::OVER_BUDGET
+        } else {
+            outcome::LOST
+        };
+        return count(probe::DNS, outcome);
+    }
     rec.header = RecordHeader::of::<DnsRecord>(KIND_DNS);
-    rec.boot_ns = unsafe { bpf_ktime_get_boot_ns() };
-    rec.cgroup_id = unsafe { bpf_skb_cgroup_id(ctx.as_ptr().cast()) };
+    rec.boot_ns = now;
+    rec.cgroup_id = cgroup_id;
     // Connects from this cgroup right after the answer may go to an address the agent has not
     // put into the endpoint map yet (see connect.rs).
     let _ = DNS_RECENT.insert(&rec.cgroup_id, &rec.boot_ns, 0);
     rec.len = len as u32;
     rec._pad = 0;
-    if EVENTS.output::<DnsRecord>(rec, 0).is_ok() {
+    // At its used size: most answers are a few hundred bytes of the 1,232 kept.
+    let size = DNS_FIXED_BYTES + len;
+    if size > size_of::<DnsRecord>() {
+        return;
+    }
+    rec.header.size = size as u32;
+    let used = unsafe { core::slice::from_raw_parts((rec as *const DnsRecord).cast::<u8>(), size) };
+    if EVENTS.output::<[u8]>(used, 0).is_ok() {
         count(probe::DNS, outcome::EMITTED);
     } else {
         count(probe::DNS, outcome::LOST);

@@ -14,11 +14,11 @@ use aya_ebpf::{
     programs::SkBuffContext,
 };
 use credwatch_common::{
-    KIND_REQUEST, REQUEST_BYTES, REQUEST_SEGMENTS, RecordHeader, RequestRecord, TLS_SEGMENTS,
-    endpoint_flag, outcome, probe, request_flag,
+    KIND_REQUEST, REQUEST_BYTES, REQUEST_FIXED_BYTES, REQUEST_SEGMENTS, RecordHeader,
+    RequestRecord, TLS_SEGMENTS, endpoint_flag, outcome, probe, request_flag,
 };
 
-use crate::{EVENTS, INSPECTED, REQUEST_SCRATCH, packet, stats::count};
+use crate::{EVENTS, INSPECTED, REQUEST_SCRATCH, budget, packet, stats::count};
 
 /// A connection being inspected (value of `INSPECTED`).
 #[repr(C)]
@@ -72,6 +72,15 @@ pub fn egress(ctx: &SkBuffContext) {
         return; // a bare ACK, SYN or FIN
     }
     count(probe::ENDPOINT_REQUEST, outcome::SEEN);
+    let now = unsafe { bpf_ktime_get_boot_ns() };
+    let cgroup_id = unsafe { bpf_skb_cgroup_id(ctx.as_ptr().cast()) };
+    // From the sender's record budget like any record (a container opening connection after
+    // connection to the metadata service must not fill the ring buffer). A request over it is
+    // never seen by the agent, which records its connection as a credential access
+    // (`not_seen`): the budget cannot hide one.
+    if !budget::take(cgroup_id, now) {
+        return count(probe::ENDPOINT_REQUEST, outcome::OVER_BUDGET);
+    }
     let state = unsafe { &mut *state };
     state.payloads += 1;
     let last = state.payloads >= state.limit;
@@ -110,15 +119,24 @@ pub fn egress(ctx: &SkBuffContext) {
         }
     }
     rec.header = RecordHeader::of::<RequestRecord>(KIND_REQUEST);
-    rec.boot_ns = unsafe { bpf_ktime_get_boot_ns() };
+    rec.boot_ns = now;
     rec.cookie = cookie;
-    rec.cgroup_id = unsafe { bpf_skb_cgroup_id(ctx.as_ptr().cast()) };
+    rec.cgroup_id = cgroup_id;
     let unparsed = flags & request_flag::UNPARSED != 0;
-    rec.len = if unparsed { 0 } else { len as u32 };
+    let copied = if unparsed { 0 } else { len };
+    rec.len = copied as u32;
     rec.payload_len = payload_len as u32;
     rec.flags = flags | if last { request_flag::LAST } else { 0 };
     rec._pad = 0;
-    if EVENTS.output::<RequestRecord>(rec, 0).is_ok() {
+    // At its used size (most requests are a few hundred bytes of the 2,048 kept).
+    let size = REQUEST_FIXED_BYTES + copied;
+    if size > core::mem::size_of::<RequestRecord>() {
+        return;
+    }
+    rec.header.size = size as u32;
+    let used =
+        unsafe { core::slice::from_raw_parts((rec as *const RequestRecord).cast::<u8>(), size) };
+    if EVENTS.output::<[u8]>(used, 0).is_ok() {
         count(probe::ENDPOINT_REQUEST, outcome::EMITTED);
     } else {
         count(probe::ENDPOINT_REQUEST, outcome::LOST);
