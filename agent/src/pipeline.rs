@@ -844,20 +844,40 @@ impl Pipeline {
     ) {
         let now = Instant::now();
         for (key, cut) in finished.iter().filter(|(_, cut)| cut.count > 0) {
-            if key.rule == credwatch_common::DNS_RULE {
+            use credwatch_common::{DNS_RULE, ENDPOINT_RULE, ENDPOINT_RULE_MASK, SECRET_RULE};
+            let catalog = &self.policies.catalog;
+            let named = |name: &str, catalog: &str| (name.to_string(), format!("{catalog}/{name}"));
+            // The catalogue changed since (a reload): still reported, unnamed.
+            let unknown = || ("unknown".to_string(), String::new());
+            let (kind, (name, entry)) = if key.rule & SECRET_RULE != 0 {
+                let rule = crate::secrets::SecretTable::rule_of(key.rule & !SECRET_RULE);
+                let file = rule.and_then(|r| catalog.files.get(r));
+                (
+                    "file",
+                    file.map_or_else(unknown, |r| named(&r.name, &r.catalog)),
+                )
+            } else if key.rule == DNS_RULE {
                 self.report_dns_answers_over_budget(key.cgroup_id, cut);
                 continue;
-            }
-            let catalog = &self.policies.catalog;
-            let rule = if key.rule & credwatch_common::SECRET_RULE != 0 {
-                crate::secrets::SecretTable::rule_of(key.rule & !credwatch_common::SECRET_RULE)
+            } else if key.rule & ENDPOINT_RULE != 0 {
+                let id = key.rule & ENDPOINT_RULE_MASK;
+                if id == 0 || id == ENDPOINT_RULE_MASK {
+                    // Connects nothing had named yet (unconfirmed, TLS candidates): they stay
+                    // unnamed, and are not credential accesses.
+                    self.count_unnamed_over_budget(key.cgroup_id, cut.count);
+                    continue;
+                }
+                let endpoint = catalog.endpoints.get(id as usize - 1);
+                (
+                    "network",
+                    endpoint.map_or_else(unknown, |e| named(&e.name, &e.catalog)),
+                )
             } else {
-                Some(key.rule as usize)
-            };
-            let (name, entry) = match rule.and_then(|r| catalog.files.get(r)) {
-                Some(r) => (r.name.clone(), format!("{}/{}", r.catalog, r.name)),
-                // The catalogue changed since (a reload): still reported, unnamed.
-                None => ("unknown".to_string(), String::new()),
+                let file = catalog.files.get(key.rule as usize);
+                (
+                    "file",
+                    file.map_or_else(unknown, |r| named(&r.name, &r.catalog)),
+                )
             };
             let meta = self
                 .containers
@@ -879,7 +899,7 @@ impl Pipeline {
                 node: self.node.clone(),
                 verdict: "suppressed",
                 reason: "container over its record budget".to_string(),
-                kind: "file",
+                kind,
                 secret: forensic::SecretSection {
                     name: name.clone(),
                     catalog_entry: entry,
@@ -899,7 +919,7 @@ impl Pipeline {
                 image_finding: None,
             };
             let tally = Tally {
-                labels: [namespace, workload, container, name, "file".to_string()],
+                labels: [namespace, workload, container, name, kind.to_string()],
                 verdict: "suppressed",
                 reason: "container over its record budget",
                 alert: false,

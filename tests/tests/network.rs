@@ -824,3 +824,93 @@ fn crafted_dns_answers_blind_no_other_container() {
         "nothing lost in the kernel"
     );
 }
+
+/// A container connects to the ECS credential endpoint 13,000 times as fast as it can, past its
+/// record burst (10,000): every connect is a record or counted in a summary (`kind:
+/// "network"`, `verdict: "suppressed"`), another container's metadata requests meanwhile are
+/// each recorded, and nothing is lost in the kernel.
+#[test]
+fn a_connect_flood_is_summarised_and_blinds_no_one() {
+    const CONNECTS: u64 = 13_000;
+    const READS: u64 = 10;
+    let agent = setup();
+    let lost_before = agent.metric(r#"credwatch_events_lost_total{stage="kernel_ringbuf"}"#);
+    let flood_ns = Netns::create(&format!("cwf-{}", std::process::id()));
+    flood_ns.add_address("169.254.170.2");
+    let flood_id = format!("cw-{}-connflood", std::process::id());
+    let script = format!(
+        "import socket\n\
+         server = socket.socket()\n\
+         server.bind(('169.254.170.2', 80))\n\
+         server.listen(64)\n\
+         for i in range({CONNECTS}):\n\
+         \x20   c = socket.socket(); c.connect(('169.254.170.2', 80)); c.close()\n\
+         \x20   a, _ = server.accept(); a.close()\n"
+    );
+    let flood = flood_ns.python_container(&flood_id, &script, &[]);
+    let bystander_ns = Netns::create(&format!("cwg-{}", std::process::id()));
+    let bystander_id = format!("cw-{}-connbystander", std::process::id());
+    let reads = format!(
+        "for i in $(seq {READS}); do wget -q -O /dev/null \
+         http://169.254.169.254/latest/meta-data/iam/security-credentials/; sleep 0.2; done; true"
+    );
+    let bystander = bystander_ns.container(&bystander_id, &reads);
+    std::thread::scope(|s| {
+        s.spawn(|| flood.run_to_completion());
+        s.spawn(|| bystander.run_to_completion());
+    });
+
+    let accesses = |id: &str| -> (u64, u64) {
+        let mine: Vec<Value> = agent
+            .records()
+            .into_iter()
+            .filter(|r| r["container"]["id"] == id && r["kind"] == "network")
+            .collect();
+        let summarised = mine
+            .iter()
+            .filter(|r| r["verdict"] == "suppressed")
+            .map(|r| r["count"].as_u64().unwrap_or(0))
+            .sum::<u64>();
+        (mine.len() as u64, summarised)
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (records, summarised) = accesses(&flood_id);
+        let summaries = agent
+            .records()
+            .iter()
+            .filter(|r| r["container"]["id"] == flood_id.as_str() && r["verdict"] == "suppressed")
+            .count() as u64;
+        let total = records - summaries + summarised;
+        if total == CONNECTS {
+            assert!(summaries > 0 && summarised > 0, "the burst was spent");
+            break;
+        }
+        assert!(
+            total < CONNECTS && Instant::now() < deadline,
+            "{total} of {CONNECTS} connects recorded or summarised ({summarised} in {summaries} summaries)"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let summary = agent
+        .find_record(|r| r["container"]["id"] == flood_id.as_str() && r["verdict"] == "suppressed")
+        .unwrap();
+    assert_eq!(
+        summary["secret"]["name"], "ecs-task-credentials",
+        "{summary:#}"
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while accesses(&bystander_id).0 < READS {
+        assert!(
+            Instant::now() < deadline,
+            "{} of {READS} bystander requests recorded",
+            accesses(&bystander_id).0
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(
+        agent.metric(r#"credwatch_events_lost_total{stage="kernel_ringbuf"}"#),
+        lost_before,
+        "nothing lost in the kernel"
+    );
+}

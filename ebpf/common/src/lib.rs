@@ -504,7 +504,11 @@ pub struct SuppressedKey {
 /// Marks [`SuppressedKey::rule`] as a secret-inode id rather than a catalogue entry.
 pub const SECRET_RULE: u32 = 1 << 31;
 /// [`SuppressedKey::rule`] of DNS answers a cgroup received over its DNS budget (not read).
-pub const DNS_RULE: u32 = !SECRET_RULE;
+pub const DNS_RULE: u32 = 1 << 30;
+/// Marks [`SuppressedKey::rule`] as a connect's endpoint id (`ConnectRecord::endpoint` within
+/// `ENDPOINT_RULE_MASK`: 0 unconfirmed, `ENDPOINT_RULE_MASK` a TLS candidate).
+pub const ENDPOINT_RULE: u32 = 1 << 29;
+pub const ENDPOINT_RULE_MASK: u32 = ENDPOINT_RULE - 1;
 /// Set in a [`Budget`] bucket key (a cgroup id, an inode number far below it) for the cgroup's
 /// DNS-answer bucket: its own budget, so a container's DNS answers and its file accesses never
 /// spend each other's.

@@ -26,8 +26,9 @@ use aya_ebpf::{
     programs::SockAddrContext,
 };
 use credwatch_common::{
-    ConnectRecord, DNS_GRACE_NS, ENDPOINT_PORTS, KIND_CONNECT, LearnedKey, NAMED_PORT_SLOTS,
-    RecordHeader, SNI_CANDIDATE, connect_source, endpoint_flag, outcome, probe,
+    ConnectRecord, DNS_GRACE_NS, ENDPOINT_PORTS, ENDPOINT_RULE, ENDPOINT_RULE_MASK, KIND_CONNECT,
+    LearnedKey, NAMED_PORT_SLOTS, RecordHeader, SNI_CANDIDATE, SuppressedKey, connect_source,
+    endpoint_flag, outcome, probe,
 };
 
 use crate::{
@@ -321,16 +322,33 @@ fn endpoint_for(target: &Target) -> Option<(u32, u32)> {
 // Inlined: BPF calls take at most five arguments.
 #[inline(always)]
 fn emit(probe: u32, pid_tgid: u64, target: &Target, endpoint: u32, result: i64, source: u32) {
+    let now = unsafe { bpf_ktime_get_boot_ns() };
+    let cgroup_id = unsafe { bpf_get_current_cgroup_id() };
+    // From the cgroup's record budget like a file access: a container connecting to the
+    // metadata service in a loop is counted per endpoint and window, not written out whole.
+    if !budget::take(cgroup_id, now) {
+        let mut key = SuppressedKey {
+            cgroup_id,
+            rule: ENDPOINT_RULE | (endpoint & ENDPOINT_RULE_MASK),
+            epoch: 0,
+        };
+        let outcome = if budget::suppress(&mut key, now) {
+            outcome::OVER_BUDGET
+        } else {
+            outcome::LOST
+        };
+        return count(probe, outcome);
+    }
     let o = OFFSETS.load();
     let uid_gid = bpf_get_current_uid_gid();
     let record = ConnectRecord {
         header: RecordHeader::of::<ConnectRecord>(KIND_CONNECT),
-        boot_ns: unsafe { bpf_ktime_get_boot_ns() },
+        boot_ns: now,
         pid: (pid_tgid >> 32) as u32,
         tid: pid_tgid as u32,
         uid: uid_gid as u32,
         gid: (uid_gid >> 32) as u32,
-        cgroup_id: unsafe { bpf_get_current_cgroup_id() },
+        cgroup_id,
         start_boottime: unsafe {
             vfs::read(generated::bpf_get_current_task(), o.task_start_boottime)
         }
