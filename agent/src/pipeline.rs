@@ -14,6 +14,7 @@ use std::{
 use log::warn;
 
 mod budgets;
+mod connections;
 
 use crate::{
     containers::{Containers, Lookup, Origin},
@@ -41,8 +42,10 @@ pub const REQUEST_WAIT: Duration = Duration::from_secs(2);
 /// keeps reading the connection, and a request whose context is gone is only counted
 /// (`credential="unattributed"`), so a client that waits must not outlast it easily.
 const INSPECTED_IDLE: Duration = Duration::from_secs(3600);
-/// Inspected connections tracked at most; past that, new ones are recorded as they are.
+/// Inspected connections (and connections awaiting their ClientHello) tracked at most, and per
+/// container; past that, new ones are recorded as they are (unnamed ones counted).
 const MAX_INSPECTED: usize = 4096;
+const MAX_INSPECTED_PER_CONTAINER: usize = 64;
 
 /// A connection to an endpoint whose requests decide whether it is a credential access.
 struct Inspected {
@@ -107,15 +110,17 @@ pub struct Pipeline {
     next_event: u64,
     held: VecDeque<Held>,
     /// Connections whose requests are inspected, by socket cookie.
-    inspected: HashMap<u64, Inspected>,
+    inspected: connections::Connections<Inspected>,
     /// Connects nothing named, waiting for their ClientHello, by socket cookie.
-    hellos: HashMap<u64, PendingHello>,
+    hellos: connections::Connections<PendingHello>,
     /// When an allowed (container, binary, secret, path or endpoint) was last written.
     allowed_logged: HashMap<AllowedKey, Instant>,
     /// Containers already warned about for holding too many secret files.
     secret_budget_warned: std::collections::HashSet<String>,
     /// The kernel's DNS-answer budget per container and second (`limit` in its records).
     pub dns_answers_per_sec: u64,
+    /// The node-wide table of connections waited on was found full (warned once).
+    inspection_full_warned: bool,
     /// What each access whose repeats the kernel is counting was reported as.
     repeat_origins: RepeatOrigins,
     /// Containers whose filesystem has been searched for secret files.
@@ -175,12 +180,13 @@ impl Pipeline {
             boot_to_unix_ns,
             next_event: 0,
             held: VecDeque::new(),
-            inspected: HashMap::new(),
-            hellos: HashMap::new(),
+            inspected: connections::Connections::new(MAX_INSPECTED, MAX_INSPECTED_PER_CONTAINER),
+            hellos: connections::Connections::new(MAX_INSPECTED, MAX_INSPECTED_PER_CONTAINER),
             allowed_logged: HashMap::new(),
             repeat_origins: RepeatOrigins::default(),
             secret_budget_warned: Default::default(),
             dns_answers_per_sec: 0,
+            inspection_full_warned: false,
             scanned: Default::default(),
             rescan: false,
             learned: Default::default(),
@@ -419,10 +425,7 @@ impl Pipeline {
         };
         // What it asks for decides, when the kernel inspects its requests (a connect that
         // failed sends none).
-        let inspect = endpoint.http_paths.is_some()
-            && c.cookie != 0
-            && may_send(c.result)
-            && self.inspected.len() < MAX_INSPECTED;
+        let inspect = endpoint.http_paths.is_some() && c.cookie != 0 && may_send(c.result);
         let secret = (endpoint.name.clone(), endpoint.catalog.clone());
         let service = endpoint.name.clone();
         let mut record = self.new_record(c.boot_ns, c.tid, "network", secret, &process);
@@ -438,18 +441,24 @@ impl Pipeline {
             until: now + HOLD,
             repeat: None,
         };
-        if inspect {
+        let held = if inspect {
             let waiting = Inspected {
                 connect: held,
                 service,
                 answered: false,
                 deadline: now + REQUEST_WAIT,
             };
-            // (a reused cookie's old entry is replaced: cookies are never reused while the
-            // socket lives)
-            self.inspected.insert(c.cookie, waiting);
-            return;
-        }
+            match self.inspected.insert(c.cookie, c.cgroup_id, waiting) {
+                Ok(()) => return,
+                // Recorded as it is, without reading its requests.
+                Err((refused, waiting)) => {
+                    self.count_refused(c, refused);
+                    waiting.connect
+                }
+            }
+        } else {
+            held
+        };
         if let Some(still_waiting) = self.attribute(held, now) {
             self.held.push_back(still_waiting);
         }
@@ -457,23 +466,22 @@ impl Pipeline {
 
     /// Waits for the ClientHello of a connect nothing named (see `tls_hello`).
     fn await_hello(&mut self, c: &events::Connect) {
-        if self.hellos.len() >= MAX_INSPECTED {
-            self.count_unnamed(c);
-            return;
-        }
         let waiting = PendingHello {
             connect: c.clone(),
             bytes: Vec::new(),
             cut: false,
             deadline: Instant::now() + REQUEST_WAIT,
         };
-        self.hellos.insert(c.cookie, waiting);
+        if let Err((refused, _)) = self.hellos.insert(c.cookie, c.cgroup_id, waiting) {
+            self.count_refused(c, refused);
+            self.count_unnamed(c);
+        }
     }
 
     /// The first payloads of a connection waiting for its ClientHello: named by a catalogue
     /// host, it is a credential access like a connect named by DNS.
     fn hello(&mut self, r: &events::Request) {
-        let Some(pending) = self.hellos.get_mut(&r.cookie) else {
+        let Some(pending) = self.hellos.get_mut(r.cookie) else {
             return;
         };
         if !pending.cut {
@@ -486,7 +494,7 @@ impl Pipeline {
             tls_hello::Hello::Named(name) => Some(name),
             _ => None,
         };
-        let Some(pending) = self.hellos.remove(&r.cookie) else {
+        let Some(pending) = self.hellos.remove(r.cookie) else {
             return;
         };
         let c = &pending.connect;
@@ -519,11 +527,11 @@ impl Pipeline {
     /// A payload sent on an inspected connection: a credential request (or one not shown to
     /// be benign) is recorded as the connection's credential access; a benign one is counted.
     fn request(&mut self, r: &events::Request) {
-        if self.hellos.contains_key(&r.cookie) {
+        if self.hellos.contains(r.cookie) {
             return self.hello(r);
         }
         let catalog = &self.policies.catalog;
-        let Some(entry) = self.inspected.get_mut(&r.cookie) else {
+        let Some(entry) = self.inspected.get_mut(r.cookie) else {
             // Its connect was not seen (sent before the agent started) or not kept.
             self.metrics
                 .endpoint_requests
@@ -560,7 +568,7 @@ impl Pipeline {
         let Some(why) = why else { return };
         let mut held = entry.connect.clone();
         if r.last {
-            self.inspected.remove(&r.cookie);
+            self.inspected.remove(r.cookie);
         }
         let tid = held.record.process.tid;
         self.renumber(&mut held.record, r.boot_ns, tid);
@@ -580,10 +588,10 @@ impl Pipeline {
     /// Ends what socket `cookie`'s connection was waiting for: a silent inspected connection is
     /// recorded as it is, an unnamed one counted.
     fn finish_connection(&mut self, cookie: u64, now: Instant) {
-        if let Some(pending) = self.hellos.remove(&cookie) {
+        if let Some(pending) = self.hellos.remove(cookie) {
             self.count_unnamed(&pending.connect);
         }
-        if let Some(entry) = self.inspected.remove(&cookie)
+        if let Some(entry) = self.inspected.remove(cookie)
             && !entry.answered
         {
             self.record_not_seen(entry, now);
@@ -604,8 +612,8 @@ impl Pipeline {
     /// Records inspected connections that stayed silent past `REQUEST_WAIT` as they are, and
     /// forgets answered ones idle past `INSPECTED_IDLE`; with `flush`, all of them now.
     fn release_inspected(&mut self, now: Instant, flush: bool) {
-        let hellos = self.hellos.iter().map(|(c, h)| (*c, h.deadline));
-        let inspected = self.inspected.iter().map(|(c, e)| (*c, e.deadline));
+        let hellos = self.hellos.iter().map(|(c, h)| (c, h.deadline));
+        let inspected = self.inspected.iter().map(|(c, e)| (c, e.deadline));
         let due: Vec<u64> = hellos
             .chain(inspected)
             .filter(|(_, deadline)| flush || now >= *deadline)

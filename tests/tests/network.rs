@@ -908,6 +908,20 @@ fn a_connect_flood_is_summarised_and_blinds_no_one() {
         );
         std::thread::sleep(Duration::from_millis(200));
     }
+    // ... and read: the flood filled its own share of the connections the agent waits on,
+    // not the bystander's (each request judged a credential request, none recorded unread).
+    let unread: Vec<Value> = agent
+        .records()
+        .into_iter()
+        .filter(|r| r["container"]["id"] == bystander_id.as_str() && r["kind"] == "network")
+        .filter(|r| r["network"]["request"] != "credential")
+        .collect();
+    assert!(unread.is_empty(), "{unread:#?}");
+    let over_share = format!(
+        "credwatch_budget_exceeded_total{{budget=\"inspected_connections\",container=\"{flood_id}\",namespace=\"\",workload=\"{}\"}}",
+        credwatch::containers::workload::off_kubernetes(Some(&flood_id), None)
+    );
+    assert!(agent.metric(&over_share) > 0.0, "{}", agent.metrics());
     assert_eq!(
         agent.metric(r#"credwatch_events_lost_total{stage="kernel_ringbuf"}"#),
         lost_before,

@@ -125,6 +125,34 @@ impl Pipeline {
         );
     }
 
+    /// A connection the agent would have waited on (for its requests or its ClientHello) but
+    /// could not: the node-wide table is full, or its container holds its share already
+    /// (counted against that container).
+    pub(super) fn count_refused(
+        &mut self,
+        c: &crate::events::Connect,
+        refused: super::connections::Refused,
+    ) {
+        match refused {
+            super::connections::Refused::OverShare => {
+                let meta = self
+                    .containers
+                    .resolve(c.cgroup_id, c.pid, Lookup::Cached)
+                    .container();
+                self.count_over_budget(meta.as_deref(), "inspected_connections", 1);
+            }
+            super::connections::Refused::Full => {
+                if !self.inspection_full_warned {
+                    self.inspection_full_warned = true;
+                    warn!(
+                        "{} connections waited on already: new ones are recorded without reading their requests (counted unnamed when nothing named them)",
+                        super::MAX_INSPECTED
+                    );
+                }
+            }
+        }
+    }
+
     fn count_over_budget(&self, meta: Option<&Metadata>, budget: &str, n: u64) {
         let [namespace, workload, container] = crate::containers::metric_labels(meta);
         self.metrics.add(
