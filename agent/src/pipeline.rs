@@ -15,6 +15,7 @@ use log::warn;
 
 mod budgets;
 mod connections;
+pub mod log_share;
 
 use crate::{
     containers::{Containers, Lookup, Origin},
@@ -121,6 +122,8 @@ pub struct Pipeline {
     pub dns_answers_per_sec: u64,
     /// The node-wide table of connections waited on was found full (warned once).
     inspection_full_warned: bool,
+    /// Each container's share of the forensic log.
+    pub log_share: log_share::LogShare,
     /// What each access whose repeats the kernel is counting was reported as.
     repeat_origins: RepeatOrigins,
     /// Containers whose filesystem has been searched for secret files.
@@ -187,6 +190,7 @@ impl Pipeline {
             secret_budget_warned: Default::default(),
             dns_answers_per_sec: 0,
             inspection_full_warned: false,
+            log_share: log_share::LogShare::new(0),
             scanned: Default::default(),
             rescan: false,
             learned: Default::default(),
@@ -819,8 +823,33 @@ impl Pipeline {
             }
             self.allowed_logged.insert(key.clone(), now);
         }
+        if let Some(container) = &record.container
+            && !self.log_share.admit(&container.id, now)
+        {
+            // Counted above; written as part of its container's summary.
+            self.metrics.add(
+                Family::BudgetExceeded,
+                &[ns, wl, ct, "log_records"],
+                accesses,
+            );
+            if self.log_share.summarise(record, accesses, now) {
+                self.report_over_log_share(record);
+            }
+            return;
+        }
         let written = self.log.write(record);
         self.count_unwritten(written);
+    }
+
+    /// Writes the summaries of containers over their log share whose window is over (`all`:
+    /// every one, the agent is stopping).
+    pub fn report_log_shares(&mut self, now: Instant, all: bool) {
+        for mut summary in self.log_share.due(now, all) {
+            self.next_event += 1;
+            summary.event_id = format!("log-share-{}", self.next_event);
+            let written = self.log.write(&summary);
+            self.count_unwritten(written);
+        }
     }
 
     /// Writes the records queued for the log (after each batch from the ring buffer and each
@@ -1042,6 +1071,7 @@ impl Pipeline {
             self.metrics.process_exits_missed.inc_by(missed as u64);
         }
         self.processes.expire(now);
+        self.report_log_shares(now, false);
         self.expire_allowed(now);
         self.metrics.expire_series(now);
         self.learned.expire(now);

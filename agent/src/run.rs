@@ -63,6 +63,11 @@ pub struct RunOptions {
     /// Records a container may send at once (its budget's burst).
     #[arg(long, default_value_t = 10_000)]
     pub container_burst: u32,
+    /// Records each container may write to the forensic log per hour (all at once, or spread);
+    /// past that its accesses are summed into summaries every 10 s, so no container can rotate
+    /// the others' evidence out of the log. 0 = no share.
+    #[arg(long, default_value_t = 20_000)]
+    pub container_log_records_per_hour: u64,
 }
 
 /// The kernel's form of the per-container record budget.
@@ -150,6 +155,8 @@ pub fn run_for(opts: RunOptions, duration: Option<Duration>) -> Result<time::Off
     );
     // The kernel gives DNS answers their own bucket at the record budget's rate.
     pipeline.dns_answers_per_sec = opts.container_records_per_sec as u64;
+    pipeline.log_share =
+        crate::pipeline::log_share::LogShare::new(opts.container_log_records_per_hour);
 
     if opts.audit_images {
         // containerd's socket: the CRI socket when it is containerd's, else its default.
@@ -267,6 +274,7 @@ pub fn run_for(opts: RunOptions, duration: Option<Duration>) -> Result<time::Off
         pipeline.release_held(true);
         report_repeats(&mut pipeline, &mut repeats, true);
         report_suppressed(&mut pipeline, &mut suppressed, true);
+        pipeline.report_log_shares(std::time::Instant::now(), true);
         pipeline.flush_log();
         server.abort();
         info!("stopping: detaching probes");

@@ -406,3 +406,111 @@ fn a_container_full_of_secret_files_does_not_stop_inode_tracking_for_others() {
     c.stop();
     hoard.stop();
 }
+
+/// A container sweeps its 5,000 secret files once a second for 20 s (100,000 opens): past its
+/// record budget in the kernel and past its share of the forensic log (20,000 records an hour)
+/// in the agent. Every open is a record or counted in a summary, its records stay within its
+/// share (it cannot rotate the others' evidence out of the log), three containers reading their
+/// secret every 2 s meanwhile are each recorded in full, and nothing is lost.
+#[test]
+fn a_sustained_storm_keeps_to_its_share_of_the_log() {
+    const FILES: usize = 5_000;
+    const ROUNDS: usize = 20;
+    const SHARE: u64 = 20_000;
+    const VICTIMS: usize = 3;
+    const READS: usize = 10;
+    let agent = setup();
+    let lost_before = lost(agent);
+    let attacker = id("sustained");
+    let names: Vec<String> = (0..FILES).map(|i| format!("s{i:05}")).collect();
+    let secrets: Vec<(&str, &str)> = names.iter().map(|n| (n.as_str(), "")).collect();
+    let script =
+        format!("for i in $(seq {ROUNDS}); do cat /run/secrets/s* >/dev/null; sleep 1; done");
+    let storm = Container::new(&attacker, &secrets, &["/bin/sh", "-c", &script]);
+    let victims: Vec<(String, Container)> = (0..VICTIMS)
+        .map(|v| {
+            let id = id(&format!("steady{v}"));
+            let script = format!(
+                "for i in $(seq {READS}); do cat /run/secrets/db_password >/dev/null; sleep 2; done"
+            );
+            let c = Container::new(&id, &[("db_password", "x")], &["/bin/sh", "-c", &script]);
+            (id, c)
+        })
+        .collect();
+    std::thread::scope(|s| {
+        s.spawn(|| storm.run_to_completion());
+        for (_, c) in &victims {
+            s.spawn(|| c.run_to_completion());
+        }
+    });
+
+    let total = (FILES * ROUNDS) as u64;
+    let by_reason = |records: &[Value], reason: &str| -> u64 {
+        accesses(
+            &records
+                .iter()
+                .filter(|r| r["verdict"] == "suppressed" && r["reason"] == reason)
+                .cloned()
+                .collect::<Vec<_>>(),
+        )
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let (records, mine) = loop {
+        let mine: Vec<Value> = agent
+            .records()
+            .into_iter()
+            .filter(|r| r["container"]["id"] == attacker.as_str() && r["kind"] == "file")
+            .collect();
+        let records = mine.iter().filter(|r| r["verdict"] != "suppressed").count() as u64;
+        if accesses(&mine) >= total || Instant::now() > deadline {
+            break (records, mine);
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    let budget_cut = by_reason(&mine, "container over its record budget");
+    let share_cut = by_reason(&mine, "container over its log share");
+    eprintln!(
+        "sustained storm of {total} opens: {records} records, {budget_cut} cut by the record budget, {share_cut} by the log share"
+    );
+    assert_eq!(
+        records + budget_cut + share_cut,
+        total,
+        "every open accounted for"
+    );
+    assert!(share_cut > 0, "the storm went over its log share");
+    // Its share, plus what the share refills during the storm (20,000 an hour).
+    assert!(
+        records <= SHARE + 200,
+        "{records} records: more than its share"
+    );
+    let over = agent.wait_record("the storm over its log share", |r| {
+        r["container"]["id"] == attacker.as_str()
+            && r["kind"] == "budget"
+            && r["budget"]["budget"] == "log_records"
+    });
+    assert_eq!(over["budget"]["limit"], SHARE, "{over:#}");
+    // The metrics count every access, whatever the log holds.
+    let container = format!(r#"container="{attacker}""#);
+    assert_eq!(
+        metric_sum(agent, "credwatch_credential_access_total", &[&container]),
+        total as f64
+    );
+    assert_eq!(
+        metric_sum(
+            agent,
+            "credwatch_budget_exceeded_total",
+            &[&container, r#"budget="log_records""#]
+        ),
+        share_cut as f64
+    );
+    for (id, _) in &victims {
+        let reads = agent
+            .records()
+            .into_iter()
+            .filter(|r| r["container"]["id"] == id.as_str() && r["verdict"] != "suppressed")
+            .filter(|r| r["file"]["path"] == "/run/secrets/db_password")
+            .count();
+        assert_eq!(reads, READS, "{id}: every read its own record");
+    }
+    assert_eq!(lost(agent), lost_before, "nothing lost in the kernel");
+}

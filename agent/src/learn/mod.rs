@@ -623,6 +623,8 @@ fn watch_live(opts: &LearnOptions) -> Result<(PathBuf, OffsetDateTime)> {
         ring_buffer_mib: 8,
         container_records_per_sec: 1000,
         container_burst: 10_000,
+        // Its own log, read once: every access whole.
+        container_log_records_per_hour: 0,
     };
     use std::os::unix::fs::PermissionsExt as _;
     std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))?;

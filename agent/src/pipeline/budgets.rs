@@ -14,8 +14,9 @@ use crate::{
 };
 
 /// One container over one budget.
-struct OverBudget<'a> {
-    meta: Option<&'a Metadata>,
+struct OverBudget {
+    container: Option<forensic::ContainerSection>,
+    pod: Option<forensic::PodSection>,
     budget: &'static str,
     limit: u64,
     found: u64,
@@ -53,7 +54,8 @@ impl Pipeline {
                     o.root.display()
                 );
                 self.write_over_budget(OverBudget {
-                    meta: meta.as_deref(),
+                    container: meta.as_deref().map(sinks::container_section),
+                    pod: meta.as_deref().and_then(sinks::pod_section),
                     budget: "secret_files",
                     limit: crate::secrets::MAX_FILES_PER_ROOT as u64,
                     found: o.found as u64,
@@ -68,6 +70,20 @@ impl Pipeline {
         }
     }
 
+    /// A container past its share of the forensic log (once, until its share is whole again):
+    /// its further accesses are written as summaries.
+    pub(super) fn report_over_log_share(&mut self, access: &forensic::Record) {
+        self.write_over_budget(OverBudget {
+            container: access.container.clone(),
+            pod: access.pod.clone(),
+            budget: "log_records",
+            limit: self.log_share.per_hour(),
+            found: self.log_share.per_hour() + 1,
+            reason: "more records in an hour than its share of the forensic log: its further accesses are summed into summaries (verdict suppressed) every 10 s",
+            window: None,
+        });
+    }
+
     /// DNS answers the kernel did not pass up for a container over its DNS budget in one
     /// window: a record per container and window (as the record budget's summaries are), and
     /// the count.
@@ -78,7 +94,8 @@ impl Pipeline {
             .container();
         self.count_over_budget(meta.as_deref(), "dns_answers", cut.count);
         self.write_over_budget(OverBudget {
-            meta: meta.as_deref(),
+            container: meta.as_deref().map(sinks::container_section),
+            pod: meta.as_deref().and_then(sinks::pod_section),
             budget: "dns_answers",
             limit: self.dns_answers_per_sec,
             found: cut.count,
@@ -99,7 +116,8 @@ impl Pipeline {
             self.count_over_budget(meta.as_deref(), "dns_learned", over.replaced);
             if over.first {
                 self.write_over_budget(OverBudget {
-                    meta: meta.as_deref(),
+                    container: meta.as_deref().map(sinks::container_section),
+                    pod: meta.as_deref().and_then(sinks::pod_section),
                     budget: "dns_learned",
                     limit: crate::dns::MAX_LEARNED_PER_CGROUP as u64,
                     found: crate::dns::MAX_LEARNED_PER_CGROUP as u64 + over.replaced,
@@ -162,7 +180,7 @@ impl Pipeline {
         );
     }
 
-    fn write_over_budget(&mut self, over: OverBudget<'_>) {
+    fn write_over_budget(&mut self, over: OverBudget) {
         let wall = |ns: u64| sinks::rfc3339(self.boot_to_unix_ns + ns as i128);
         let now = || sinks::rfc3339(time::OffsetDateTime::now_utc().unix_timestamp_nanos());
         self.next_event += 1;
@@ -194,8 +212,8 @@ impl Pipeline {
                 found: over.found,
             }),
             process: Default::default(),
-            container: over.meta.map(sinks::container_section),
-            pod: over.meta.and_then(sinks::pod_section),
+            container: over.container,
+            pod: over.pod,
             policy: None,
             count: None,
             first_ts: over.window.and_then(|(first, _)| wall(first)),

@@ -222,7 +222,7 @@ impl Metrics {
             budget_exceeded: counter(
                 &registry,
                 "credwatch_budget_exceeded_total",
-                "What a container did beyond a budget, other than credential accesses: budget=\"dns_answers\" DNS answers it received over its DNS budget (not read, so names in them are not learned), budget=\"dns_learned\" endpoint addresses it learned beyond its share of 256 (its own oldest replaced), budget=\"inspected_connections\" connections recorded without reading their requests or ClientHello because it held its share of 64.",
+                "What a container did beyond a budget, other than credential accesses: budget=\"dns_answers\" DNS answers it received over its DNS budget (not read, so names in them are not learned), budget=\"dns_learned\" endpoint addresses it learned beyond its share of 256 (its own oldest replaced), budget=\"inspected_connections\" connections recorded without reading their requests or ClientHello because it held its share of 64, budget=\"log_records\" accesses summarised beyond its share of the forensic log.",
                 &["namespace", "workload", "container", "budget"],
             ),
             secret_files_over_budget: gauge(
