@@ -241,7 +241,7 @@ fn parse(text: &str, source: String) -> Result<Option<Observation>, String> {
     let verdict = line.verdict.ok_or("record without verdict")?;
     if verdict == "suppressed" {
         return Err(format!(
-            "{} access(es) a container's record budget cut (no path or binary): the evidence is incomplete",
+            "{} access(es) summed over a container's record budget or log share (no path or binary): the evidence is incomplete",
             line.count.unwrap_or(1)
         ));
     }
