@@ -25,6 +25,12 @@ pub const MAX_LEARNED: usize = 8192;
 /// Addresses one cgroup may have learned at once: a container answering itself with crafted
 /// DNS responses only ever replaces its own entries, never another container's.
 pub const MAX_LEARNED_PER_CGROUP: usize = 256;
+/// `Learned::endpoint` of an HTTP proxy containers are configured with (`HTTPS_PROXY`,
+/// `HTTP_PROXY`): not a catalogue endpoint, but what its connections ask it for names one.
+pub const PROXY: usize = usize::MAX;
+/// Proxy host names and ports kept at most (node-wide).
+const MAX_PROXY_NAMES: usize = 64;
+const MAX_PROXY_PORTS: usize = credwatch_common::ENDPOINT_PORTS;
 const MIN_TTL: Duration = Duration::from_secs(60);
 const MAX_TTL: Duration = Duration::from_secs(3600);
 
@@ -47,6 +53,9 @@ pub struct LearnedHosts {
     by_address: HashMap<IpAddr, Learned>,
     /// Host names from containers' endpoint variables (VAULT_ADDR), matched like catalogue hosts.
     extra_names: HashMap<String, usize>,
+    /// Proxies' host names and ports from containers' proxy variables.
+    proxy_names: std::collections::HashSet<String>,
+    proxy_ports: std::collections::BTreeSet<u16>,
     changed: bool,
     /// Cgroups already warned about for going over their share.
     over_budget_warned: std::collections::HashSet<u64>,
@@ -92,7 +101,8 @@ impl LearnedHosts {
                     .endpoints
                     .iter()
                     .position(|e| e.matches_host(&name))
-                    .or_else(|| self.extra_names.get(&plain).copied())?;
+                    .or_else(|| self.extra_names.get(&plain).copied())
+                    .or_else(|| self.proxy_names.contains(&plain).then_some(PROXY))?;
                 Some((index, plain))
             })
         else {
@@ -205,8 +215,15 @@ impl LearnedHosts {
                     String::from_utf8_lossy(value).into_owned(),
                 ),
                 b"VAULT_ADDR" => ("vault", url_host(&String::from_utf8_lossy(value))),
+                b"HTTPS_PROXY" | b"https_proxy" | b"HTTP_PROXY" | b"http_proxy" => {
+                    ("", String::from_utf8_lossy(value).into_owned())
+                }
                 _ => continue,
             };
+            if endpoint.is_empty() {
+                learned += self.learn_proxy(name, &host, now);
+                continue;
+            }
             let Some(index) = catalog.endpoints.iter().position(|e| e.name == endpoint) else {
                 continue;
             };
@@ -229,6 +246,79 @@ impl LearnedHosts {
             }
         }
         learned
+    }
+
+    /// An `http://` proxy URL: its address (node-wide) or host name (learned from DNS answers
+    /// like a catalogue host) and port go into the kernel's endpoint maps, so its connections'
+    /// requests are read. An `https://` proxy is not: what is sent to it is encrypted.
+    fn learn_proxy(&mut self, variable: &[u8], url: &str, now: Instant) -> usize {
+        let lower = url.trim().to_ascii_lowercase();
+        let rest = match lower.split_once("://") {
+            Some(("http", rest)) => rest,
+            None => lower.as_str(),
+            Some(_) => return 0,
+        };
+        if rest.is_empty()
+            || rest
+                .bytes()
+                .any(|b| b.is_ascii_whitespace() || b.is_ascii_control())
+        {
+            return 0;
+        }
+        let request = format!("GET http://{rest} HTTP/1.1\r\n");
+        let Some(target) = crate::requests::proxy_target(request.as_bytes()) else {
+            return 0;
+        };
+        let plausible = |host: &str| {
+            host.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+        };
+        if target.host.parse::<IpAddr>().is_err() && !plausible(&target.host) {
+            return 0;
+        }
+        if self.proxy_ports.len() >= MAX_PROXY_PORTS && !self.proxy_ports.contains(&target.port) {
+            log::warn!(
+                "more than {MAX_PROXY_PORTS} proxy ports configured: port {} is not read",
+                target.port
+            );
+            return 0;
+        }
+        self.changed |= self.proxy_ports.insert(target.port);
+        match target.host.parse::<IpAddr>() {
+            Ok(address) => {
+                let entry = Learned {
+                    endpoint: PROXY,
+                    hostname: format!("${}", String::from_utf8_lossy(variable)),
+                    until: now + MAX_TTL,
+                };
+                let previous = self.by_address.insert(address, entry);
+                self.changed |= previous.is_none_or(|p| p.endpoint != PROXY);
+                1
+            }
+            Err(_) if self.proxy_names.len() < MAX_PROXY_NAMES => {
+                self.proxy_names.insert(target.host);
+                0
+            }
+            Err(_) => 0,
+        }
+    }
+
+    /// The kernel map value of what `endpoint` (a catalogue index, or `PROXY`) names.
+    fn kernel_value(&self, catalog: &Catalog, endpoint: usize) -> Option<EndpointValue> {
+        if endpoint == PROXY {
+            let mut value = EndpointValue {
+                id: credwatch_common::PROXY_ENDPOINT,
+                port_count: self.proxy_ports.len() as u32,
+                ports: [0; credwatch_common::ENDPOINT_PORTS],
+                flags: credwatch_common::endpoint_flag::INSPECT_REQUESTS,
+                _pad: 0,
+            };
+            for (slot, port) in value.ports.iter_mut().zip(&self.proxy_ports) {
+                *slot = *port;
+            }
+            return Some(value);
+        }
+        Some(catalog.endpoints.get(endpoint)?.kernel_value(endpoint))
     }
 
     fn lookup(&self, cgroup_id: u64, address: &IpAddr) -> Option<&Learned> {
@@ -258,6 +348,9 @@ impl LearnedHosts {
     /// is gone are dropped.
     pub fn remap(&mut self, old: &Catalog, new: &Catalog) {
         let index_in_new = |endpoint: usize| {
+            if endpoint == PROXY {
+                return Some(PROXY);
+            }
             let name = &old.endpoints.get(endpoint)?.name;
             new.endpoints.iter().position(|e| &e.name == name)
         };
@@ -295,11 +388,8 @@ impl LearnedHosts {
         self.by_address
             .iter()
             .filter_map(|(address, learned)| {
-                let rule = catalog.endpoints.get(learned.endpoint)?;
-                Some((
-                    (v6_octets(address), 128),
-                    rule.kernel_value(learned.endpoint),
-                ))
+                let value = self.kernel_value(catalog, learned.endpoint)?;
+                Some(((v6_octets(address), 128), value))
             })
             .collect()
     }
@@ -309,12 +399,11 @@ impl LearnedHosts {
         self.by_cgroup
             .iter()
             .filter_map(|((cgroup_id, address), learned)| {
-                let rule = catalog.endpoints.get(learned.endpoint)?;
                 let key = LearnedKey {
                     cgroup_id: *cgroup_id,
                     addr: v6_octets(address),
                 };
-                Some((key, rule.kernel_value(learned.endpoint)))
+                Some((key, self.kernel_value(catalog, learned.endpoint)?))
             })
             .collect()
     }
@@ -445,6 +534,48 @@ mod tests {
             );
             hosts.learn(catalog, cgroup, &bytes, now);
         }
+    }
+
+    #[test]
+    fn proxies_from_the_environment_are_read_by_address_or_learned_by_name() {
+        let catalog = catalog();
+        let mut hosts = LearnedHosts::default();
+        let now = Instant::now();
+        assert_eq!(
+            hosts.learn_proxy(b"HTTPS_PROXY", "http://10.1.2.3:3128", now),
+            1
+        );
+        let keys = hosts.endpoint_keys(&catalog);
+        let value = keys
+            .values()
+            .find(|v| v.id == credwatch_common::PROXY_ENDPOINT)
+            .unwrap();
+        assert_eq!(value.ports[..value.port_count as usize], [3128]);
+        assert_eq!(
+            value.flags,
+            credwatch_common::endpoint_flag::INSPECT_REQUESTS
+        );
+        // TLS to the proxy cannot be read; garbage names nothing.
+        assert_eq!(
+            hosts.learn_proxy(b"HTTPS_PROXY", "https://10.1.2.4:443", now),
+            0
+        );
+        assert_eq!(hosts.learn_proxy(b"http_proxy", "not a url at all", now), 0);
+        // A proxy host name is learned from the container's own DNS answers.
+        hosts.learn_proxy(b"HTTP_PROXY", "squid.proxy.svc:8080", now);
+        let bytes = response(
+            "squid.proxy.svc.",
+            &[(
+                "squid.proxy.svc.",
+                RData::A(rdata::A("10.1.2.5".parse().unwrap())),
+            )],
+        );
+        assert_eq!(hosts.learn(&catalog, 7, &bytes, now), 1);
+        assert_eq!(hosts.endpoint(7, &"10.1.2.5".parse().unwrap()), Some(PROXY));
+        let learned = hosts.learned_keys(&catalog);
+        let value = learned.values().next().unwrap();
+        assert_eq!(value.id, credwatch_common::PROXY_ENDPOINT);
+        assert_eq!(value.ports[..value.port_count as usize], [3128, 8080]);
     }
 
     #[test]

@@ -16,6 +16,7 @@ use log::warn;
 mod budgets;
 mod connections;
 pub mod log_share;
+mod proxied;
 
 use crate::{
     containers::{Containers, Lookup, Origin},
@@ -47,6 +48,17 @@ const INSPECTED_IDLE: Duration = Duration::from_secs(3600);
 /// container; past that, new ones are recorded as they are (unnamed ones counted).
 const MAX_INSPECTED: usize = 4096;
 const MAX_INSPECTED_PER_CONTAINER: usize = 64;
+
+/// What named a connection beyond its address, and what it asked for.
+#[derive(Default)]
+struct Naming {
+    /// Its TLS ClientHello's server name.
+    sni: Option<String>,
+    /// What it asked the HTTP proxy it connected to for.
+    proxied: Option<requests::ProxyRequest>,
+    /// Why it is a credential access, judged already (a request sent through a proxy).
+    request: Option<(&'static str, Option<forensic::HttpSection>)>,
+}
 
 /// A connection to an endpoint whose requests decide whether it is a credential access.
 struct Inspected {
@@ -114,6 +126,8 @@ pub struct Pipeline {
     inspected: connections::Connections<Inspected>,
     /// Connects nothing named, waiting for their ClientHello, by socket cookie.
     hellos: connections::Connections<PendingHello>,
+    /// Connections to an HTTP proxy, waiting for what they ask it for, by socket cookie.
+    proxied: connections::Connections<proxied::Proxied>,
     /// When an allowed (container, binary, secret, path or endpoint) was last written.
     allowed_logged: HashMap<AllowedKey, Instant>,
     /// Containers already warned about for holding too many secret files.
@@ -185,6 +199,7 @@ impl Pipeline {
             held: VecDeque::new(),
             inspected: connections::Connections::new(MAX_INSPECTED, MAX_INSPECTED_PER_CONTAINER),
             hellos: connections::Connections::new(MAX_INSPECTED, MAX_INSPECTED_PER_CONTAINER),
+            proxied: connections::Connections::new(MAX_INSPECTED, MAX_INSPECTED_PER_CONTAINER),
             allowed_logged: HashMap::new(),
             repeat_origins: RepeatOrigins::default(),
             secret_budget_warned: Default::default(),
@@ -372,18 +387,21 @@ impl Pipeline {
                 .get(*i)
                 .is_some_and(|e| e.ports.is_empty() || e.ports.contains(&c.port))
         };
+        let learned = self.learned.endpoint(c.cgroup_id, &c.address);
+        if c.endpoint == credwatch_common::PROXY_ENDPOINT
+            || (c.endpoint == 0 && learned == Some(crate::dns::PROXY))
+        {
+            return self.await_proxied(c);
+        }
         let endpoint = match c.endpoint {
             // Unconfirmed: a connect right after a DNS answer; decided by what that answer
             // taught (it was handled before this record: the ring buffer keeps their order).
-            0 => self
-                .learned
-                .endpoint(c.cgroup_id, &c.address)
-                .filter(on_port),
+            0 => learned.filter(on_port),
             credwatch_common::SNI_CANDIDATE => None,
             id => (id as usize).checked_sub(1).filter(on_port),
         };
         match endpoint {
-            Some(index) => self.record_connect(c, index, None),
+            Some(index) => self.record_connect(c, index, Naming::default()),
             // Nothing named the address: the ClientHello may (the kernel reads it).
             None if (c.endpoint == 0 || c.endpoint == credwatch_common::SNI_CANDIDATE)
                 && c.cookie != 0
@@ -397,7 +415,12 @@ impl Pipeline {
 
     /// Writes (or holds, for its request) the record of a connect to catalogue endpoint
     /// `index`; `sni`: the server name that named it.
-    fn record_connect(&mut self, c: &events::Connect, index: usize, sni: Option<String>) {
+    fn record_connect(&mut self, c: &events::Connect, index: usize, naming: Naming) {
+        let Naming {
+            sni,
+            proxied,
+            request,
+        } = naming;
         let process = self.processes.describe_connect(c);
         let Some(endpoint) = self.policies.catalog.endpoints.get(index) else {
             return;
@@ -407,7 +430,7 @@ impl Pipeline {
             (true, std::net::IpAddr::V4(_)) => "ipv4-mapped",
             (true, std::net::IpAddr::V6(_)) => "ipv6",
         };
-        let network = forensic::NetworkSection {
+        let mut network = forensic::NetworkSection {
             address: c.address.to_string(),
             port: c.port,
             family,
@@ -426,10 +449,31 @@ impl Pipeline {
             },
             request: None,
             http: None,
+            proxy: None,
         };
+        if let Some(target) = proxied {
+            // Named by what it asked its proxy for: the target, and the proxy it went through.
+            let host = crate::escape::escape_bytes(target.host.as_bytes());
+            let is_address = target.host.parse::<std::net::IpAddr>().is_ok();
+            network.proxy = Some(forensic::ProxySection {
+                address: std::mem::replace(&mut network.address, host.clone()),
+                port: std::mem::replace(&mut network.port, target.port),
+            });
+            // The name that named the endpoint: the tunnel's server name, else the target's.
+            network.hostname = network.sni.clone().or((!is_address).then_some(host));
+        }
+        let judged = request.is_some();
+        if let Some((why, http)) = request {
+            network.request = Some(why);
+            network.http = http;
+        }
         // What it asks for decides, when the kernel inspects its requests (a connect that
-        // failed sends none).
-        let inspect = endpoint.http_paths.is_some() && c.cookie != 0 && may_send(c.result);
+        // failed sends none); a request judged on the way through a proxy was judged already.
+        let inspect = endpoint.http_paths.is_some()
+            && network.proxy.is_none()
+            && !judged
+            && c.cookie != 0
+            && may_send(c.result);
         let secret = (endpoint.name.clone(), endpoint.catalog.clone());
         let service = endpoint.name.clone();
         let mut record = self.new_record(c.boot_ns, c.tid, "network", secret, &process);
@@ -510,7 +554,14 @@ impl Pipeline {
             e.matches_host(&name) && (e.ports.is_empty() || e.ports.contains(&c.port))
         });
         if let Some(index) = index {
-            self.record_connect(c, index, Some(name));
+            self.record_connect(
+                c,
+                index,
+                Naming {
+                    sni: Some(name),
+                    ..Naming::default()
+                },
+            );
         }
     }
 
@@ -533,6 +584,9 @@ impl Pipeline {
     fn request(&mut self, r: &events::Request) {
         if self.hellos.contains(r.cookie) {
             return self.hello(r);
+        }
+        if self.proxied.contains(r.cookie) {
+            return self.proxied_request(r);
         }
         let catalog = &self.policies.catalog;
         let Some(entry) = self.inspected.get_mut(r.cookie) else {
@@ -592,6 +646,7 @@ impl Pipeline {
     /// Ends what socket `cookie`'s connection was waiting for: a silent inspected connection is
     /// recorded as it is, an unnamed one counted.
     fn finish_connection(&mut self, cookie: u64, now: Instant) {
+        self.finish_proxied(cookie);
         if let Some(pending) = self.hellos.remove(cookie) {
             self.count_unnamed(&pending.connect);
         }
@@ -618,8 +673,10 @@ impl Pipeline {
     fn release_inspected(&mut self, now: Instant, flush: bool) {
         let hellos = self.hellos.iter().map(|(c, h)| (c, h.deadline));
         let inspected = self.inspected.iter().map(|(c, e)| (c, e.deadline));
+        let proxied = self.proxied.iter().map(|(c, p)| (c, p.deadline));
         let due: Vec<u64> = hellos
             .chain(inspected)
+            .chain(proxied)
             .filter(|(_, deadline)| flush || now >= *deadline)
             .map(|(cookie, _)| cookie)
             .collect();
@@ -898,9 +955,10 @@ impl Pipeline {
                 continue;
             } else if key.rule & ENDPOINT_RULE != 0 {
                 let id = key.rule & ENDPOINT_RULE_MASK;
-                if id == 0 || id == ENDPOINT_RULE_MASK {
-                    // Connects nothing had named yet (unconfirmed, TLS candidates): they stay
-                    // unnamed, and are not credential accesses.
+                let proxy = credwatch_common::PROXY_ENDPOINT & ENDPOINT_RULE_MASK;
+                if id == 0 || id == ENDPOINT_RULE_MASK || id == proxy {
+                    // Connects nothing had named yet (unconfirmed, TLS candidates, to a proxy):
+                    // they stay unnamed, and are not credential accesses.
                     self.count_unnamed_over_budget(key.cgroup_id, cut.count);
                     continue;
                 }

@@ -104,11 +104,103 @@ pub fn normalize(target: &str) -> String {
     crate::escape::escape_bytes(&path)
 }
 
+/// Where a request sent to an HTTP proxy goes: `CONNECT host:port` (HTTPS_PROXY: a tunnel,
+/// usually TLS inside) or an absolute-form target `http://host[:port]/path` (HTTP_PROXY).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProxyRequest {
+    pub tunnel: bool,
+    /// Lower-case, without brackets (IPv6) or a trailing dot; escaped when it goes into a
+    /// record.
+    pub host: String,
+    pub port: u16,
+}
+
+/// The target of a proxy request, read from the request line only (`httparse`, bounded like
+/// `judge`); None when the payload is no such request.
+pub fn proxy_target(data: &[u8]) -> Option<ProxyRequest> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut request = httparse::Request::new(&mut headers);
+    // A partial request still has its request line.
+    let _ = request.parse(data);
+    let (method, target) = (request.method?, request.path?);
+    let (tunnel, authority, default_port) = if method.eq_ignore_ascii_case("CONNECT") {
+        (true, target, None)
+    } else {
+        let lower = target.get(..7)?.to_ascii_lowercase();
+        if lower != "http://" {
+            return None;
+        }
+        let rest = &target[7..];
+        let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+        (false, &rest[..end], Some(80))
+    };
+    let authority = authority.rsplit_once('@').map_or(authority, |(_, a)| a);
+    let (host, port) = match authority.strip_prefix('[') {
+        Some(v6) => {
+            let (host, rest) = v6.split_once(']')?;
+            (host, rest.strip_prefix(':'))
+        }
+        None => match authority.rsplit_once(':') {
+            Some((host, port)) => (host, Some(port)),
+            None => (authority, None),
+        },
+    };
+    let port = match port {
+        Some(p) => p.parse().ok()?,
+        None => default_port?,
+    };
+    let host = host.trim_end_matches('.').to_ascii_lowercase();
+    (!host.is_empty()).then_some(ProxyRequest { tunnel, host, port })
+}
+
 #[cfg(test)]
 mod tests {
     use globset::{GlobBuilder, GlobSetBuilder};
 
     use super::*;
+
+    #[test]
+    fn proxy_requests_name_their_target() {
+        let target = |data: &str| proxy_target(data.as_bytes());
+        assert_eq!(
+            target(
+                "CONNECT secretsmanager.us-east-1.amazonaws.com:443 HTTP/1.1\r\nHost: x\r\n\r\n"
+            ),
+            Some(ProxyRequest {
+                tunnel: true,
+                host: "secretsmanager.us-east-1.amazonaws.com".into(),
+                port: 443
+            })
+        );
+        assert_eq!(
+            target("GET HTTP://169.254.169.254/latest/meta-data/ HTTP/1.1\r\n"),
+            Some(ProxyRequest {
+                tunnel: false,
+                host: "169.254.169.254".into(),
+                port: 80
+            }),
+            "partial, upper-case scheme"
+        );
+        assert_eq!(
+            target("CONNECT [fd00:ec2::254]:80 HTTP/1.1\r\n\r\n").map(|t| t.host),
+            Some("fd00:ec2::254".into())
+        );
+        assert_eq!(
+            target("GET http://u:p@Vault.Example.:8200/v1 HTTP/1.1\r\n\r\n")
+                .map(|t| (t.host, t.port)),
+            Some(("vault.example".into(), 8200))
+        );
+        // Not a proxy request, or nothing to name.
+        for data in [
+            "GET /latest/meta-data/ HTTP/1.1\r\n\r\n",
+            "CONNECT host-without-port HTTP/1.1\r\n\r\n",
+            "CONNECT :443 HTTP/1.1\r\n\r\n",
+            "\x16\x03\x01\x02\x00",
+            "GET https://x/ HTTP/1.1\r\n\r\n",
+        ] {
+            assert_eq!(target(data), None, "{data:?}");
+        }
+    }
 
     fn aws() -> GlobSet {
         let mut set = GlobSetBuilder::new();

@@ -928,3 +928,96 @@ fn a_connect_flood_is_summarised_and_blinds_no_one() {
         "nothing lost in the kernel"
     );
 }
+
+/// A container configured with `HTTPS_PROXY`/`HTTP_PROXY` (Python's urllib honours them) calls
+/// Secrets Manager through the proxy (`CONNECT`) and asks the metadata service for the region
+/// and for credentials through it (absolute-form `GET`). The proxy's address names nothing;
+/// what each connection asks the proxy for does: records name the target and the proxy.
+#[test]
+fn calls_through_an_http_proxy_are_named_by_their_target() {
+    let agent = setup();
+    let mut netns = Netns::create(&format!("cwp-{}", std::process::id()));
+    // A proxy double: http.server answers CONNECT with 501 and absolute-form GETs with 404,
+    // after the request that names the target was sent.
+    netns.serve("10.99.0.30", "3128");
+    let id = format!("cw-{}-proxied", std::process::id());
+    let script = "import time, urllib.request\n\
+                  time.sleep(1)\n\
+                  for url in ['https://secretsmanager.us-east-1.amazonaws.com/',\n\
+                  \x20           'http://169.254.169.254/latest/meta-data/placement/region',\n\
+                  \x20           'http://169.254.169.254/latest/meta-data/iam/security-credentials/']:\n\
+                  \x20   try:\n\
+                  \x20       urllib.request.urlopen(url, timeout=5).read()\n\
+                  \x20   except Exception as e:\n\
+                  \x20       print(url, e)\n";
+    let env = [
+        "HTTPS_PROXY=http://10.99.0.30:3128",
+        "HTTP_PROXY=http://10.99.0.30:3128",
+    ];
+    netns
+        .python_container(&id, script, &env)
+        .run_to_completion();
+    let sm = network_record(agent, &id, "aws-secretsmanager");
+    assert_eq!(
+        sm["network"]["address"], "secretsmanager.us-east-1.amazonaws.com",
+        "{sm:#}"
+    );
+    assert_eq!(sm["network"]["port"], 443);
+    assert_eq!(
+        sm["network"]["hostname"],
+        "secretsmanager.us-east-1.amazonaws.com"
+    );
+    assert_eq!(sm["network"]["proxy"]["address"], "10.99.0.30", "{sm:#}");
+    assert_eq!(sm["network"]["proxy"]["port"], 3128);
+    let imds = network_record(agent, &id, "instance-metadata");
+    assert_eq!(imds["network"]["request"], "credential", "{imds:#}");
+    assert_eq!(
+        imds["network"]["http"]["path"],
+        "/latest/meta-data/iam/security-credentials"
+    );
+    assert_eq!(imds["network"]["address"], "169.254.169.254");
+    assert_eq!(imds["network"]["proxy"]["port"], 3128);
+    // The region was asked for first: counted, never recorded.
+    let recorded: Vec<Value> = agent
+        .records()
+        .into_iter()
+        .filter(|r| r["container"]["id"] == id.as_str() && r["kind"] == "network")
+        .collect();
+    assert_eq!(recorded.len(), 2, "{recorded:#?}");
+
+    // A tunnel to a target nothing names (a front), with the real name in the TLS ClientHello
+    // sent through it: the server name names it. The proxy double says yes to any CONNECT.
+    let yes = "import socket\n\
+               s = socket.socket(); s.bind(('10.99.0.31', 3129)); s.listen(16); kept = []\n\
+               while True:\n\
+               \x20   c, _ = s.accept(); c.recv(4096); kept.append(c)\n\
+               \x20   c.sendall(b'HTTP/1.1 200 Connection established\\r\\n\\r\\n')\n";
+    netns.add_address("10.99.0.31");
+    netns.spawn(&["python3", "-c", yes]);
+    netns.wait_listening("10.99.0.31", "3129");
+    let fronted_id = format!("cw-{}-fronted", std::process::id());
+    let client = "import socket, ssl, time\n\
+                  time.sleep(1)\n\
+                  s = socket.create_connection(('10.99.0.31', 3129), 5)\n\
+                  s.sendall(b'CONNECT cdn.example.net:443 HTTP/1.1\\r\\nHost: cdn.example.net:443\\r\\n\\r\\n')\n\
+                  s.recv(4096)\n\
+                  try:\n\
+                  \x20   ssl.create_default_context().wrap_socket(s, server_hostname='secretsmanager.eu-west-1.amazonaws.com')\n\
+                  except Exception as e:\n\
+                  \x20   print(e)\n";
+    let env = ["HTTPS_PROXY=http://10.99.0.31:3129"];
+    netns
+        .python_container(&fronted_id, client, &env)
+        .run_to_completion();
+    let fronted = network_record(agent, &fronted_id, "aws-secretsmanager");
+    assert_eq!(
+        fronted["network"]["sni"], "secretsmanager.eu-west-1.amazonaws.com",
+        "{fronted:#}"
+    );
+    assert_eq!(fronted["network"]["address"], "cdn.example.net");
+    assert_eq!(
+        fronted["network"]["hostname"],
+        "secretsmanager.eu-west-1.amazonaws.com"
+    );
+    assert_eq!(fronted["network"]["proxy"]["address"], "10.99.0.31");
+}

@@ -204,6 +204,18 @@ impl EndpointRule {
             .is_some_and(|g| g.is_match(host_as_path(name)))
     }
 
+    /// Whether `address` is in one of the endpoint's networks.
+    pub fn contains_address(&self, address: &std::net::IpAddr) -> bool {
+        let v6 = match address {
+            std::net::IpAddr::V4(v4) => v4.to_ipv6_mapped(),
+            std::net::IpAddr::V6(v6) => *v6,
+        };
+        self.networks.iter().any(|(network, len)| {
+            let mask = u128::MAX.checked_shl(128 - *len as u32).unwrap_or(0);
+            u128::from(v6) & mask == u128::from(*network) & mask
+        })
+    }
+
     /// The kernel map value for this endpoint (id = position + 1).
     pub fn kernel_value(&self, index: usize) -> EndpointValue {
         let mut value = EndpointValue {

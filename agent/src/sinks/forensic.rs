@@ -225,6 +225,17 @@ pub struct NetworkSection {
     /// body), escaped like every string from a workload.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub http: Option<HttpSection>,
+    /// The HTTP proxy the connection went through (`HTTPS_PROXY`/`HTTP_PROXY`): then
+    /// `address`/`port` are the target the request named (a host name, or an address) and
+    /// this is what the process connected to.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub proxy: Option<ProxySection>,
+}
+
+#[derive(Serialize, Debug, Clone, PartialEq, Eq)]
+pub struct ProxySection {
+    pub address: String,
+    pub port: u16,
 }
 
 #[derive(Serialize, Debug, Clone, PartialEq, Eq)]

@@ -34,6 +34,9 @@ pub const TLS_SEGMENTS: u32 = 2;
 /// [`ConnectRecord::endpoint`] of a connect to an address nothing names, on a host-name
 /// endpoint's port: its TLS ClientHello may name it.
 pub const SNI_CANDIDATE: u32 = u32::MAX;
+/// [`EndpointValue::id`] (and `ConnectRecord::endpoint`) of an HTTP proxy containers are
+/// configured with: its connections' requests name the real target.
+pub const PROXY_ENDPOINT: u32 = u32::MAX - 1;
 
 /// Ports kept per catalogue endpoint in the kernel's address map (0 entries = any port).
 pub const ENDPOINT_PORTS: usize = 8;
