@@ -199,7 +199,13 @@ impl LearnedHosts {
     /// address → `kubernetes-api`) and `VAULT_ADDR` (→ `vault`; a host name is then learned
     /// from DNS like the catalogue's). Only these names are looked at; every other variable's
     /// value is skipped, never kept or logged.
-    pub fn learn_environment(&mut self, catalog: &Catalog, pid: u32, now: Instant) -> usize {
+    pub fn learn_environment(
+        &mut self,
+        catalog: &Catalog,
+        pid: u32,
+        cgroup_id: u64,
+        now: Instant,
+    ) -> usize {
         let Ok(environ) = std::fs::read(format!("/proc/{pid}/environ")) else {
             return 0;
         };
@@ -221,13 +227,16 @@ impl LearnedHosts {
                 _ => continue,
             };
             if endpoint.is_empty() {
-                learned += self.learn_proxy(name, &host, now);
+                learned += self.learn_proxy(cgroup_id, name, &host, now);
                 continue;
             }
             let Some(index) = catalog.endpoints.iter().position(|e| e.name == endpoint) else {
                 continue;
             };
             match host.parse::<IpAddr>() {
+                // A variable never renames what the catalogue names by address (for every
+                // container on the node: its entry would be the longer prefix).
+                Ok(address) if catalog.endpoints.iter().any(|e| e.names_address(&address)) => {}
                 Ok(address) => {
                     let hostname = format!("${}", String::from_utf8_lossy(name));
                     let entry = Learned {
@@ -248,10 +257,13 @@ impl LearnedHosts {
         learned
     }
 
-    /// An `http://` proxy URL: its address (node-wide) or host name (learned from DNS answers
-    /// like a catalogue host) and port go into the kernel's endpoint maps, so its connections'
-    /// requests are read. An `https://` proxy is not: what is sent to it is encrypted.
-    fn learn_proxy(&mut self, variable: &[u8], url: &str, now: Instant) -> usize {
+    /// An `http://` proxy URL: its address or host name (learned from DNS answers like a
+    /// catalogue host) and port go into the kernel's map of what this container's connects
+    /// name, so its connections' requests are read. Only for this container: its variables
+    /// must not change how others' connects are read. (That map is looked at after the
+    /// catalogue's addresses: a "proxy" at the metadata service's address and port changes
+    /// nothing.) An `https://` proxy is not read: what is sent to it is encrypted.
+    fn learn_proxy(&mut self, cgroup_id: u64, variable: &[u8], url: &str, now: Instant) -> usize {
         let lower = url.trim().to_ascii_lowercase();
         let rest = match lower.split_once("://") {
             Some(("http", rest)) => rest,
@@ -283,19 +295,25 @@ impl LearnedHosts {
             );
             return 0;
         }
-        self.changed |= self.proxy_ports.insert(target.port);
         match target.host.parse::<IpAddr>() {
             Ok(address) => {
+                self.changed |= self.proxy_ports.insert(target.port);
+                let key = (cgroup_id, address);
+                if !self.by_cgroup.contains_key(&key) {
+                    self.make_room(cgroup_id, now);
+                    *self.per_cgroup.entry(cgroup_id).or_default() += 1;
+                }
                 let entry = Learned {
                     endpoint: PROXY,
                     hostname: format!("${}", String::from_utf8_lossy(variable)),
                     until: now + MAX_TTL,
                 };
-                let previous = self.by_address.insert(address, entry);
+                let previous = self.by_cgroup.insert(key, entry);
                 self.changed |= previous.is_none_or(|p| p.endpoint != PROXY);
                 1
             }
             Err(_) if self.proxy_names.len() < MAX_PROXY_NAMES => {
+                self.changed |= self.proxy_ports.insert(target.port);
                 self.proxy_names.insert(target.host);
                 0
             }
@@ -541,28 +559,37 @@ mod tests {
         let catalog = catalog();
         let mut hosts = LearnedHosts::default();
         let now = Instant::now();
+        let mut proxy = |hosts: &mut LearnedHosts, cgroup, variable: &[u8], url| {
+            hosts.learn_proxy(cgroup, variable, url, now)
+        };
         assert_eq!(
-            hosts.learn_proxy(b"HTTPS_PROXY", "http://10.1.2.3:3128", now),
+            proxy(&mut hosts, 7, b"HTTPS_PROXY", "http://10.1.2.3:3128"),
             1
         );
-        let keys = hosts.endpoint_keys(&catalog);
-        let value = keys
-            .values()
-            .find(|v| v.id == credwatch_common::PROXY_ENDPOINT)
-            .unwrap();
+        // For that container only: another's connects to the address are not read as proxied.
+        let learned = hosts.learned_keys(&catalog);
+        let (key, value) = learned.iter().next().unwrap();
+        assert_eq!(key.cgroup_id, 7);
+        assert_eq!(value.id, credwatch_common::PROXY_ENDPOINT);
         assert_eq!(value.ports[..value.port_count as usize], [3128]);
         assert_eq!(
             value.flags,
             credwatch_common::endpoint_flag::INSPECT_REQUESTS
         );
+        assert!(
+            hosts.endpoint_keys(&catalog).is_empty(),
+            "nothing node-wide"
+        );
+        // Never at an address the catalogue names: a "proxy" at the metadata service would hide
+        // requests sent to it directly.
         // TLS to the proxy cannot be read; garbage names nothing.
         assert_eq!(
-            hosts.learn_proxy(b"HTTPS_PROXY", "https://10.1.2.4:443", now),
+            proxy(&mut hosts, 7, b"HTTPS_PROXY", "https://10.1.2.4:443"),
             0
         );
-        assert_eq!(hosts.learn_proxy(b"http_proxy", "not a url at all", now), 0);
+        assert_eq!(proxy(&mut hosts, 7, b"http_proxy", "not a url at all"), 0);
         // A proxy host name is learned from the container's own DNS answers.
-        hosts.learn_proxy(b"HTTP_PROXY", "squid.proxy.svc:8080", now);
+        proxy(&mut hosts, 8, b"HTTP_PROXY", "squid.proxy.svc:8080");
         let bytes = response(
             "squid.proxy.svc.",
             &[(
@@ -570,11 +597,10 @@ mod tests {
                 RData::A(rdata::A("10.1.2.5".parse().unwrap())),
             )],
         );
-        assert_eq!(hosts.learn(&catalog, 7, &bytes, now), 1);
-        assert_eq!(hosts.endpoint(7, &"10.1.2.5".parse().unwrap()), Some(PROXY));
+        assert_eq!(hosts.learn(&catalog, 8, &bytes, now), 1);
+        assert_eq!(hosts.endpoint(8, &"10.1.2.5".parse().unwrap()), Some(PROXY));
         let learned = hosts.learned_keys(&catalog);
         let value = learned.values().next().unwrap();
-        assert_eq!(value.id, credwatch_common::PROXY_ENDPOINT);
         assert_eq!(value.ports[..value.port_count as usize], [3128, 8080]);
     }
 

@@ -250,8 +250,12 @@ impl Pipeline {
                         self.rescan = true;
                         // A new container: the endpoints its environment points at.
                         let catalog = &self.policies.catalog;
-                        self.learned
-                            .learn_environment(catalog, process.pid, Instant::now());
+                        self.learned.learn_environment(
+                            catalog,
+                            process.pid,
+                            process.cgroup_id,
+                            Instant::now(),
+                        );
                     }
                 }
             }

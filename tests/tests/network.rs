@@ -985,6 +985,27 @@ fn calls_through_an_http_proxy_are_named_by_their_target() {
         .collect();
     assert_eq!(recorded.len(), 2, "{recorded:#?}");
 
+    // A request line written in two pieces is read as the proxy reads it.
+    let split_id = format!("cw-{}-proxysplit", std::process::id());
+    let client = "import socket, time\n\
+                  time.sleep(1)\n\
+                  s = socket.create_connection(('10.99.0.30', 3128), 5)\n\
+                  s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)\n\
+                  s.sendall(b'GET http://169.254.169.254/lat')\n\
+                  time.sleep(0.3)\n\
+                  s.sendall(b'est/meta-data/iam/security-credentials/web HTTP/1.1\\r\\nHost: 169.254.169.254\\r\\n\\r\\n')\n\
+                  s.recv(4096)\n";
+    let env = ["HTTP_PROXY=http://10.99.0.30:3128"];
+    netns
+        .python_container(&split_id, client, &env)
+        .run_to_completion();
+    let split = network_record(agent, &split_id, "instance-metadata");
+    assert_eq!(split["network"]["request"], "credential", "{split:#}");
+    assert_eq!(
+        split["network"]["http"]["path"],
+        "/latest/meta-data/iam/security-credentials/web"
+    );
+
     // A tunnel to a target nothing names (a front), with the real name in the TLS ClientHello
     // sent through it: the server name names it. The proxy double says yes to any CONNECT.
     let yes = "import socket\n\

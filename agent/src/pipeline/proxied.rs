@@ -18,6 +18,8 @@ use crate::{
 
 /// ClientHello bytes gathered at most inside a tunnel (two payloads, as for a direct one).
 const HELLO_BYTES: usize = 2 * credwatch_common::REQUEST_BYTES;
+/// Bytes of a request line sent in pieces gathered at most before it is read as it is.
+const LINE_BYTES: usize = credwatch_common::REQUEST_BYTES;
 
 pub struct Proxied {
     connect: events::Connect,
@@ -25,6 +27,8 @@ pub struct Proxied {
     /// A `CONNECT` to a target no catalogue entry names: the tunnel's ClientHello may.
     tunnel: Option<ProxyRequest>,
     hello: Vec<u8>,
+    /// The start of a request whose line has not ended yet (a client writing in pieces).
+    line: Vec<u8>,
 }
 
 impl Pipeline {
@@ -34,6 +38,7 @@ impl Pipeline {
             deadline: Instant::now() + REQUEST_WAIT,
             tunnel: None,
             hello: Vec::new(),
+            line: Vec::new(),
         };
         if c.cookie == 0 {
             return; // its payloads cannot be told apart from others'
@@ -77,13 +82,27 @@ impl Pipeline {
             }
             return;
         }
+        // The proxy reads a request line however it was cut into segments: so is it here (a
+        // line starting with a method token, until its end, bounded).
+        let mut data = std::mem::take(&mut waiting.line);
+        let joined = data.len();
+        data.extend_from_slice(&r.data);
+        let payload_len = joined as u32 + r.payload_len;
+        let unfinished = !data.contains(&b'\n')
+            && data.first().is_some_and(u8::is_ascii_uppercase)
+            && data.len() < LINE_BYTES
+            && data.len() == payload_len as usize;
+        if unfinished && !r.last && !r.unreadable {
+            waiting.line = data;
+            return;
+        }
         if r.last {
             self.proxied.remove(r.cookie);
         }
         // Tunnel bytes after a CONNECT the proxy answered, or nothing a proxy reads as a
         // request: nothing names a target.
         let Some(target) = (!r.unreadable)
-            .then(|| requests::proxy_target(&r.data))
+            .then(|| requests::proxy_target(&data))
             .flatten()
         else {
             return;
@@ -111,7 +130,7 @@ impl Pipeline {
         let request = match endpoint.http_paths.as_ref() {
             None => None,
             Some(paths) => {
-                let judged = requests::judge(&r.data, r.payload_len, paths);
+                let judged = requests::judge(&data, payload_len, paths);
                 let (credential, request) = match judged {
                     Judged::Benign(_) => ("false", None),
                     Judged::Credential(line) => ("true", Some(("credential", Some(line)))),

@@ -206,14 +206,15 @@ impl EndpointRule {
 
     /// Whether `address` is in one of the endpoint's networks.
     pub fn contains_address(&self, address: &std::net::IpAddr) -> bool {
-        let v6 = match address {
-            std::net::IpAddr::V4(v4) => v4.to_ipv6_mapped(),
-            std::net::IpAddr::V6(v6) => *v6,
-        };
-        self.networks.iter().any(|(network, len)| {
-            let mask = u128::MAX.checked_shl(128 - *len as u32).unwrap_or(0);
-            u128::from(v6) & mask == u128::from(*network) & mask
-        })
+        self.networks.iter().any(|n| in_network(address, n))
+    }
+
+    /// Whether one of the endpoint's networks other than "any address" (`0.0.0.0/0`, `::/0`)
+    /// holds `address`: the catalogue names it by address.
+    pub fn names_address(&self, address: &std::net::IpAddr) -> bool {
+        (self.networks.iter())
+            .filter(|(_, len)| *len != 0 && *len != 96)
+            .any(|n| in_network(address, n))
     }
 
     /// The kernel map value for this endpoint (id = position + 1).
@@ -234,6 +235,15 @@ impl EndpointRule {
         }
         value
     }
+}
+
+fn in_network(address: &std::net::IpAddr, (network, len): &(Ipv6Addr, u8)) -> bool {
+    let v6 = match address {
+        std::net::IpAddr::V4(v4) => v4.to_ipv6_mapped(),
+        std::net::IpAddr::V6(v6) => *v6,
+    };
+    let mask = u128::MAX.checked_shl(128 - *len as u32).unwrap_or(0);
+    u128::from(v6) & mask == u128::from(*network) & mask
 }
 
 /// "169.254.169.254", "10.0.0.0/8", "fd00:ec2::254/128" → IPv6 form (IPv4 mapped, prefix + 96).
