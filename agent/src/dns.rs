@@ -91,21 +91,25 @@ impl LearnedHosts {
         if message.metadata.message_type != MessageType::Response {
             return 0;
         }
-        // The asked name decides (answers may be CNAME chains to other names).
-        let names = message.queries.iter().map(|q| q.name.to_ascii());
-        let Some((endpoint, hostname)) = names
+        // The asked name decides (answers may be CNAME chains to other names); a catalogue
+        // host anywhere in the chain before a proxy's name (an alias of a catalogue host must
+        // not turn into a "proxy").
+        let names: Vec<String> = (message.queries.iter().map(|q| q.name.to_ascii()))
             .chain(message.answers.iter().map(|r| r.name.to_ascii()))
-            .find_map(|name| {
-                let plain = name.trim_end_matches('.').to_ascii_lowercase();
-                let index = catalog
-                    .endpoints
-                    .iter()
-                    .position(|e| e.matches_host(&name))
-                    .or_else(|| self.extra_names.get(&plain).copied())
-                    .or_else(|| self.proxy_names.contains(&plain).then_some(PROXY))?;
-                Some((index, plain))
-            })
-        else {
+            .collect();
+        let plain = |name: &str| name.trim_end_matches('.').to_ascii_lowercase();
+        let catalogued = names.iter().find_map(|name| {
+            let index = (catalog.endpoints.iter())
+                .position(|e| e.matches_host(name))
+                .or_else(|| self.extra_names.get(&plain(name)).copied())?;
+            Some((index, plain(name)))
+        });
+        let proxy = || {
+            (names.iter())
+                .find(|name| self.proxy_names.contains(&plain(name)))
+                .map(|name| (PROXY, plain(name)))
+        };
+        let Some((endpoint, hostname)) = catalogued.or_else(proxy) else {
             return 0;
         };
         let mut learned = 0;

@@ -17,6 +17,7 @@ mod budgets;
 mod connections;
 pub mod log_share;
 mod proxied;
+mod state;
 
 use crate::{
     containers::{Containers, Lookup, Origin},
@@ -111,15 +112,15 @@ struct Held {
 }
 
 pub struct Pipeline {
-    pub policies: PolicySet,
-    pub secrets: SecretTable,
-    pub processes: ProcessTable,
-    pub containers: Containers,
-    pub log: forensic::ForensicLog,
-    pub metrics: Arc<Metrics>,
-    pub node: String,
+    policies: PolicySet,
+    secrets: SecretTable,
+    processes: ProcessTable,
+    containers: Containers,
+    log: forensic::ForensicLog,
+    metrics: Arc<Metrics>,
+    node: String,
     /// CLOCK_REALTIME − CLOCK_BOOTTIME, to turn kernel boot-time stamps into wall-clock time.
-    pub boot_to_unix_ns: i128,
+    boot_to_unix_ns: i128,
     next_event: u64,
     held: VecDeque<Held>,
     /// Connections whose requests are inspected, by socket cookie.
@@ -133,11 +134,11 @@ pub struct Pipeline {
     /// Containers already warned about for holding too many secret files.
     secret_budget_warned: std::collections::HashSet<String>,
     /// The kernel's DNS-answer budget per container and second (`limit` in its records).
-    pub dns_answers_per_sec: u64,
+    dns_answers_per_sec: u64,
     /// The node-wide table of connections waited on was found full (warned once).
     inspection_full_warned: bool,
     /// Each container's share of the forensic log.
-    pub log_share: log_share::LogShare,
+    log_share: log_share::LogShare,
     /// What each access whose repeats the kernel is counting was reported as.
     repeat_origins: RepeatOrigins,
     /// Containers whose filesystem has been searched for secret files.
@@ -145,9 +146,9 @@ pub struct Pipeline {
     /// A container started running programs: search its filesystem soon.
     rescan: bool,
     /// Addresses of catalogue host names, from DNS responses.
-    pub learned: crate::dns::LearnedHosts,
+    learned: crate::dns::LearnedHosts,
     /// Audits of running containers' images (None: not on containerd, or turned off).
-    pub images: Option<crate::audit::NodeAudits>,
+    images: Option<crate::audit::NodeAudits>,
 }
 
 /// `/proc/<pid>/root/<path>` through another live process of `<pid>`'s container, when `<pid>`
@@ -186,6 +187,7 @@ impl Pipeline {
         node: String,
         boot_to_unix_ns: i128,
     ) -> Self {
+        metrics.set_policy(&policies.sha256);
         Pipeline {
             policies,
             secrets,
@@ -1139,6 +1141,10 @@ impl Pipeline {
         self.learned.expire(now);
         self.containers.sweep();
         self.metrics.processes.set(self.processes.len() as i64);
+        log::debug!(
+            "housekeeping: {} processes in the table, {missed} exit(s) missed",
+            self.processes.len()
+        );
         self.metrics
             .containers
             .set(self.containers.containers() as i64);

@@ -188,8 +188,12 @@ impl ProcessTable {
     /// process looked up in procfs after its exit event had passed). Returns how many there
     /// were. The entries stay for the usual grace, as a record of theirs may still be queued.
     pub fn reconcile_with_procfs(&mut self, now: Instant) -> usize {
-        let Ok(dir) = std::fs::read_dir("/proc") else {
-            return 0;
+        let dir = match std::fs::read_dir("/proc") {
+            Ok(dir) => dir,
+            Err(err) => {
+                log::warn!("reading /proc to find exits the table missed: {err}");
+                return 0;
+            }
         };
         // /proc lists thread-group leaders only: exactly the processes the table tracks.
         let live: std::collections::HashSet<u32> = dir

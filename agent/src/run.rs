@@ -70,6 +70,9 @@ pub struct RunOptions {
     pub container_log_records_per_hour: u64,
 }
 
+/// DNS answers a container may receive at once (its DNS bucket's burst) at most.
+const DNS_BURST: u32 = 1000;
+
 /// The kernel's form of the per-container record budget.
 fn budget(opts: &RunOptions) -> credwatch_common::Budget {
     match opts.container_records_per_sec {
@@ -79,6 +82,9 @@ fn budget(opts: &RunOptions) -> credwatch_common::Budget {
             credwatch_common::Budget {
                 cost_ns: cost_ns.max(1),
                 cap_ns: cost_ns.max(1) * opts.container_burst.max(1) as u64,
+                // ≤ 1,000 answers (≤ 1.3 MB of the ring) at once: far more than a container
+                // resolves, far less than the ring holds.
+                dns_cap_ns: cost_ns.max(1) * opts.container_burst.clamp(1, DNS_BURST) as u64,
             }
         }
     }
@@ -152,12 +158,12 @@ pub fn run_for(opts: RunOptions, duration: Option<Duration>) -> Result<time::Off
         metrics.clone(),
         opts.node_name.unwrap_or_else(hostname),
         boot_to_unix_ns(),
-    );
+    )
     // The kernel gives DNS answers their own bucket at the record budget's rate.
-    pipeline.dns_answers_per_sec = opts.container_records_per_sec as u64;
-    pipeline.log_share =
-        crate::pipeline::log_share::LogShare::new(opts.container_log_records_per_hour);
-
+    .with_budgets(
+        opts.container_records_per_sec as u64,
+        opts.container_log_records_per_hour,
+    );
     if opts.audit_images {
         // containerd's socket: the CRI socket when it is containerd's, else its default.
         let socket = opts
@@ -165,10 +171,11 @@ pub fn run_for(opts: RunOptions, duration: Option<Duration>) -> Result<time::Off
             .clone()
             .filter(|s| s.to_string_lossy().contains("containerd"))
             .unwrap_or_else(|| PathBuf::from(crate::audit::CONTAINERD_SOCKET));
-        pipeline.images = crate::audit::NodeAudits::start(crate::audit::AuditSetup {
-            socket,
-            policies: opts.policies.clone(),
-        });
+        pipeline =
+            pipeline.with_image_audits(crate::audit::NodeAudits::start(crate::audit::AuditSetup {
+                socket,
+                policies: opts.policies.clone(),
+            }));
     }
 
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -198,7 +205,6 @@ pub fn run_for(opts: RunOptions, duration: Option<Duration>) -> Result<time::Off
             dir: opts.policies.clone(),
             rejected: None,
         };
-        pipeline.metrics.set_policy(&pipeline.policies.sha256);
         let mut terminate = tokio::signal::unix::signal(SignalKind::terminate())?;
         let mut interrupt = tokio::signal::unix::signal(SignalKind::interrupt())?;
         eprintln!("credwatch: ready (metrics on http://{metrics_addr}/metrics)");
@@ -228,13 +234,13 @@ pub fn run_for(opts: RunOptions, duration: Option<Duration>) -> Result<time::Off
                         guard.clear_ready();
                     }
                     // Addresses just learned from DNS: into the kernel before the next batch.
-                    if pipeline.learned.take_changed() {
+                    if pipeline.take_endpoints_changed() {
                         refresh_endpoints(&mut pipeline, &mut probes);
                     }
                 }
                 _ = refresh.tick() => {
                     start_scan(&pipeline, &mut scan, &mut scan_again);
-                    pipeline.boot_to_unix_ns = boot_to_unix_ns();
+                    pipeline.set_boot_to_unix_ns(boot_to_unix_ns());
                 }
                 done = async { (&mut scan.as_mut().expect("guarded").task).await }, if scan.is_some() => {
                     let policies = scan.take().map(|s| s.policies).unwrap_or_default();
@@ -328,9 +334,9 @@ fn start_scan(pipeline: &Pipeline, scan: &mut Option<SecretScan>, again: &mut bo
         return;
     }
     let roots = pipeline.container_roots();
-    let catalog = pipeline.policies.catalog.clone();
+    let catalog = pipeline.policies().catalog.clone();
     *scan = Some(SecretScan {
-        policies: pipeline.policies.sha256.clone(),
+        policies: pipeline.policies().sha256.clone(),
         task: tokio::task::spawn_blocking(move || secrets::resolve_with_budgets(&catalog, &roots)),
     });
 }
@@ -342,30 +348,26 @@ fn apply_scan(
     policies: &str,
     result: (secrets::SecretTable, KernelFilter, Vec<secrets::OverBudget>),
 ) {
-    if policies != pipeline.policies.sha256 {
+    if policies != pipeline.policies().sha256 {
         return; // searched for a catalogue that has since been replaced
     }
     let (table, mut filter, over_budget) = result;
     pipeline.report_secret_budgets(&over_budget);
-    filter
-        .endpoints
-        .extend(pipeline.learned.endpoint_keys(&pipeline.policies.catalog));
+    filter.endpoints = pipeline.kernel_endpoints().0;
     log::debug!("secret inodes: {}", filter.inodes.len());
     match probes.sync_filter(&filter) {
-        Ok(()) => pipeline.secrets = table,
+        Ok(()) => pipeline.replace_secrets(table),
         Err(err) => warn!("refreshing the secret inodes failed: {err:#}"),
     }
 }
 
 /// The kernel's endpoint map: the catalogue's addresses and the ones learned from DNS.
 fn refresh_endpoints(pipeline: &mut Pipeline, probes: &mut Probes) {
-    let catalog = &pipeline.policies.catalog;
-    let mut endpoints = catalog.endpoint_keys();
-    endpoints.extend(pipeline.learned.endpoint_keys(catalog));
+    let (endpoints, learned) = pipeline.kernel_endpoints();
     if let Err(err) = probes.sync_endpoints(&endpoints) {
         warn!("updating the endpoint map failed: {err:#}");
     }
-    if let Err(err) = probes.sync_learned(&pipeline.learned.learned_keys(catalog)) {
+    if let Err(err) = probes.sync_learned(&learned) {
         warn!("updating the learned-endpoint map failed: {err:#}");
     }
 }
@@ -391,7 +393,7 @@ impl Reloader {
             return;
         };
         let unchanged =
-            digest == pipeline.policies.sha256 || self.rejected.as_ref() == Some(&digest);
+            digest == pipeline.policies().sha256 || self.rejected.as_ref() == Some(&digest);
         if unchanged && !forced {
             return;
         }
@@ -402,11 +404,7 @@ impl Reloader {
                     warn!(
                         "policy reload: updating the kernel filter failed: {err:#}; keeping the current policies"
                     );
-                    pipeline
-                        .metrics
-                        .policy_reloads
-                        .with_label_values(&["failure"])
-                        .inc();
+                    pipeline.count_policy_reload(false);
                     return;
                 }
                 info!(
@@ -415,18 +413,7 @@ impl Reloader {
                     set.footprints.len(),
                     set.sha256
                 );
-                pipeline.metrics.set_policy(&set.sha256);
-                pipeline
-                    .metrics
-                    .policy_reloads
-                    .with_label_values(&["success"])
-                    .inc();
-                pipeline.secrets = table;
-                // What was learned names endpoints by catalogue position: carry it over by name.
-                pipeline
-                    .learned
-                    .remap(&pipeline.policies.catalog, &set.catalog);
-                pipeline.policies = set;
+                pipeline.replace_policies(set, table);
                 self.rejected = None;
                 refresh_endpoints(pipeline, probes);
             }
@@ -438,11 +425,7 @@ impl Reloader {
                     "policy reload: {} problem(s); the last good policies keep running",
                     problems.len()
                 );
-                pipeline
-                    .metrics
-                    .policy_reloads
-                    .with_label_values(&["failure"])
-                    .inc();
+                pipeline.count_policy_reload(false);
                 self.rejected = Some(digest);
             }
         }

@@ -60,6 +60,9 @@ fn processes_exiting_while_the_agent_starts_are_not_leaked() {
             killed_before_ready
         })
     };
+    // Its housekeeping in the agent's log, should this ever fail again.
+    // SAFETY: no other thread reads the environment now (the killer only kills and waits).
+    unsafe { std::env::set_var("RUST_LOG", "info,credwatch::pipeline=debug") };
     let agent = agent(prepare, "auto");
     ready.store(true, Ordering::SeqCst);
     let killed_before_ready = killer.join().unwrap();
@@ -81,7 +84,8 @@ fn processes_exiting_while_the_agent_starts_are_not_leaked() {
     }
     assert!(
         table <= live + 25.0,
-        "process table holds {table} entries against {live} live processes {FORGET_WITHIN:?} after the exits\n{}",
-        agent.metrics()
+        "process table holds {table} entries against {live} live processes {FORGET_WITHIN:?} after the exits\n{}\nagent stderr:\n{}",
+        agent.metrics(),
+        agent.stderr_tail()
     );
 }

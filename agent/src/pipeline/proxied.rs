@@ -8,7 +8,7 @@
 
 use std::time::Instant;
 
-use super::{INSPECTED_IDLE, Naming, Pipeline, REQUEST_WAIT};
+use super::{INSPECTED_IDLE, Naming, Pipeline};
 use crate::{
     events,
     requests::{self, Judged, ProxyRequest},
@@ -29,16 +29,25 @@ pub struct Proxied {
     hello: Vec<u8>,
     /// The start of a request whose line has not ended yet (a client writing in pieces).
     line: Vec<u8>,
+    /// Something was sent (a connection that sends nothing is counted as unnamed when over).
+    sent: bool,
+    /// Counted as unnamed already (once per connection: a payload that could not be read as a
+    /// proxy request, urgent data, a request line cut short).
+    counted: bool,
 }
 
 impl Pipeline {
     pub(super) fn await_proxied(&mut self, c: &events::Connect) {
+        // (Waited on as long as an answered inspected connection: a client that stays silent
+        // a while before asking must not outlast it.)
         let waiting = Proxied {
             connect: c.clone(),
-            deadline: Instant::now() + REQUEST_WAIT,
+            deadline: Instant::now() + INSPECTED_IDLE,
             tunnel: None,
             hello: Vec::new(),
             line: Vec::new(),
+            sent: false,
+            counted: false,
         };
         if c.cookie == 0 {
             return; // its payloads cannot be told apart from others'
@@ -55,6 +64,7 @@ impl Pipeline {
             return;
         };
         waiting.deadline = Instant::now() + INSPECTED_IDLE;
+        waiting.sent = true;
         let c = waiting.connect.clone();
         if let Some(tunnel) = waiting.tunnel.clone() {
             let room = HELLO_BYTES.saturating_sub(waiting.hello.len());
@@ -85,28 +95,51 @@ impl Pipeline {
         // The proxy reads a request line however it was cut into segments: so is it here (a
         // line starting with a method token, until its end, bounded).
         let mut data = std::mem::take(&mut waiting.line);
-        let joined = data.len();
         data.extend_from_slice(&r.data);
-        let payload_len = joined as u32 + r.payload_len;
+        // (Blank lines before a request line are skipped by proxies too.)
+        let blank = data
+            .iter()
+            .take_while(|b| matches!(b, b'\r' | b'\n'))
+            .count();
+        data.drain(..blank);
+        let payload_len = (data.len() + r.payload_len as usize - r.data.len()) as u32;
         let unfinished = !data.contains(&b'\n')
             && data.first().is_some_and(u8::is_ascii_uppercase)
             && data.len() < LINE_BYTES
             && data.len() == payload_len as usize;
-        if unfinished && !r.last && !r.unreadable {
+        if (unfinished || data.is_empty()) && !r.last && !r.unreadable {
             waiting.line = data;
             return;
         }
+        let counted = std::mem::replace(&mut waiting.counted, true);
         if r.last {
             self.proxied.remove(r.cookie);
         }
-        // Tunnel bytes after a CONNECT the proxy answered, or nothing a proxy reads as a
-        // request: nothing names a target.
+        // Tunnel bytes after a CONNECT the proxy answered, a ClientHello sent straight to the
+        // "proxy" (a name that was no proxy), or nothing a proxy reads as a request.
         let Some(target) = (!r.unreadable)
             .then(|| requests::proxy_target(&data))
             .flatten()
         else {
+            if let tls_hello::Hello::Named(name) = tls_hello::server_name(&data)
+                && let Some(index) = self.endpoint_for(&name, c.port)
+            {
+                self.proxied.remove(r.cookie);
+                let naming = Naming {
+                    sni: Some(name),
+                    ..Naming::default()
+                };
+                return self.record_connect(&c, index, naming);
+            }
+            if !counted {
+                self.count_unnamed(&c);
+            }
             return;
         };
+        // Read: only a payload that cannot be is counted.
+        if let Some(waiting) = self.proxied.get_mut(r.cookie) {
+            waiting.counted = counted;
+        }
         let Some(index) = self.endpoint_for(&target.host, target.port) else {
             if target.tunnel
                 && let Some(waiting) = self.proxied.get_mut(r.cookie)
@@ -162,7 +195,8 @@ impl Pipeline {
     /// ClientHello stays unnamed.
     pub(super) fn finish_proxied(&mut self, cookie: u64) {
         if let Some(waiting) = self.proxied.remove(cookie)
-            && waiting.tunnel.is_some()
+            && (waiting.tunnel.is_some() || !waiting.sent)
+            && !waiting.counted
         {
             self.count_unnamed(&waiting.connect);
         }

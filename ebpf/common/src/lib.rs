@@ -490,6 +490,9 @@ pub struct RepeatKey {
 pub struct Budget {
     pub cost_ns: u64,
     pub cap_ns: u64,
+    /// The burst of a cgroup's DNS-answer bucket (`DNS_BUCKET`): answers are up to 1,232 bytes
+    /// each, so a record budget's burst of them could fill the ring buffer on its own.
+    pub dns_cap_ns: u64,
 }
 
 /// Accesses a cgroup's budget cut, per catalogue entry and window.
@@ -695,7 +698,7 @@ const _: () = {
     assert!(size_of::<RepeatKey>() == 48);
     assert!(size_of::<RepeatValue>() == 24);
     assert!(size_of::<SuppressedKey>() == 16);
-    assert!(size_of::<Budget>() == 16);
+    assert!(size_of::<Budget>() == 24);
     assert!(size_of::<InodeKey>() == 16);
     assert!(size_of::<EndpointValue>() == 32);
     assert!(size_of::<LearnedKey>() == 24);

@@ -2,7 +2,7 @@
 //! sweeps gets its excess counted here, per catalogue entry, and every other container keeps
 //! its share of the ring buffer.
 
-use credwatch_common::{REPEAT_WINDOW_SHIFT, RepeatValue, SuppressedKey};
+use credwatch_common::{DNS_BUCKET, REPEAT_WINDOW_SHIFT, RepeatValue, SuppressedKey};
 
 use crate::{BUCKETS, BUDGET, SUPPRESSED};
 
@@ -18,30 +18,47 @@ pub struct Bucket {
 #[inline(always)]
 pub fn take(cgroup_id: u64, now: u64) -> bool {
     let budget = BUDGET.load();
-    if budget.cost_ns == 0 {
+    take_from(cgroup_id, now, budget.cost_ns, budget.cap_ns)
+}
+
+/// Takes one DNS answer from `cgroup_id`'s DNS bucket (its own, with a smaller burst).
+#[inline(always)]
+pub fn take_dns(cgroup_id: u64, now: u64) -> bool {
+    let budget = BUDGET.load();
+    take_from(
+        cgroup_id | DNS_BUCKET,
+        now,
+        budget.cost_ns,
+        budget.dns_cap_ns,
+    )
+}
+
+#[inline(always)]
+fn take_from(key: u64, now: u64, cost_ns: u64, cap_ns: u64) -> bool {
+    if cost_ns == 0 {
         return true;
     }
-    let Some(bucket) = BUCKETS.get_ptr_mut(&cgroup_id) else {
+    let Some(bucket) = BUCKETS.get_ptr_mut(&key) else {
         // A cgroup's first record: a full bucket, less this one. (Several CPUs may race on a
         // bucket; a budget needs no more precision than that.)
         let fresh = Bucket {
-            credit_ns: budget.cap_ns.saturating_sub(budget.cost_ns),
+            credit_ns: cap_ns.saturating_sub(cost_ns),
             last_ns: now,
         };
-        let _ = BUCKETS.insert(&cgroup_id, &fresh, 0);
+        let _ = BUCKETS.insert(&key, &fresh, 0);
         return true;
     };
     let bucket = unsafe { &mut *bucket };
     let mut credit = bucket.credit_ns + now.saturating_sub(bucket.last_ns);
-    if credit > budget.cap_ns {
-        credit = budget.cap_ns;
+    if credit > cap_ns {
+        credit = cap_ns;
     }
     bucket.last_ns = now;
-    if credit < budget.cost_ns {
+    if credit < cost_ns {
         bucket.credit_ns = credit;
         return false;
     }
-    bucket.credit_ns = credit - budget.cost_ns;
+    bucket.credit_ns = credit - cost_ns;
     true
 }
 

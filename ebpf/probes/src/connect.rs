@@ -170,8 +170,26 @@ fn hook(target: Target) {
         }
     }
     if target.cookie != 0 {
+        // Only TCP connections are watched, and one whose requests are read takes from the
+        // cgroup's record budget first: the map of watched sockets is shared, and a container
+        // connecting in a loop must not push another's watched connection out of it.
+        let watch = match endpoint {
+            Some((_, flags)) if flags & endpoint_flag::INSPECT_REQUESTS != 0 => {
+                target.stream && {
+                    let within = budget::take(unsafe { bpf_get_current_cgroup_id() }, unsafe {
+                        bpf_ktime_get_boot_ns()
+                    });
+                    if !within {
+                        count(probe::CGROUP_CONNECT, outcome::OVER_BUDGET);
+                    }
+                    within
+                }
+            }
+            Some((_, flags)) => flags != 0 && target.stream,
+            None => false,
+        };
         match endpoint {
-            Some((_, flags)) if flags != 0 => requests::watch(target.cookie, flags),
+            Some((_, flags)) if watch => requests::watch(target.cookie, flags),
             // The socket may have been watched for an earlier connect (connect(AF_UNSPEC),
             // then elsewhere): what it sends now is not that connection's.
             _ => requests::unwatch(target.cookie),

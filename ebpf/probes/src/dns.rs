@@ -12,8 +12,8 @@ use aya_ebpf::{
 use core::mem::size_of;
 
 use credwatch_common::{
-    DNS_BUCKET, DNS_BYTES, DNS_FIXED_BYTES, DNS_RULE, DnsRecord, KIND_DNS, RecordHeader,
-    SuppressedKey, outcome, probe,
+    DNS_BYTES, DNS_FIXED_BYTES, DNS_RULE, DnsRecord, KIND_DNS, RecordHeader, SuppressedKey,
+    outcome, probe,
 };
 
 use crate::{
@@ -59,7 +59,7 @@ pub fn ingress(ctx: &SkBuffContext) {
     let cgroup_id = unsafe { bpf_skb_cgroup_id(ctx.as_ptr().cast()) };
     // Every answer a container receives goes up, so a container answering itself in a loop
     // must not take the ring buffer from the others: its own DNS budget, excess counted.
-    if !budget::take(cgroup_id | DNS_BUCKET, now) {
+    if !budget::take_dns(cgroup_id, now) {
         let mut key = SuppressedKey {
             cgroup_id,
             rule: DNS_RULE,

@@ -50,6 +50,7 @@ static URING_OFFSETS: Global<IoUringOffsets> = Global::new(unsafe { core::mem::z
 static BUDGET: Global<Budget> = Global::new(Budget {
     cost_ns: 0,
     cap_ns: 0,
+    dns_cap_ns: 0,
 });
 /// Number of possible CPUs, for finding a slot left on another CPU.
 #[unsafe(no_mangle)]

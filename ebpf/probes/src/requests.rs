@@ -75,11 +75,12 @@ pub fn egress(ctx: &SkBuffContext) {
     let now = unsafe { bpf_ktime_get_boot_ns() };
     let cgroup_id = unsafe { bpf_skb_cgroup_id(ctx.as_ptr().cast()) };
     // From the sender's record budget like any record (a container opening connection after
-    // connection to the metadata service must not fill the ring buffer). A request over it is
-    // never seen by the agent, which records its connection as a credential access
-    // (`not_seen`): the budget cannot hide one.
+    // connection to the metadata service must not fill the ring buffer). Over it, the payload
+    // still goes up, without its bytes (a header-sized record) and marked unparsed: the agent
+    // records it as `unreadable`, so spending the budget first cannot hide a request.
     if !budget::take(cgroup_id, now) {
-        return count(probe::ENDPOINT_REQUEST, outcome::OVER_BUDGET);
+        count(probe::ENDPOINT_REQUEST, outcome::OVER_BUDGET);
+        flags |= request_flag::UNPARSED;
     }
     let state = unsafe { &mut *state };
     state.payloads += 1;
@@ -103,7 +104,7 @@ pub fn egress(ctx: &SkBuffContext) {
     if len > REQUEST_BYTES {
         return;
     }
-    if len > 0 {
+    if len > 0 && flags & request_flag::UNPARSED == 0 {
         let loaded = unsafe {
             generated::bpf_skb_load_bytes(
                 ctx.as_ptr().cast(),
