@@ -104,9 +104,14 @@ static DNS_RECENT: LruHashMap<u64, u64> = LruHashMap::with_max_entries(16384, 0)
 #[map(name = "DNS_SCRATCH")]
 static DNS_SCRATCH: PerCpuArray<DnsRecord> = PerCpuArray::with_max_entries(1, 0);
 /// Connections whose payloads are inspected (socket cookie → progress), see `requests.rs`.
-/// LRU: a closed connection's entry makes room.
+/// LRU: a closed connection's entry makes room. Large (~2.5 MiB), because a container that
+/// pushed another's watched connection out would hide that connection's later requests: each
+/// watched connect takes from its container's record budget (burst 10,000, then 1,000/s), so
+/// evicting from 32,768 takes a sustained, recorded flood of tens of seconds.
+const INSPECTED_SOCKETS: u32 = 32_768;
 #[map(name = "INSPECTED")]
-static INSPECTED: LruHashMap<u64, requests::Inspected> = LruHashMap::with_max_entries(4096, 0);
+static INSPECTED: LruHashMap<u64, requests::Inspected> =
+    LruHashMap::with_max_entries(INSPECTED_SOCKETS, 0);
 /// Per-CPU working memory for request records.
 #[map(name = "REQUEST_SCRATCH")]
 static REQUEST_SCRATCH: PerCpuArray<RequestRecord> = PerCpuArray::with_max_entries(1, 0);
