@@ -35,7 +35,12 @@ pub fn bench(iterations: u64, rounds: u32, only_egress: bool) -> Result<()> {
         bail!("the benchmark loads eBPF programs: run it as root");
     }
     setup::setup()?;
-    ensure_debian_packages(&[("opensnoop", "libbpf-tools"), ("bpftrace", "bpftrace")])?;
+    ensure_debian_packages(&[
+        ("opensnoop", "libbpf-tools"),
+        ("bpftrace", "bpftrace"),
+        // the packet programs' run time (egress) is read with `bpftool prog show`
+        ("bpftool", "bpftool"),
+    ])?;
     let _stats = load::BpfStats::enable()?;
     let agent = build_agent(Profile::Release)?;
     if only_egress {
