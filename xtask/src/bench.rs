@@ -178,7 +178,29 @@ fn run_loop(cmd: &mut Command) -> Result<f64> {
 }
 
 /// Starts a tracer and returns once it is attached.
-pub(crate) fn start_tracer(config: &str, agent: &Path) -> Result<Option<Child>> {
+/// A running tracer, stopped when dropped: a measurement that fails part-way (a missing tool, a
+/// program that did not run) must not leave it attached to skew every later measurement.
+pub(crate) struct Tracer(Option<Child>);
+
+impl Tracer {
+    pub(crate) fn id(&self) -> u32 {
+        self.0.as_ref().map_or(0, Child::id)
+    }
+}
+
+impl Drop for Tracer {
+    fn drop(&mut self) {
+        if let Some(child) = self.0.take() {
+            stop_child(child);
+        }
+    }
+}
+
+pub(crate) fn stop(tracer: Tracer) {
+    drop(tracer);
+}
+
+pub(crate) fn start_tracer(config: &str, agent: &Path) -> Result<Option<Tracer>> {
     let (mut cmd, ready_marker, from_stderr) = match config {
         "baseline" => return Ok(None),
         "credwatch" => {
@@ -222,16 +244,12 @@ pub(crate) fn start_tracer(config: &str, agent: &Path) -> Result<Option<Child>> 
         .stderr(Stdio::piped())
         .spawn()
         .with_context(|| format!("starting {config}"))?;
+    let (stdout, stderr) = (child.stdout.take().unwrap(), child.stderr.take().unwrap());
+    let mut tracer = Tracer(Some(child));
     let (watched, other): (Box<dyn Read + Send>, Box<dyn Read + Send>) = if from_stderr {
-        (
-            Box::new(child.stderr.take().unwrap()),
-            Box::new(child.stdout.take().unwrap()),
-        )
+        (Box::new(stderr), Box::new(stdout))
     } else {
-        (
-            Box::new(child.stdout.take().unwrap()),
-            Box::new(child.stderr.take().unwrap()),
-        )
+        (Box::new(stdout), Box::new(stderr))
     };
     drain(other);
     let (tx, rx) = std::sync::mpsc::channel();
@@ -254,13 +272,14 @@ pub(crate) fn start_tracer(config: &str, agent: &Path) -> Result<Option<Child>> 
         if rx.recv_timeout(Duration::from_millis(200)).is_ok() {
             // Give the tracer's reader a moment to settle into its poll loop.
             thread::sleep(Duration::from_millis(500));
-            return Ok(Some(child));
+            return Ok(Some(tracer));
         }
-        if let Some(exit) = child.try_wait()? {
+        let exited = tracer.0.as_mut().expect("running").try_wait()?;
+        if let Some(exit) = exited {
+            tracer.0 = None; // reaped: nothing to stop (its pid may be another's by now)
             bail!("{config} exited before it was ready: {exit}");
         }
     }
-    stop(child);
     bail!("{config} was not ready within 60 s")
 }
 
@@ -270,7 +289,7 @@ fn drain(stream: Box<dyn Read + Send>) {
     });
 }
 
-pub(crate) fn stop(mut child: Child) {
+fn stop_child(mut child: Child) {
     // SIGINT: each tracer's normal way to detach and exit.
     unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
     let deadline = Instant::now() + Duration::from_secs(10);
