@@ -94,20 +94,24 @@ impl LearnedHosts {
         // The asked name decides (answers may be CNAME chains to other names); a catalogue
         // host anywhere in the chain before a proxy's name (an alias of a catalogue host must
         // not turn into a "proxy").
-        let names: Vec<String> = (message.queries.iter().map(|q| q.name.to_ascii()))
+        // (name as asked, its plain lower-case form)
+        let names: Vec<(String, String)> = (message.queries.iter().map(|q| q.name.to_ascii()))
             .chain(message.answers.iter().map(|r| r.name.to_ascii()))
+            .map(|name| {
+                let plain = name.trim_end_matches('.').to_ascii_lowercase();
+                (name, plain)
+            })
             .collect();
-        let plain = |name: &str| name.trim_end_matches('.').to_ascii_lowercase();
-        let catalogued = names.iter().find_map(|name| {
+        let catalogued = names.iter().find_map(|(name, plain)| {
             let index = (catalog.endpoints.iter())
                 .position(|e| e.matches_host(name))
-                .or_else(|| self.extra_names.get(&plain(name)).copied())?;
-            Some((index, plain(name)))
+                .or_else(|| self.extra_names.get(plain).copied())?;
+            Some((index, plain.clone()))
         });
         let proxy = || {
             (names.iter())
-                .find(|name| self.proxy_names.contains(&plain(name)))
-                .map(|name| (PROXY, plain(name)))
+                .find(|(_, plain)| self.proxy_names.contains(plain))
+                .map(|(_, plain)| (PROXY, plain.clone()))
         };
         let Some((endpoint, hostname)) = catalogued.or_else(proxy) else {
             return 0;

@@ -391,12 +391,13 @@ impl Pipeline {
             catalog
                 .endpoints
                 .get(*i)
-                .is_some_and(|e| e.ports.is_empty() || e.ports.contains(&c.port))
+                .is_some_and(|e| e.serves_port(c.port))
         };
-        let learned = self.learned.endpoint(c.cgroup_id, &c.address);
-        if c.endpoint == credwatch_common::PROXY_ENDPOINT
-            || (c.endpoint == 0 && learned == Some(crate::dns::PROXY))
-        {
+        // (What DNS taught decides only an unconfirmed connect.)
+        let learned = (c.endpoint == 0)
+            .then(|| self.learned.endpoint(c.cgroup_id, &c.address))
+            .flatten();
+        if c.endpoint == credwatch_common::PROXY_ENDPOINT || learned == Some(crate::dns::PROXY) {
             return self.await_proxied(c);
         }
         let endpoint = match c.endpoint {
@@ -556,10 +557,7 @@ impl Pipeline {
             self.count_unnamed(c);
             return;
         };
-        let index = self.policies.catalog.endpoints.iter().position(|e| {
-            e.matches_host(&name) && (e.ports.is_empty() || e.ports.contains(&c.port))
-        });
-        if let Some(index) = index {
+        if let Some(index) = self.endpoint_for(&name, c.port) {
             self.record_connect(
                 c,
                 index,
@@ -573,16 +571,34 @@ impl Pipeline {
 
     /// A connect on a host-name endpoint's port that nothing could name, per container.
     fn count_unnamed(&mut self, c: &events::Connect) {
-        let meta = match self.containers.resolve(c.cgroup_id, c.pid, Lookup::Cached) {
-            Origin::Container(meta) => Some(meta),
-            Origin::Host { .. } => None,
-        };
+        self.count_unnamed_in(c.cgroup_id, c.pid, 1);
+    }
+
+    /// `n` connects of `cgroup_id` that nothing named, per container.
+    fn count_unnamed_in(&mut self, cgroup_id: u64, pid: u32, n: u64) {
+        let meta = self
+            .containers
+            .resolve(cgroup_id, pid, Lookup::Cached)
+            .container();
         let [namespace, workload, container] = crate::containers::metric_labels(meta.as_deref());
         self.metrics.add(
             crate::sinks::metrics::Family::UnnamedConnects,
             &[&namespace, &workload, &container],
-            1,
+            n,
         );
+    }
+
+    /// The catalogue endpoint a host name (or an address, as a proxy request names it) and a
+    /// port name.
+    fn endpoint_for(&self, host: &str, port: u16) -> Option<usize> {
+        let address = host.parse::<std::net::IpAddr>().ok();
+        self.policies.catalog.endpoints.iter().position(|e| {
+            let named = match &address {
+                Some(address) => e.contains_address(address),
+                None => e.matches_host(host),
+            };
+            named && e.serves_port(port)
+        })
     }
 
     /// A payload sent on an inspected connection: a credential request (or one not shown to
@@ -965,7 +981,7 @@ impl Pipeline {
                 if id == 0 || id == ENDPOINT_RULE_MASK || id == proxy {
                     // Connects nothing had named yet (unconfirmed, TLS candidates, to a proxy):
                     // they stay unnamed, and are not credential accesses.
-                    self.count_unnamed_over_budget(key.cgroup_id, cut.count);
+                    self.count_unnamed_in(key.cgroup_id, 0, cut.count);
                     continue;
                 }
                 let endpoint = catalog.endpoints.get(id as usize - 1);

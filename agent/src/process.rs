@@ -501,23 +501,19 @@ mod tests {
         ev(RUNC, SHELL, 1, "/usr/sbin/runc");
         ev(INIT, RUNC, 7, "/bin/sh");
         ev(CAT, INIT, 7, "/bin/cat");
-        let mut access = open(CAT, 1);
-        access.cgroup_id = 7;
-        let chain: Vec<u32> = table
-            .describe(&access)
-            .ancestors
-            .iter()
-            .map(|a| a.pid)
-            .collect();
-        assert_eq!(chain, [INIT, RUNC], "the host shell above runc is left out");
-        access.cgroup_id = 0; // unknown cgroup: the whole chain
-        let chain: Vec<u32> = table
-            .describe(&access)
-            .ancestors
-            .iter()
-            .map(|a| a.pid)
-            .collect();
-        assert_eq!(chain[..3], [INIT, RUNC, SHELL]);
+        let mut chain = |cgroup_id| -> Vec<u32> {
+            let mut access = open(CAT, 1);
+            access.cgroup_id = cgroup_id;
+            let info = table.describe(&access);
+            info.ancestors.iter().map(|a| a.pid).collect()
+        };
+        assert_eq!(
+            chain(7),
+            [INIT, RUNC],
+            "the host shell above runc is left out"
+        );
+        // An unknown cgroup: the whole chain.
+        assert_eq!(chain(0)[..3], [INIT, RUNC, SHELL]);
     }
 
     #[test]

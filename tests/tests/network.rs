@@ -218,7 +218,10 @@ fn the_api_server_address_from_the_environment_is_an_endpoint() {
     netns.serve("10.99.0.20", "443");
     let id = format!("cw-{}-kenv", std::process::id());
     let path = format!("/var/run/netns/{}", netns.name);
-    let script = "sleep 1; wget -q -O /dev/null http://10.99.0.20:443/api; exit 0";
+    // The agent reads a new container's variables when it sees its first program; with other
+    // tests loading it, that can take longer than a fixed wait: connect until one is named.
+    let script = "for i in $(seq 40); do wget -q -O /dev/null http://10.99.0.20:443/api; \
+                  sleep 0.5; done; exit 0";
     let c = Container::with_spec(&id, &[], &["/bin/sh", "-c", script], |spec| {
         for ns in spec["linux"]["namespaces"].as_array_mut().unwrap() {
             if ns["type"] == "network" {
@@ -229,8 +232,9 @@ fn the_api_server_address_from_the_environment_is_an_endpoint() {
         env.push(Value::String("KUBERNETES_SERVICE_HOST=10.99.0.20".into()));
         env.push(Value::String("DB_PASSWORD=never-read-or-logged".into()));
     });
-    c.run_to_completion();
+    c.start();
     let record = network_record(agent, &id, "kubernetes-api");
+    c.stop();
     assert_eq!(record["network"]["address"], "10.99.0.20", "{record:#}");
     assert_eq!(record["network"]["hostname"], "$KUBERNETES_SERVICE_HOST");
     let log = std::fs::read_to_string(&agent.log).unwrap()
@@ -942,7 +946,7 @@ fn calls_through_an_http_proxy_are_named_by_their_target() {
     netns.serve("10.99.0.30", "3128");
     let id = format!("cw-{}-proxied", std::process::id());
     let script = "import time, urllib.request\n\
-                  time.sleep(1)\n\
+                  time.sleep(3)\n\
                   for url in ['https://secretsmanager.us-east-1.amazonaws.com/',\n\
                   \x20           'http://169.254.169.254/latest/meta-data/placement/region',\n\
                   \x20           'http://169.254.169.254/latest/meta-data/iam/security-credentials/']:\n\
@@ -988,7 +992,7 @@ fn calls_through_an_http_proxy_are_named_by_their_target() {
     // A request line written in two pieces is read as the proxy reads it.
     let split_id = format!("cw-{}-proxysplit", std::process::id());
     let client = "import socket, time\n\
-                  time.sleep(1)\n\
+                  time.sleep(3)\n\
                   s = socket.create_connection(('10.99.0.30', 3128), 5)\n\
                   s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)\n\
                   s.sendall(b'GET http://169.254.169.254/lat')\n\
@@ -1018,7 +1022,7 @@ fn calls_through_an_http_proxy_are_named_by_their_target() {
     netns.wait_listening("10.99.0.31", "3129");
     let fronted_id = format!("cw-{}-fronted", std::process::id());
     let client = "import socket, ssl, time\n\
-                  time.sleep(1)\n\
+                  time.sleep(3)\n\
                   s = socket.create_connection(('10.99.0.31', 3129), 5)\n\
                   s.sendall(b'CONNECT cdn.example.net:443 HTTP/1.1\\r\\nHost: cdn.example.net:443\\r\\n\\r\\n')\n\
                   s.recv(4096)\n\

@@ -58,6 +58,21 @@ fn metric_sum(agent: &Agent, family: &str, labels: &[&str]) -> f64 {
         .sum()
 }
 
+/// `n` containers that each read their own secret `reads` times, `pause` seconds apart (each
+/// read by another `cat` process, so each its own record): the victims of the storm tests.
+fn bystanders(name: &str, n: usize, reads: usize, pause: &str) -> Vec<(String, Container)> {
+    (0..n)
+        .map(|v| {
+            let id = id(&format!("{name}{v}"));
+            let script = format!(
+                "for i in $(seq {reads}); do cat /run/secrets/db_password >/dev/null; sleep {pause}; done"
+            );
+            let c = Container::new(&id, &[("db_password", "x")], &["/bin/sh", "-c", &script]);
+            (id, c)
+        })
+        .collect()
+}
+
 /// How many accesses the records stand for (`count` absent = 1).
 fn accesses(records: &[Value]) -> u64 {
     records
@@ -250,17 +265,7 @@ fn a_container_over_its_budget_is_summarised_and_blinds_no_one() {
         &secrets,
         &["/bin/sh", "-c", "cat /run/secrets/f* >/dev/null"],
     );
-    let victims: Vec<(String, Container)> = (0..VICTIMS)
-        .map(|v| {
-            let id = id(&format!("bystander{v}"));
-            let script = format!(
-                "for i in {}; do cat /run/secrets/db_password >/dev/null; sleep 0.1; done",
-                vec!["x"; READS].join(" ")
-            );
-            let c = Container::new(&id, &[("db_password", "x")], &["/bin/sh", "-c", &script]);
-            (id, c)
-        })
-        .collect();
+    let victims = bystanders("bystander", VICTIMS, READS, "0.1");
     std::thread::scope(|s| {
         s.spawn(|| storm.run_to_completion());
         for (_, c) in &victims {
@@ -427,16 +432,7 @@ fn a_sustained_storm_keeps_to_its_share_of_the_log() {
     let script =
         format!("for i in $(seq {ROUNDS}); do cat /run/secrets/s* >/dev/null; sleep 1; done");
     let storm = Container::new(&attacker, &secrets, &["/bin/sh", "-c", &script]);
-    let victims: Vec<(String, Container)> = (0..VICTIMS)
-        .map(|v| {
-            let id = id(&format!("steady{v}"));
-            let script = format!(
-                "for i in $(seq {READS}); do cat /run/secrets/db_password >/dev/null; sleep 2; done"
-            );
-            let c = Container::new(&id, &[("db_password", "x")], &["/bin/sh", "-c", &script]);
-            (id, c)
-        })
-        .collect();
+    let victims = bystanders("steady", VICTIMS, READS, "2");
     std::thread::scope(|s| {
         s.spawn(|| storm.run_to_completion());
         for (_, c) in &victims {

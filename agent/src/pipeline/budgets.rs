@@ -128,21 +128,6 @@ impl Pipeline {
         }
     }
 
-    /// Connects over a container's record budget that nothing had named (unconfirmed after a
-    /// DNS answer, TLS candidates): the kernel kept only their count, so they stay unnamed.
-    pub(super) fn count_unnamed_over_budget(&mut self, cgroup_id: u64, n: u64) {
-        let meta = self
-            .containers
-            .resolve(cgroup_id, 0, Lookup::Cached)
-            .container();
-        let [namespace, workload, container] = crate::containers::metric_labels(meta.as_deref());
-        self.metrics.add(
-            Family::UnnamedConnects,
-            &[&namespace, &workload, &container],
-            n,
-        );
-    }
-
     /// A connection the agent would have waited on (for its requests or its ClientHello) but
     /// could not: the node-wide table is full, or its container holds its share already
     /// (counted against that container).

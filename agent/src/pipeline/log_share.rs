@@ -57,10 +57,15 @@ impl LogShare {
             return true;
         }
         let cap = self.per_hour as f64;
-        let bucket = self.buckets.entry(container.to_string()).or_insert(Bucket {
-            credit: cap,
-            last: now,
-        });
+        // (Looked up before inserting: no key allocated for every record written.)
+        if !self.buckets.contains_key(container) {
+            let full = Bucket {
+                credit: cap,
+                last: now,
+            };
+            self.buckets.insert(container.to_string(), full);
+        }
+        let bucket = self.buckets.get_mut(container).expect("inserted above");
         let refill = now.duration_since(bucket.last).as_secs_f64() * cap / HOUR;
         bucket.credit = (bucket.credit + refill).min(cap);
         bucket.last = now;

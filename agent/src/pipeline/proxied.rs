@@ -201,16 +201,4 @@ impl Pipeline {
             self.count_unnamed(&waiting.connect);
         }
     }
-
-    /// The catalogue endpoint a host name or address and port name.
-    fn endpoint_for(&self, host: &str, port: u16) -> Option<usize> {
-        let address = host.parse::<std::net::IpAddr>().ok();
-        self.policies.catalog.endpoints.iter().position(|e| {
-            let named = match &address {
-                Some(address) => e.contains_address(address),
-                None => e.matches_host(host),
-            };
-            named && (e.ports.is_empty() || e.ports.contains(&port))
-        })
-    }
 }

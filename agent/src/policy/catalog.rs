@@ -204,6 +204,11 @@ impl EndpointRule {
             .is_some_and(|g| g.is_match(host_as_path(name)))
     }
 
+    /// Whether connections to `port` reach it (no ports listed: any).
+    pub fn serves_port(&self, port: u16) -> bool {
+        self.ports.is_empty() || self.ports.contains(&port)
+    }
+
     /// Whether `address` is in one of the endpoint's networks.
     pub fn contains_address(&self, address: &std::net::IpAddr) -> bool {
         self.networks.iter().any(|n| in_network(address, n))
