@@ -34,8 +34,9 @@ fn prepare(work: &Path) -> String {
     std::fs::create_dir_all(deep.join(".aws")).unwrap();
     std::fs::write(deep.join(".aws/credentials"), "[default]\n").unwrap();
     format!(
-        "    - name: e2e-secrets\n      paths: [\"{}/**\"]\n",
-        secrets.display()
+        "    - name: e2e-secrets\n      paths: [\"{}/**\"]\n    - name: e2e-host-keys\n      paths: [\"{}/keys/host_*_key\"]\n",
+        secrets.display(),
+        work.display()
     )
 }
 
@@ -270,6 +271,80 @@ fn non_credential_opens_stay_in_the_kernel() {
         "filtered counter rose by {} (before {before}, after {after})",
         after - before
     );
+}
+
+/// A prefix key that ends inside a file name (`…/keys/host_*_key`): its directory is one the
+/// kernel must always walk, however many other files there it has already decided on. The
+/// key is created now, after the agent's secret search, so only its path can name it.
+#[test]
+fn a_prefix_ending_inside_a_file_name_is_matched_after_other_files_there() {
+    let agent = setup();
+    let keys = agent.work.join("keys");
+    std::fs::create_dir_all(&keys).unwrap();
+    let other = keys.join("other.txt");
+    std::fs::write(&other, "x").unwrap();
+    let key = keys.join(format!("host_{}_key", std::process::id()));
+    std::fs::write(&key, "not-a-real-key").unwrap();
+    let (other, key) = (other.display().to_string(), key.display().to_string());
+    let workload = Workload::run(&["openat", &other, "x3", "--next", "openat", &key]);
+    let records = agent.wait_records(workload.pid, 1);
+    assert_eq!(records.len(), 1, "{records:#?}");
+    assert_eq!(records[0]["file"]["path"], key.as_str());
+    assert_eq!(records[0]["secret"]["name"], "e2e-host-keys");
+}
+
+/// The kernel remembers per directory that no prefix key can match a file there; a catalogue
+/// change must make it decide again, or a remembered "no" would hide the new entry's files.
+/// The file read after the change is new, so only its path (not the secret search) names it.
+#[test]
+fn a_directory_decided_before_a_catalogue_change_is_decided_again() {
+    let agent = setup();
+    let dir = agent.work.join(format!("later-{}", crate::PROBE_MODE));
+    std::fs::create_dir_all(&dir).unwrap();
+    let before_change = dir.join("notes.txt");
+    std::fs::write(&before_change, "x").unwrap();
+    let before_change = before_change.display().to_string();
+    // Decided with today's keys, and remembered: not a credential.
+    let plain = agent.work.join("plain/readme.txt").display().to_string();
+    let secret = secret_path(agent);
+    let workload = Workload::run(&[
+        "openat",
+        &before_change,
+        "x3",
+        "--next",
+        "openat",
+        &plain,
+        "--next",
+        "openat",
+        &secret,
+    ]);
+    let records = agent.wait_records(workload.pid, 1);
+    assert_eq!(records.len(), 1, "only the control: {records:#?}");
+    assert_eq!(records[0]["file"]["path"], secret.as_str());
+
+    let reloads = r#"credwatch_policy_reloads_total{result="success"}"#;
+    let reloaded = agent.metric(reloads);
+    std::fs::write(
+        agent.work.join("policies/e2e-later.yaml"),
+        format!(
+            "apiVersion: credwatch.dev/v1alpha1\nkind: CredentialCatalog\nmetadata:\n  name: e2e-later\nspec:\n  files:\n    - name: e2e-later\n      paths: [\"{}/**\"]\n",
+            dir.display()
+        ),
+    )
+    .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while agent.metric(reloads) <= reloaded {
+        assert!(std::time::Instant::now() < deadline, "no reload");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let after_change = dir.join("new.txt");
+    std::fs::write(&after_change, "x").unwrap();
+    let after_change = after_change.display().to_string();
+    let workload = Workload::run(&["openat", &after_change]);
+    let records = agent.wait_records(workload.pid, 1);
+    assert_eq!(records.len(), 1, "{records:#?}");
+    assert_eq!(records[0]["file"]["path"], after_change.as_str());
+    assert_eq!(records[0]["secret"]["name"], "e2e-later");
 }
 
 #[test]

@@ -96,6 +96,40 @@ pub struct PathKeys {
     pub suffixes: BTreeMap<Vec<u8>, u32>,
 }
 
+impl PathKeys {
+    /// The kernel's file-name check: of each suffix key, the part after its last `/` with
+    /// that `/` (`/.aws/credentials` → `/credentials`; `.pem` stays), byte-reversed like the
+    /// suffixes and cut to what the kernel compares. A file whose name does not end with one
+    /// of these cannot end with the suffix key it came from.
+    pub fn leaf_keys(&self) -> BTreeMap<Vec<u8>, u32> {
+        let cap = credwatch_common::LEAF_KEY_BYTES;
+        let mut keys = BTreeMap::new();
+        for (reversed, id) in &self.suffixes {
+            let end = reversed
+                .iter()
+                .position(|&b| b == b'/')
+                .map_or(reversed.len(), |slash| slash + 1);
+            keys.entry(reversed[..end.min(cap)].to_vec()).or_insert(*id);
+        }
+        keys
+    }
+
+    /// The kernel's directory check: every directory above a prefix key, with its `/` ("/",
+    /// "/etc/", "/etc/ssh/" for "/etc/ssh/ssh_host_"), valued with its length. Files in a
+    /// directory that is neither one of these nor under a prefix key cannot match one.
+    pub fn dir_keys(&self) -> BTreeMap<Vec<u8>, u32> {
+        let mut keys = BTreeMap::new();
+        for prefix in self.prefixes.keys() {
+            for (i, &b) in prefix.iter().enumerate() {
+                if b == b'/' && i + 1 < prefix.len() {
+                    keys.insert(prefix[..=i].to_vec(), (i + 1) as u32);
+                }
+            }
+        }
+        keys
+    }
+}
+
 impl Catalog {
     /// The kernel's endpoint map: (IPv6-form address, prefix length) → endpoint id and ports.
     /// On overlapping networks the longer prefix wins (LPM); equal ones go to the first entry.
@@ -571,6 +605,95 @@ mod tests {
         assert!(glob.is_match("/root/.aws/credentials"));
         assert!(glob.is_match("/home/a/b/.aws/credentials"));
         assert!(!glob.is_match("/root/.aws/credentials.bak"));
+    }
+
+    /// The longest key that starts `lookup`, as the kernel's LPM tries answer.
+    fn longest<'a>(keys: &'a BTreeMap<Vec<u8>, u32>, lookup: &[u8]) -> Option<&'a Vec<u8>> {
+        keys.keys()
+            .filter(|k| lookup.starts_with(k))
+            .max_by_key(|k| k.len())
+    }
+
+    /// The kernel's full filter on a walked path (prefix or reversed suffix).
+    fn full_filter(keys: &PathKeys, path: &[u8]) -> bool {
+        let reversed: Vec<u8> = path.iter().rev().copied().collect();
+        longest(&keys.prefixes, path).is_some() || longest(&keys.suffixes, &reversed).is_some()
+    }
+
+    /// The kernel's cheap checks (`filter.rs` in the probes): the file name against the
+    /// leaf keys, the directory against the prefix keys and the directories above them.
+    fn cheap_says_walk(keys: &PathKeys, path: &[u8]) -> bool {
+        let slash = path.iter().rposition(|&b| b == b'/').unwrap();
+        let mut leaf: Vec<u8> = path[slash..].iter().rev().copied().collect();
+        leaf.truncate(credwatch_common::LEAF_KEY_BYTES);
+        let dir = &path[..=slash];
+        longest(&keys.leaf_keys(), &leaf).is_some()
+            || longest(&keys.prefixes, dir).is_some()
+            || longest(&keys.dir_keys(), dir).is_some_and(|k| k.len() == dir.len())
+    }
+
+    /// The cheap checks only ever spare files the full filter would drop: every path made
+    /// from the default catalogue's patterns (and look-alikes around them) that the full
+    /// filter keeps is walked, and ordinary files are not.
+    #[test]
+    fn the_cheap_checks_never_spare_a_file_the_filter_keeps() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::copy(
+            concat!(env!("CARGO_MANIFEST_DIR"), "/../policies/catalog.yaml"),
+            dir.path().join("catalog.yaml"),
+        )
+        .unwrap();
+        let mut catalog = crate::policy::load_dir(dir.path()).unwrap().catalog;
+        // A user's suffix without a directory and a long file name, beside the defaults.
+        for pattern in [
+            "**/*.pem",
+            "**/a-very-long-credential-file-name-indeed.json",
+        ] {
+            catalog.files[0].paths.push(pattern.to_string());
+        }
+        let keys = catalog.path_keys();
+        let mut paths = Vec::new();
+        for rule in &catalog.files {
+            for pattern in &rule.paths {
+                for (star, stars) in [("x", "a/b"), ("12", "home/u"), ("ab_cd", "")] {
+                    let path = pattern.replace("**", stars).replace('*', star);
+                    let path = path.replace("//", "/");
+                    let path = if path.starts_with('/') {
+                        path
+                    } else {
+                        format!("/{path}")
+                    };
+                    for variant in [
+                        path.clone(),
+                        format!("{path}/inner/file"),
+                        format!("{path}.bak"),
+                        format!("/host{path}"),
+                        path.trim_end_matches('/').to_string() + "/f",
+                    ] {
+                        paths.push(variant);
+                    }
+                }
+            }
+        }
+        let mut kept = 0;
+        for path in &paths {
+            if full_filter(&keys, path.as_bytes()) {
+                kept += 1;
+                assert!(cheap_says_walk(&keys, path.as_bytes()), "spared {path}");
+            }
+        }
+        assert!(kept > 100, "only {kept} generated paths are credentials");
+        for ordinary in [
+            "/tmp/credwatch-bench/not-a-credential.txt",
+            "/usr/lib/x86_64-linux-gnu/libc.so.6",
+            "/home/u/project/src/main.rs",
+            "/var/log/syslog",
+        ] {
+            assert!(
+                !cheap_says_walk(&keys, ordinary.as_bytes()),
+                "walks {ordinary}"
+            );
+        }
     }
 
     #[test]

@@ -13,7 +13,7 @@ use aya::{
     programs::TracePoint,
 };
 use credwatch_common::{
-    Budget, EndpointValue, InodeKey, IoUringOffsets, LearnedKey, PATH_KEY_BYTES, PathKeyData,
+    Budget, EndpointValue, InodeKey, IoUringOffsets, LEAF_KEY_BYTES, LearnedKey, PATH_KEY_BYTES,
     STATS_ENTRIES, globals, maps, outcome, probe,
 };
 use log::{info, warn};
@@ -80,6 +80,11 @@ impl Probes {
             .map_err(|(_, e)| e)
             .context("possible CPUs")? as u32;
         let ebpf = EbpfLoader::new()
+            .verifier_log_level(if std::env::var_os("CREDWATCH_VERIFIER_LOG").is_some() {
+                aya::VerifierLogLevel::VERBOSE
+            } else {
+                aya::VerifierLogLevel::default()
+            })
             .map_max_entries(maps::EVENTS, ring_bytes)
             .override_global(globals::OFFSETS, &offsets, true)
             .override_global(globals::AGENT_TGID, &agent_tgid, true)
@@ -385,18 +390,45 @@ impl Probes {
                 let _ = inodes.remove(key);
             }
         }
-        sync_trie(
+        let paths_changed = self.paths != want.paths;
+        sync_trie::<PATH_KEY_BYTES>(
             &mut self.ebpf,
             maps::PATH_PREFIXES,
             &self.paths.prefixes,
             &want.paths.prefixes,
         )?;
-        sync_trie(
+        sync_trie::<PATH_KEY_BYTES>(
             &mut self.ebpf,
             maps::PATH_SUFFIXES,
             &self.paths.suffixes,
             &want.paths.suffixes,
         )?;
+        // The cheap checks' keys, derived from the same keys (see `filter.rs` in the probes).
+        sync_trie::<LEAF_KEY_BYTES>(
+            &mut self.ebpf,
+            maps::LEAF_SUFFIXES,
+            &self.paths.leaf_keys(),
+            &want.paths.leaf_keys(),
+        )?;
+        sync_trie::<PATH_KEY_BYTES>(
+            &mut self.ebpf,
+            maps::DIR_PREFIXES,
+            &self.paths.dir_keys(),
+            &want.paths.dir_keys(),
+        )?;
+        if paths_changed {
+            // Only after every trie holds the new keys: the kernel's per-directory verdicts
+            // decided with the old ones (tagged with the old epoch) stop counting.
+            let mut epoch: aya::maps::Array<_, u32> = aya::maps::Array::try_from(
+                self.ebpf
+                    .map_mut(maps::FILTER_EPOCH)
+                    .ok_or_else(|| anyhow!("filter epoch map missing"))?,
+            )?;
+            let now = epoch.get(&0, 0).unwrap_or(0);
+            epoch
+                .set(0, now.wrapping_add(1).max(1), 0)
+                .context("advancing the filter epoch")?;
+        }
         self.sync_endpoints(&want.endpoints)?;
         let mut named: aya::maps::Array<_, u16> = aya::maps::Array::try_from(
             self.ebpf
@@ -477,31 +509,32 @@ fn task_pt_regs_supported() -> bool {
     .all(|helper| is_helper_supported(ProgramType::TracePoint, helper).unwrap_or(false))
 }
 
-fn trie_key(bytes: &[u8]) -> Key<PathKeyData> {
-    let mut data = [0u8; PATH_KEY_BYTES];
-    let n = bytes.len().min(PATH_KEY_BYTES);
+fn trie_key<const N: usize>(bytes: &[u8]) -> Key<[u8; N]> {
+    let mut data = [0u8; N];
+    let n = bytes.len().min(N);
     data[..n].copy_from_slice(&bytes[..n]);
     Key::new((n * 8) as u32, data)
 }
 
-fn sync_trie(
+/// Makes the trie `name` (keys of `N` bytes) hold `want` instead of `have`.
+fn sync_trie<const N: usize>(
     ebpf: &mut Ebpf,
     name: &str,
     have: &BTreeMap<Vec<u8>, u32>,
     want: &BTreeMap<Vec<u8>, u32>,
 ) -> Result<()> {
-    let mut trie: LpmTrie<_, PathKeyData, u32> = LpmTrie::try_from(
+    let mut trie: LpmTrie<_, [u8; N], u32> = LpmTrie::try_from(
         ebpf.map_mut(name)
             .ok_or_else(|| anyhow!("{name} map missing"))?,
     )?;
     for (bytes, id) in want {
         if have.get(bytes) != Some(id) {
-            trie.insert(&trie_key(bytes), id, 0)
+            trie.insert(&trie_key::<N>(bytes), id, 0)
                 .with_context(|| format!("inserting into {name}"))?;
         }
     }
     for bytes in have.keys().filter(|k| !want.contains_key(*k)) {
-        let _ = trie.remove(&trie_key(bytes));
+        let _ = trie.remove(&trie_key::<N>(bytes));
     }
     Ok(())
 }
@@ -583,6 +616,9 @@ mod tests {
             maps::REPEATS,
             maps::SUPPRESSED,
             maps::INSPECTED,
+            maps::LEAF_SUFFIXES,
+            maps::DIR_PREFIXES,
+            maps::FILTER_EPOCH,
         ] {
             assert!(object.maps.contains_key(map), "map {map} missing");
         }

@@ -77,6 +77,9 @@ pub mod maps {
     pub const REPEATS: &str = "REPEATS";
     pub const SUPPRESSED: &str = "SUPPRESSED";
     pub const INSPECTED: &str = "INSPECTED";
+    pub const LEAF_SUFFIXES: &str = "LEAF_SUFFIXES";
+    pub const DIR_PREFIXES: &str = "DIR_PREFIXES";
+    pub const FILTER_EPOCH: &str = "FILTER_EPOCH";
 }
 
 /// Names of the load-time globals the agent sets.
@@ -588,6 +591,36 @@ pub struct InodeKey {
 /// Data of the path LPM tries (prefixes forwards, suffixes byte-reversed).
 pub type PathKeyData = [u8; PATH_KEY_BYTES];
 
+/// How much of a file name the cheap name check looks at (its end, byte-reversed).
+pub const LEAF_KEY_BYTES: usize = 32;
+/// Data of the file-name trie: for each suffix key, its part after the last `/`, with that
+/// `/` (`/.aws/credentials` → `/credentials`), byte-reversed and cut to [`LEAF_KEY_BYTES`].
+pub type LeafKeyData = [u8; LEAF_KEY_BYTES];
+
+/// A directory whose files' prefix verdict the kernel remembers (see `filter.rs`): the
+/// directory's dentry in a mount, seen from a root. Kernel addresses, never leave the kernel.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DirKey {
+    pub mnt: u64,
+    pub dentry: u64,
+    pub root_mnt: u64,
+    pub root_dentry: u64,
+}
+
+/// What the kernel remembers about a directory.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DirVerdict {
+    /// The mount's root dentry: a file that is the mount's root (a bind-mounted file) is
+    /// named by its mount point, not by this directory, and is always walked.
+    pub mnt_root: u64,
+    /// `FILTER_EPOCH` when this was decided; older verdicts are ignored.
+    pub epoch: u32,
+    /// Non-zero: a prefix key can match a file here, walk.
+    pub walk: u32,
+}
+
 /// Byte offsets of the kernel struct fields the probes read, found in the running kernel's BTF
 /// at start-up (Rust eBPF has no CO-RE relocations, so nothing here is compiled in).
 #[repr(C)]
@@ -700,6 +733,8 @@ const _: () = {
     assert!(size_of::<SuppressedKey>() == 16);
     assert!(size_of::<Budget>() == 24);
     assert!(size_of::<InodeKey>() == 16);
+    assert!(size_of::<DirKey>() == 32);
+    assert!(size_of::<DirVerdict>() == 16);
     assert!(size_of::<EndpointValue>() == 32);
     assert!(size_of::<LearnedKey>() == 24);
 };

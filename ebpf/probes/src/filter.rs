@@ -1,10 +1,18 @@
 //! The in-kernel credential filter: exact secret inodes, path prefixes and reversed path
-//! suffixes, all filled by the agent from the credential catalogue.
+//! suffixes, all filled by the agent from the credential catalogue; and the cheap checks
+//! that decide, before the path walk, that most opened files cannot match them.
 
 use aya_ebpf::{helpers::generated, maps::lpm_trie::Key};
-use credwatch_common::{InodeKey, PATH_BYTES, PATH_KEY_BYTES, PathKeyData, matched};
+use credwatch_common::{
+    DirKey, DirVerdict, InodeKey, LEAF_KEY_BYTES, LeafKeyData, PATH_BYTES, PATH_KEY_BYTES,
+    PathKeyData, matched,
+};
 
-use crate::{PATH_PREFIXES, PATH_SUFFIXES, SECRET_INODES, vfs::PATH_MASK};
+use crate::{
+    DIR_PREFIXES, DIR_VERDICTS, FILTER_EPOCH, LEAF_SUFFIXES, PATH_PREFIXES, PATH_SUFFIXES,
+    SECRET_INODES,
+    vfs::{self, KPath, PATH_MASK, offset},
+};
 
 /// Secret id for (dev, ino), or 0.
 #[inline(always)]
@@ -65,4 +73,159 @@ pub unsafe fn match_path(
         }
     }
     hits
+}
+
+/// Working memory of the cheap checks (in `Scratch`).
+#[repr(C)]
+pub struct Cheap {
+    /// Kernel struct fields read in one go (see `vfs::file_inode_path`).
+    pub words: [u64; 8],
+    /// The end of the file name lands at byte 64, behind a `/`; the rest is room the verifier
+    /// needs to see (a position up to 63 plus up to 32 bytes).
+    leaf: [u64; 12],
+    leaf_key: Key<LeafKeyData>,
+    /// The file's directory, should its verdict be remembered after the walk.
+    dir_key: DirKey,
+    /// `FILTER_EPOCH` when the check began.
+    epoch: u32,
+    /// The file name's length (0: no name was read, nothing to remember).
+    leaf_len: u32,
+    /// Where the name's end goes in `leaf`.
+    at: u32,
+    _pad: u32,
+}
+
+impl Cheap {
+    /// Nothing to remember about this file's directory (its walk was not `worth_walking`'s).
+    #[inline(always)]
+    pub fn forget_name(&mut self) {
+        self.leaf_len = 0;
+    }
+}
+
+/// The cheap facts, decided before the walk that builds an opened file's whole path: whether
+/// the file's name can end a suffix key, and whether a prefix key can start a path in the
+/// file's directory (decided once per directory, after a walk, and remembered). Anything
+/// unknown means walk: this only ever spares opens that cannot match.
+#[inline(always)]
+pub unsafe fn worth_walking(c: &mut Cheap, at: KPath, root: KPath) -> bool {
+    c.leaf_len = 0;
+    let Ok([parent, hash_len, name]) =
+        (unsafe { vfs::read::<[u64; 3]>(at.dentry, offset!(dentry_d_parent)) })
+    else {
+        return true;
+    };
+    let len = ((hash_len >> 32) & 0xff) as usize;
+    if parent == at.dentry || len == 0 {
+        // A file system's root: no name of its own.
+        return true;
+    }
+    if unsafe { leaf_may_match(c, name, len) } {
+        return true;
+    }
+    c.leaf_len = len as u32;
+    c.epoch = FILTER_EPOCH.get(0).copied().unwrap_or(0);
+    c.dir_key = DirKey {
+        mnt: at.mnt,
+        dentry: parent,
+        root_mnt: root.mnt,
+        root_dentry: root.dentry,
+    };
+    match unsafe { DIR_VERDICTS.get(&c.dir_key) } {
+        // A mount's root file (bind-mounted) is named by its mount point, not this directory.
+        Some(v) => v.epoch != c.epoch || v.walk != 0 || v.mnt_root == at.dentry,
+        None => true,
+    }
+}
+
+/// Whether the file name `name` (`len` bytes) can end one of the suffix keys: the last
+/// `LEAF_KEY_BYTES` of `/` + name, byte-reversed, against the trie of the keys' name parts.
+#[inline(always)]
+unsafe fn leaf_may_match(c: &mut Cheap, name: u64, len: usize) -> bool {
+    let n = if len > LEAF_KEY_BYTES {
+        LEAF_KEY_BYTES
+    } else {
+        len
+    };
+    unsafe {
+        let buf = c.leaf.as_mut_ptr() as *mut u8;
+        // Through map memory, so that the compiler cannot drop the mask the verifier needs
+        // (it knows n ≤ 32; the verifier only sees the masked position).
+        core::ptr::write_volatile(&mut c.at, (64 - n) as u32);
+        let at = core::ptr::read_volatile(&c.at) as usize & 63;
+        if generated::bpf_probe_read_kernel(
+            buf.add(at & 63).cast(),
+            n as u32,
+            (name + (len - n) as u64) as *const _,
+        ) != 0
+        {
+            return true;
+        }
+        // Outside the key when the name fills it (n = 32): harmless.
+        *buf.add(at.wrapping_sub(1) & 63) = b'/';
+        // The name ends at byte 64 (8-aligned): reversing is one byte swap per word. Bytes
+        // past the key's length are ignored by the trie.
+        let words = core::ptr::addr_of_mut!(c.leaf_key.data) as *mut u64;
+        let tail = buf.add(64) as *const u64;
+        for i in 0..LEAF_KEY_BYTES / 8 {
+            *words.add(i) = (*tail.sub(i + 1)).swap_bytes();
+        }
+        let bytes = if n + 1 > LEAF_KEY_BYTES {
+            LEAF_KEY_BYTES
+        } else {
+            n + 1
+        };
+        c.leaf_key.prefix_len = (bytes * 8) as u32;
+        LEAF_SUFFIXES.get(&c.leaf_key).is_some()
+    }
+}
+
+/// After a clean walk of a file that `worth_walking` read the name of: decides for its
+/// directory whether a prefix key can match a file in it — a key starts the directory's path
+/// (`/proc/` for `/proc/1`), or the directory's path starts a key (`/etc/` for
+/// `/etc/ssh/ssh_host_`) — and remembers that. `buf[pos..PATH_BYTES]` is the file's path.
+#[inline(always)]
+pub unsafe fn remember_dir(
+    c: &mut Cheap,
+    key: &mut Key<PathKeyData>,
+    buf: *const u8,
+    pos: usize,
+    at: KPath,
+) {
+    let leaf = c.leaf_len as usize;
+    if leaf == 0 || pos + leaf >= PATH_BYTES {
+        return;
+    }
+    // The directory's path and its `/`: [pos, dir_end).
+    let dir_end = PATH_BYTES - leaf;
+    let m = dir_end - pos;
+    let n = if m > PATH_KEY_BYTES {
+        PATH_KEY_BYTES
+    } else {
+        m
+    };
+    unsafe {
+        let Ok(mnt_root) = vfs::read::<u64>(at.mnt, offset!(vfsmount_mnt_root)) else {
+            return;
+        };
+        if mnt_root == at.dentry {
+            return;
+        }
+        key.prefix_len = (n * 8) as u32;
+        generated::bpf_probe_read_kernel(
+            core::ptr::addr_of_mut!(key.data).cast(),
+            n as u32,
+            buf.add(pos & PATH_MASK).cast(),
+        );
+        let walk = PATH_PREFIXES.get(&*key).is_some()
+            || DIR_PREFIXES
+                .get(&*key)
+                .is_some_and(|len| *len as usize == m);
+        let verdict = DirVerdict {
+            mnt_root,
+            epoch: c.epoch,
+            walk: walk as u32,
+        };
+        let _ = DIR_VERDICTS.insert(&c.dir_key, &verdict, 0);
+    }
 }

@@ -30,10 +30,10 @@ use aya_ebpf::{
     programs::{BtfTracePointContext, SkBuffContext, SockAddrContext, TracePointContext},
 };
 use credwatch_common::{
-    Budget, CGROUP_MKDIR, CGROUP_RMDIR, CgroupRecord, DnsRecord, EndpointValue, InodeKey,
-    IoUringOffsets, KernelOffsets, LearnedKey, NAMED_PORT_SLOTS, PathKeyData, ProcessRecord,
-    REPEAT_ENTRIES, RepeatKey, RepeatValue, RequestRecord, STATS_ENTRIES, SUPPRESSED_ENTRIES,
-    SuppressedKey, probe,
+    Budget, CGROUP_MKDIR, CGROUP_RMDIR, CgroupRecord, DirKey, DirVerdict, DnsRecord, EndpointValue,
+    InodeKey, IoUringOffsets, KernelOffsets, LeafKeyData, LearnedKey, NAMED_PORT_SLOTS,
+    PathKeyData, ProcessRecord, REPEAT_ENTRIES, RepeatKey, RepeatValue, RequestRecord,
+    STATS_ENTRIES, SUPPRESSED_ENTRIES, SuppressedKey, probe,
 };
 
 /// Filled by the agent from `/sys/kernel/btf/vmlinux` before load.
@@ -66,6 +66,17 @@ static SECRET_INODES: HashMap<InodeKey, u32> = HashMap::with_max_entries(65536, 
 static PATH_PREFIXES: LpmTrie<PathKeyData, u32> = LpmTrie::with_max_entries(4096, 0);
 #[map(name = "PATH_SUFFIXES")]
 static PATH_SUFFIXES: LpmTrie<PathKeyData, u32> = LpmTrie::with_max_entries(4096, 0);
+/// The cheap checks that spare most opens the path walk (see `filter.rs`): the file-name
+/// ends of the suffix keys, the directories above each prefix key, what was decided per
+/// directory, and the generation of the keys those decisions were made with.
+#[map(name = "LEAF_SUFFIXES")]
+static LEAF_SUFFIXES: LpmTrie<LeafKeyData, u32> = LpmTrie::with_max_entries(4096, 0);
+#[map(name = "DIR_PREFIXES")]
+static DIR_PREFIXES: LpmTrie<PathKeyData, u32> = LpmTrie::with_max_entries(4096, 0);
+#[map(name = "DIR_VERDICTS")]
+static DIR_VERDICTS: LruHashMap<DirKey, DirVerdict> = LruHashMap::with_max_entries(16384, 0);
+#[map(name = "FILTER_EPOCH")]
+static FILTER_EPOCH: aya_ebpf::maps::Array<u32> = aya_ebpf::maps::Array::with_max_entries(1, 0);
 /// Arguments saved at syscall entry (see `open::enter`): one slot per CPU, and a hash for the
 /// rare open that is still blocked when the next one on its CPU begins. The exit tracepoint
 /// runs even when a signal ends the syscall, so entries are always taken back out.
@@ -153,6 +164,14 @@ fn is_agent(pid_tgid: u64) -> bool {
     (pid_tgid >> 32) as u32 == AGENT_TGID.load()
 }
 
+/// A syscall exit's return value: a load from the tracepoint's record, which the verifier
+/// allows directly (no `bpf_probe_read` call, as `read_at` makes).
+#[inline(always)]
+fn syscall_ret(ctx: &TracePointContext) -> i64 {
+    use aya_ebpf::EbpfContext as _;
+    unsafe { core::ptr::read_volatile((ctx.as_ptr() as *const u8).add(RET) as *const i64) }
+}
+
 #[inline(always)]
 fn arg(ctx: &TracePointContext, offset: usize) -> u64 {
     unsafe { ctx.read_at::<u64>(offset) }.unwrap_or(0)
@@ -221,7 +240,7 @@ macro_rules! exit_program {
     ($fn_name:ident, $tp:literal, $probe:expr) => {
         #[tracepoint(category = "syscalls", name = $tp)]
         pub fn $fn_name(ctx: TracePointContext) -> u32 {
-            open::exit($probe, arg(&ctx, RET) as i64);
+            open::exit($probe, syscall_ret(&ctx));
             0
         }
     };

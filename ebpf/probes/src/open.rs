@@ -19,7 +19,7 @@ use credwatch_common::{
 };
 
 use crate::{
-    EVENTS, OFFSETS, PENDING_SLOT, PENDING_SPILL, SCRATCH, budget, filter,
+    EVENTS, PENDING_SLOT, PENDING_SPILL, SCRATCH, budget, filter,
     repeats::{self, Repeat},
     stats::count,
     vfs::{self, KPath, PATH_MASK, WALK_BYTES},
@@ -41,7 +41,9 @@ pub struct PendingOpen {
     dirfd: i32,
     flags: u32,
     probe: u32,
-    _pad: u32,
+    /// 1: only `pid_tgid` and `probe` are known; the arguments are still in the task's saved
+    /// registers, read only for an open that is reported (`args_from_regs`).
+    from_regs: u32,
 }
 
 #[inline(always)]
@@ -74,6 +76,7 @@ pub struct Scratch {
     rule: u32,
     walk: [u8; WALK_BYTES],
     key: Key<PathKeyData>,
+    cheap: filter::Cheap,
 }
 
 /// Saves the arguments in this CPU's slot. Nearly every open enters and exits on one CPU with
@@ -98,7 +101,7 @@ pub fn enter(probe: u32, dirfd: i32, path_ptr: u64, flags: u32) {
         dirfd,
         flags,
         probe,
-        _pad: 0,
+        from_regs: 0,
     };
 }
 
@@ -189,7 +192,7 @@ fn args_from_regs(o: &KernelOffsets, probe: u32, pid_tgid: u64) -> Option<Pendin
         dirfd,
         flags,
         probe,
-        _pad: 0,
+        from_regs: 0,
     })
 }
 
@@ -198,12 +201,21 @@ pub fn exit(probe: u32, ret: i64) {
     if crate::is_agent(pid_tgid) {
         return;
     }
-    let offsets = OFFSETS.load();
+    let offsets = vfs::offsets();
     if offsets.valid == 0 {
         return;
     }
-    let pending = if offsets.args_from_regs != 0 {
-        args_from_regs(&offsets, probe, pid_tgid)
+    let pending = if offsets.args_from_regs != 0 && ret >= 0 {
+        Some(PendingOpen {
+            pid_tgid,
+            path_ptr: 0,
+            dirfd: AT_FDCWD,
+            flags: 0,
+            probe,
+            from_regs: 1,
+        })
+    } else if offsets.args_from_regs != 0 {
+        args_from_regs(offsets, probe, pid_tgid)
     } else {
         take_pending(pid_tgid).filter(|p| p.probe == probe)
     };
@@ -211,7 +223,7 @@ pub fn exit(probe: u32, ret: i64) {
     let Some(pending) = pending else {
         return count(probe, outcome::UNMATCHED);
     };
-    judge(&offsets, pending, ret);
+    judge(offsets, pending, ret);
 }
 
 /// An open that io_uring completed (see `uring.rs`): `ret` is the new fd in the task's fd
@@ -227,7 +239,7 @@ pub fn io_uring_opened(ret: i64, submitted: Option<&crate::uring::UringOpen>) {
     if crate::is_agent(pid_tgid) {
         return;
     }
-    let offsets = OFFSETS.load();
+    let offsets = vfs::offsets();
     if offsets.valid == 0 {
         return;
     }
@@ -239,8 +251,8 @@ pub fn io_uring_opened(ret: i64, submitted: Option<&crate::uring::UringOpen>) {
         Some(s) => (s.path.as_ptr() as u64, s.dirfd, s.flags),
         None => {
             let flags = unsafe {
-                vfs::task_fs_files(&offsets, bpf_get_current_task())
-                    .and_then(|(_, files)| vfs::fd_to_file(&offsets, files, ret as u32))
+                vfs::task_fs_files(offsets, bpf_get_current_task())
+                    .and_then(|(_, files)| vfs::fd_to_file(offsets, files, ret as u32))
                     .and_then(|file| vfs::read::<u32>(file, offsets.file_f_flags))
             };
             let Ok(flags) = flags else {
@@ -256,21 +268,21 @@ pub fn io_uring_opened(ret: i64, submitted: Option<&crate::uring::UringOpen>) {
         dirfd,
         flags,
         probe: probe::IO_URING_OPEN,
-        _pad: 0,
+        from_regs: 0,
     };
-    judge(&offsets, pending, ret);
+    judge(offsets, pending, ret);
 }
 
 /// Inspects an open's result, filters it and emits the record; counts every outcome.
 #[inline(always)]
-fn judge(offsets: &KernelOffsets, pending: PendingOpen, ret: i64) {
+fn judge(offsets: &KernelOffsets, mut pending: PendingOpen, ret: i64) {
     let probe = pending.probe;
     count(probe, outcome::SEEN);
     let Some(scratch) = SCRATCH.get_ptr_mut(0) else {
         return;
     };
     let scratch = unsafe { &mut *scratch };
-    match unsafe { inspect(offsets, scratch, &pending, ret) } {
+    match unsafe { inspect(offsets, scratch, &mut pending, ret) } {
         Ok(true) => {
             let now = unsafe { bpf_ktime_get_boot_ns() };
             let rec = &mut scratch.rec;
@@ -361,7 +373,7 @@ fn judge(offsets: &KernelOffsets, pending: PendingOpen, ret: i64) {
 unsafe fn inspect(
     o: &KernelOffsets,
     scratch: &mut Scratch,
-    pending: &PendingOpen,
+    pending: &mut PendingOpen,
     ret: i64,
 ) -> Result<bool, i32> {
     let rec = &mut scratch.rec;
@@ -371,18 +383,26 @@ unsafe fn inspect(
     rec.ino = 0;
     rec.raw_len = 0;
     let buf = scratch.walk.as_mut_ptr();
+    // The file whose path was walked (not for a failed open's lexical path).
+    let mut walked = None;
     unsafe {
-        let task = bpf_get_current_task();
-        let (fs, files) = vfs::task_fs_files(o, task)?;
-        let root = vfs::read_path(fs + o.fs_root as u64)?;
+        let (fs, files) = vfs::current_fs_files();
+        let root = vfs::typed_root(fs);
         let (mut pos, flags) = if ret >= 0 {
-            let file = vfs::fd_to_file(o, files, ret as u32)?;
-            let inode: u64 = vfs::read(file, o.file_f_inode)?;
-            rec.ino = vfs::read(inode, o.inode_i_ino)?;
-            let sb: u64 = vfs::read(inode, o.inode_i_sb)?;
+            let file = vfs::typed_fd_to_file(files, ret as u32)?;
+            let (inode, at) = vfs::file_inode_path(file, &mut scratch.cheap.words)?;
+            let (sb, ino) = vfs::inode_sb_ino(inode, &mut scratch.cheap.words)?;
+            rec.ino = ino;
             rec.dev = vfs::read(sb, o.sb_s_dev)?;
             rec.secret_id = filter::secret_inode(rec.dev, rec.ino);
-            let at = vfs::read_path(file + o.file_f_path as u64)?;
+            if rec.secret_id == 0 {
+                if !filter::worth_walking(&mut scratch.cheap, at, root) {
+                    return Ok(false);
+                }
+            } else {
+                scratch.cheap.forget_name();
+            }
+            walked = Some(at);
             vfs::prepend_path(o, PATH_BYTES, at, root)
         } else {
             // No file to look at: judge the path the process asked for, joined to its base.
@@ -402,7 +422,7 @@ unsafe fn inspect(
             } else {
                 let pos = pos - 1;
                 *buf.add(pos & PATH_MASK) = b'/';
-                let (pos, flags) = match base_dir(o, files, fs, pending.dirfd) {
+                let (pos, flags) = match base_dir(o, files as u64, fs as u64, pending.dirfd) {
                     Ok(base) => vfs::prepend_path(o, pos, base, root),
                     // Unknown base (bad dirfd): only the tail is known.
                     Err(_) => (pos, path_flag::TRUNCATED | path_flag::READ_ERROR),
@@ -422,8 +442,15 @@ unsafe fn inspect(
             let truncated = flags & path_flag::TRUNCATED != 0;
             filter::match_path(buf, pos, truncated, &mut scratch.key, &mut scratch.rule)
         };
+        if let (Some(at), 0) = (walked, flags) {
+            filter::remember_dir(&mut scratch.cheap, &mut scratch.key, buf, pos, at);
+        }
         if rec.matched == 0 {
             return Ok(false);
+        }
+        if pending.from_regs != 0 {
+            // Only now that the open is reported are its arguments needed.
+            *pending = args_from_regs(o, pending.probe, pending.pid_tgid).ok_or(-22)?;
         }
         let len = (PATH_BYTES - pos) & PATH_MASK;
         rec.path_len = len as u32;
