@@ -15,6 +15,7 @@ use anyhow::{Context as _, Result, bail};
 use crate::{Profile, build_agent, cargo, is_root, setup, status, workspace_root};
 
 mod audit;
+mod catalogue;
 mod egress;
 mod load;
 
@@ -30,7 +31,7 @@ const URING_ITERATIONS: u64 = 1_000_000;
 const BPFTRACE_PROGRAM: &str =
     "tracepoint:syscalls:sys_enter_openat {} tracepoint:syscalls:sys_exit_openat {}";
 
-pub fn bench(iterations: u64, rounds: u32, only_egress: bool) -> Result<()> {
+pub fn bench(iterations: u64, rounds: u32, only_egress: bool, only_catalogue: bool) -> Result<()> {
     if !is_root() {
         bail!("the benchmark loads eBPF programs: run it as root");
     }
@@ -70,6 +71,9 @@ pub fn bench(iterations: u64, rounds: u32, only_egress: bool) -> Result<()> {
     std::fs::create_dir_all(&dir)?;
     let target = dir.join("not-a-credential.txt");
     std::fs::write(&target, b"benchmark\n")?;
+    if only_catalogue {
+        return catalogue::catalogue_sizes(&agent, &openloop, &target, iterations, rounds);
+    }
 
     let mut results: Vec<Vec<f64>> = vec![Vec::new(); CONFIGS.len()];
     // The tracers' programs' own run time per open, as the kernel counts it.
@@ -134,6 +138,8 @@ pub fn bench(iterations: u64, rounds: u32, only_egress: bool) -> Result<()> {
     kernel_table.extend(kernel_results[..CONFIGS.len() - 2].iter().cloned());
     print_table("program ns per open", &kernel_configs, &mut kernel_table);
     println!();
+    catalogue::catalogue_sizes(&agent, &openloop, &target, iterations, rounds)?;
+    println!();
     println!(
         "UDP socket+connect+close to 127.0.0.1:9 (not an endpoint), {CONNECT_ITERATIONS} iterations, median of {rounds} interleaved rounds"
     );
@@ -166,7 +172,7 @@ pub(crate) fn print_table(unit: &str, configs: &[&str], results: &mut [Vec<f64>]
 }
 
 /// Runs a load loop; it prints the mean ns per operation.
-fn run_loop(cmd: &mut Command) -> Result<f64> {
+pub(crate) fn run_loop(cmd: &mut Command) -> Result<f64> {
     let out = cmd.output()?;
     if !out.status.success() {
         bail!("load loop failed: {}", String::from_utf8_lossy(&out.stderr));
@@ -206,6 +212,16 @@ pub(crate) fn start_tracer(config: &str, agent: &Path) -> Result<Option<Tracer>>
         "credwatch" => {
             let mut cmd = Command::new(agent);
             cmd.args(["run", "--log", "/dev/null", "--metrics-addr", "127.0.0.1:0"])
+                .current_dir(workspace_root())
+                .env("RUST_LOG", "warn");
+            (cmd, "credwatch: ready", true)
+        }
+        // The agent with another policy directory (the catalogue-size sweep).
+        c if c.starts_with("credwatch-policies=") => {
+            let mut cmd = Command::new(agent);
+            cmd.args(["run", "--log", "/dev/null", "--metrics-addr", "127.0.0.1:0"])
+                .arg("--policies")
+                .arg(&c["credwatch-policies=".len()..])
                 .current_dir(workspace_root())
                 .env("RUST_LOG", "warn");
             (cmd, "credwatch: ready", true)
@@ -303,7 +319,7 @@ fn stop_child(mut child: Child) {
     let _ = child.wait();
 }
 
-fn median(values: &mut [f64]) -> f64 {
+pub(crate) fn median(values: &mut [f64]) -> f64 {
     values.sort_by(|a, b| a.total_cmp(b));
     values[values.len() / 2]
 }

@@ -45,6 +45,9 @@ enum Task {
         /// Only the packet program's cost per packet (`egress`), not the whole run.
         #[arg(long)]
         only_egress: bool,
+        /// Only the file programs' cost by catalogue size (10 and 1,000 path patterns).
+        #[arg(long)]
+        only_catalogue: bool,
     },
 }
 
@@ -58,7 +61,8 @@ fn main() -> ExitCode {
             iterations,
             rounds,
             only_egress,
-        } => bench::bench(iterations, rounds, only_egress),
+            only_catalogue,
+        } => bench::bench(iterations, rounds, only_egress, only_catalogue),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
