@@ -347,6 +347,50 @@ fn a_directory_decided_before_a_catalogue_change_is_decided_again() {
     assert_eq!(records[0]["secret"]["name"], "e2e-later");
 }
 
+/// The kernel remembers files it found not to be credentials; when the secret inodes change
+/// it must decide them again. A file read (and remembered) before it got a hardlink under a
+/// catalogue path is reported by its inode once the agent's secret search has found the link.
+#[test]
+fn a_file_remembered_as_harmless_is_decided_again_when_it_becomes_a_secret() {
+    let agent = setup();
+    let dir = agent.work.join(format!("remembered-{}", crate::PROBE_MODE));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("data.bin");
+    std::fs::write(&file, "x").unwrap();
+    let file = file.display().to_string();
+    let secret = secret_path(agent);
+    let workload = Workload::run(&["openat", &file, "x3", "--next", "openat", &secret]);
+    let records = agent.wait_records(workload.pid, 1);
+    assert_eq!(records.len(), 1, "only the control: {records:#?}");
+    assert_eq!(records[0]["file"]["path"], secret.as_str());
+
+    let link = agent
+        .work
+        .join(format!("secrets/linked-{}", std::process::id()));
+    std::fs::hard_link(&file, &link).unwrap();
+    // The secret search runs every 10 s; read the file until it is reported by its inode.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let record = loop {
+        let workload = Workload::run(&["openat", &file]);
+        std::thread::sleep(std::time::Duration::from_millis(500));
+        if let Some(record) = agent.records_of(workload.pid).into_iter().next() {
+            break record;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never reported after it became a secret's hardlink"
+        );
+    };
+    // Named by the secret it is (the link the search found), read through its own path.
+    assert_eq!(
+        record["file"]["path"],
+        link.display().to_string(),
+        "{record:#}"
+    );
+    assert_eq!(record["file"]["opened_path"], file.as_str(), "{record:#}");
+    assert_eq!(record["secret"]["name"], "e2e-secrets", "{record:#}");
+}
+
 #[test]
 fn failed_opens_are_recorded_with_their_errno() {
     let agent = setup();

@@ -390,7 +390,9 @@ impl Probes {
                 let _ = inodes.remove(key);
             }
         }
-        let paths_changed = self.paths != want.paths;
+        // The kernel's remembered verdicts (per directory, per file) were decided with the
+        // keys and secret inodes it had then.
+        let changed = self.paths != want.paths || self.inodes != want.inodes;
         sync_trie::<PATH_KEY_BYTES>(
             &mut self.ebpf,
             maps::PATH_PREFIXES,
@@ -416,8 +418,8 @@ impl Probes {
             &self.paths.dir_keys(),
             &want.paths.dir_keys(),
         )?;
-        if paths_changed {
-            // Only after every trie holds the new keys: the kernel's per-directory verdicts
+        if changed {
+            // Only after every map holds the new keys and inodes: the kernel's verdicts
             // decided with the old ones (tagged with the old epoch) stop counting.
             let mut epoch: aya::maps::Array<_, u32> = aya::maps::Array::try_from(
                 self.ebpf

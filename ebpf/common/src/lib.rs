@@ -608,6 +608,23 @@ pub struct DirKey {
     pub root_dentry: u64,
 }
 
+/// An opened file the kernel has found not to be a credential, remembered so that the next
+/// open of it is decided by one lookup (see `filter.rs`). Everything a verdict depends on is
+/// in the key: the dentry with its name (the name's hash is salted with the parent, so a
+/// rename or a move makes another key), its inode, its mount and the root it is seen from.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FileKey {
+    pub dentry: u64,
+    /// `d_name.hash_len`: the name's hash and length.
+    pub name: u64,
+    pub parent: u64,
+    pub inode: u64,
+    pub mnt: u64,
+    pub root_mnt: u64,
+    pub root_dentry: u64,
+}
+
 /// What the kernel remembers about a directory.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -735,6 +752,7 @@ const _: () = {
     assert!(size_of::<InodeKey>() == 16);
     assert!(size_of::<DirKey>() == 32);
     assert!(size_of::<DirVerdict>() == 16);
+    assert!(size_of::<FileKey>() == 56);
     assert!(size_of::<EndpointValue>() == 32);
     assert!(size_of::<LearnedKey>() == 24);
 };

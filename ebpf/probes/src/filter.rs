@@ -4,13 +4,13 @@
 
 use aya_ebpf::{helpers::generated, maps::lpm_trie::Key};
 use credwatch_common::{
-    DirKey, DirVerdict, InodeKey, LEAF_KEY_BYTES, LeafKeyData, PATH_BYTES, PATH_KEY_BYTES,
+    DirKey, DirVerdict, FileKey, InodeKey, LEAF_KEY_BYTES, LeafKeyData, PATH_BYTES, PATH_KEY_BYTES,
     PathKeyData, matched,
 };
 
 use crate::{
-    DIR_PREFIXES, DIR_VERDICTS, FILTER_EPOCH, LEAF_SUFFIXES, PATH_PREFIXES, PATH_SUFFIXES,
-    SECRET_INODES,
+    DIR_PREFIXES, DIR_VERDICTS, FILE_VERDICTS, FILTER_EPOCH, LEAF_SUFFIXES, PATH_PREFIXES,
+    PATH_SUFFIXES, SECRET_INODES,
     vfs::{self, KPath, PATH_MASK, offset},
 };
 
@@ -86,6 +86,10 @@ pub struct Cheap {
     leaf_key: Key<LeafKeyData>,
     /// The file's directory, should its verdict be remembered after the walk.
     dir_key: DirKey,
+    /// The file, should it turn out not to be a credential.
+    file_key: FileKey,
+    /// Its dentry's name (`d_name.name`).
+    name: u64,
     /// `FILTER_EPOCH` when the check began.
     epoch: u32,
     /// The file name's length (0: no name was read, nothing to remember).
@@ -103,6 +107,34 @@ impl Cheap {
     }
 }
 
+/// The first cheap fact: this very file (same dentry, name, parent, inode, mount and root)
+/// was found not to be a credential since the keys and the secret inodes last changed.
+/// Reads the epoch first, so that a decision made now and remembered by `remember_file` is
+/// one made with keys and inodes at least that new.
+#[inline(always)]
+pub unsafe fn seen_before(c: &mut Cheap, at: KPath, inode: u64, root: KPath) -> Result<bool, i32> {
+    c.epoch = FILTER_EPOCH.get(0).copied().unwrap_or(0);
+    let [parent, hash_len, name] =
+        unsafe { vfs::read::<[u64; 3]>(at.dentry, offset!(dentry_d_parent))? };
+    c.name = name;
+    c.file_key = FileKey {
+        dentry: at.dentry,
+        name: hash_len,
+        parent,
+        inode,
+        mnt: at.mnt,
+        root_mnt: root.mnt,
+        root_dentry: root.dentry,
+    };
+    Ok(unsafe { FILE_VERDICTS.get(&c.file_key) }.is_some_and(|epoch| *epoch == c.epoch))
+}
+
+/// Remembers that the file `seen_before` looked at is not a credential.
+#[inline(always)]
+pub fn remember_file(c: &Cheap) {
+    let _ = FILE_VERDICTS.insert(&c.file_key, &c.epoch, 0);
+}
+
 /// The cheap facts, decided before the walk that builds an opened file's whole path: whether
 /// the file's name can end a suffix key, and whether a prefix key can start a path in the
 /// file's directory (decided once per directory, after a walk, and remembered). Anything
@@ -110,11 +142,8 @@ impl Cheap {
 #[inline(always)]
 pub unsafe fn worth_walking(c: &mut Cheap, at: KPath, root: KPath) -> bool {
     c.leaf_len = 0;
-    let Ok([parent, hash_len, name]) =
-        (unsafe { vfs::read::<[u64; 3]>(at.dentry, offset!(dentry_d_parent)) })
-    else {
-        return true;
-    };
+    // Read by `seen_before`.
+    let (parent, hash_len, name) = (c.file_key.parent, c.file_key.name, c.name);
     let len = ((hash_len >> 32) & 0xff) as usize;
     if parent == at.dentry || len == 0 {
         // A file system's root: no name of its own.
@@ -124,7 +153,6 @@ pub unsafe fn worth_walking(c: &mut Cheap, at: KPath, root: KPath) -> bool {
         return true;
     }
     c.leaf_len = len as u32;
-    c.epoch = FILTER_EPOCH.get(0).copied().unwrap_or(0);
     c.dir_key = DirKey {
         mnt: at.mnt,
         dentry: parent,

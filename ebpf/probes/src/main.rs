@@ -31,7 +31,7 @@ use aya_ebpf::{
 };
 use credwatch_common::{
     Budget, CGROUP_MKDIR, CGROUP_RMDIR, CgroupRecord, DirKey, DirVerdict, DnsRecord, EndpointValue,
-    InodeKey, IoUringOffsets, KernelOffsets, LeafKeyData, LearnedKey, NAMED_PORT_SLOTS,
+    FileKey, InodeKey, IoUringOffsets, KernelOffsets, LeafKeyData, LearnedKey, NAMED_PORT_SLOTS,
     PathKeyData, ProcessRecord, REPEAT_ENTRIES, RepeatKey, RepeatValue, RequestRecord,
     STATS_ENTRIES, SUPPRESSED_ENTRIES, SuppressedKey, probe,
 };
@@ -68,13 +68,17 @@ static PATH_PREFIXES: LpmTrie<PathKeyData, u32> = LpmTrie::with_max_entries(4096
 static PATH_SUFFIXES: LpmTrie<PathKeyData, u32> = LpmTrie::with_max_entries(4096, 0);
 /// The cheap checks that spare most opens the path walk (see `filter.rs`): the file-name
 /// ends of the suffix keys, the directories above each prefix key, what was decided per
-/// directory, and the generation of the keys those decisions were made with.
+/// directory and per file, and the generation of the keys (and secret inodes) those decisions
+/// were made with.
 #[map(name = "LEAF_SUFFIXES")]
 static LEAF_SUFFIXES: LpmTrie<LeafKeyData, u32> = LpmTrie::with_max_entries(4096, 0);
 #[map(name = "DIR_PREFIXES")]
 static DIR_PREFIXES: LpmTrie<PathKeyData, u32> = LpmTrie::with_max_entries(4096, 0);
 #[map(name = "DIR_VERDICTS")]
 static DIR_VERDICTS: LruHashMap<DirKey, DirVerdict> = LruHashMap::with_max_entries(16384, 0);
+/// Opened files found not to be credentials (value: the epoch of that decision).
+#[map(name = "FILE_VERDICTS")]
+static FILE_VERDICTS: LruHashMap<FileKey, u32> = LruHashMap::with_max_entries(32768, 0);
 #[map(name = "FILTER_EPOCH")]
 static FILTER_EPOCH: aya_ebpf::maps::Array<u32> = aya_ebpf::maps::Array::with_max_entries(1, 0);
 /// Arguments saved at syscall entry (see `open::enter`): one slot per CPU, and a hash for the

@@ -391,12 +391,16 @@ unsafe fn inspect(
         let (mut pos, flags) = if ret >= 0 {
             let file = vfs::typed_fd_to_file(files, ret as u32)?;
             let (inode, at) = vfs::file_inode_path(file, &mut scratch.cheap.words)?;
+            if filter::seen_before(&mut scratch.cheap, at, inode, root)? {
+                return Ok(false);
+            }
             let (sb, ino) = vfs::inode_sb_ino(inode, &mut scratch.cheap.words)?;
             rec.ino = ino;
             rec.dev = vfs::read(sb, o.sb_s_dev)?;
             rec.secret_id = filter::secret_inode(rec.dev, rec.ino);
             if rec.secret_id == 0 {
                 if !filter::worth_walking(&mut scratch.cheap, at, root) {
+                    filter::remember_file(&scratch.cheap);
                     return Ok(false);
                 }
             } else {
@@ -444,6 +448,10 @@ unsafe fn inspect(
         };
         if let (Some(at), 0) = (walked, flags) {
             filter::remember_dir(&mut scratch.cheap, &mut scratch.key, buf, pos, at);
+            if rec.matched == 0 {
+                // Walked cleanly and matched nothing (`/proc/self/stat` under `/proc/`).
+                filter::remember_file(&scratch.cheap);
+            }
         }
         if rec.matched == 0 {
             return Ok(false);
