@@ -32,8 +32,8 @@ use credwatch_common::{
 };
 
 use crate::{
-    CONNECTS, DNS_RECENT, ENDPOINTS, EVENTS, LEARNED_ENDPOINTS, NAMED_PORTS, OFFSETS, budget,
-    is_agent, requests, stats::count, vfs,
+    CONNECTS, DNS_RECENT, ENDPOINTS, EVENTS, LEARNED_ENDPOINTS, NAMED_PORTS, budget, is_agent,
+    requests, stats::count, vfs,
 };
 
 const AF_INET: u16 = 2;
@@ -357,7 +357,7 @@ fn emit(probe: u32, pid_tgid: u64, target: &Target, endpoint: u32, result: i64, 
         };
         return count(probe, outcome);
     }
-    let o = OFFSETS.load();
+    let o = crate::vfs::offsets();
     let uid_gid = bpf_get_current_uid_gid();
     let record = ConnectRecord {
         header: RecordHeader::of::<ConnectRecord>(KIND_CONNECT),

@@ -11,7 +11,7 @@ use aya_ebpf::helpers::{
 };
 use credwatch_common::{KIND_MEMORY, MemoryRecord, RecordHeader, memory_syscall, outcome, probe};
 
-use crate::{EVENTS, MEMORY_CALLS, OFFSETS, budget, stats::count, vfs};
+use crate::{EVENTS, MEMORY_CALLS, budget, stats::count, vfs};
 
 /// A thread inside one of the syscalls.
 #[repr(C)]
@@ -55,7 +55,7 @@ pub fn exit(ret: i64) {
     if !budget::take(cgroup_id, now) {
         return count(probe::PROCESS_MEMORY, outcome::OVER_BUDGET);
     }
-    let o = OFFSETS.load();
+    let o = crate::vfs::offsets();
     let uid_gid = bpf_get_current_uid_gid();
     let record = MemoryRecord {
         header: RecordHeader::of::<MemoryRecord>(KIND_MEMORY),

@@ -19,7 +19,7 @@ use credwatch_common::{
 };
 
 use crate::{
-    AGENT_TGID, EVENTS, OFFSETS, PROCESS_SCRATCH, SCRATCH,
+    AGENT_TGID, EVENTS, PROCESS_SCRATCH, SCRATCH,
     stats::count,
     vfs::{self, PATH_MASK, read},
 };
@@ -84,8 +84,9 @@ fn emit(probe: u32, rec: &mut ProcessRecord) {
     }
 }
 
-fn ready() -> Option<KernelOffsets> {
-    let o = OFFSETS.load();
+/// The offsets global, in place (a copy on the stack would not fit beside the exec probe's).
+fn ready() -> Option<&'static KernelOffsets> {
+    let o = crate::vfs::offsets();
     (o.valid != 0).then_some(o)
 }
 
@@ -94,7 +95,7 @@ pub fn fork(ctx: &BtfTracePointContext) {
     count(probe::FORK, outcome::SEEN);
     let Some(o) = ready() else { return };
     let child: u64 = ctx.arg(1);
-    match unsafe { begin(&o, process_event::FORK, child) } {
+    match unsafe { begin(o, process_event::FORK, child) } {
         Some(rec) => {
             if rec.pid == AGENT_TGID.load() {
                 return;
@@ -111,11 +112,11 @@ pub fn exec(ctx: &BtfTracePointContext) {
     let Some(o) = ready() else { return };
     let task: u64 = ctx.arg(0);
     let bprm: u64 = ctx.arg(2);
-    let Some(rec) = (unsafe { begin(&o, process_event::EXEC, task) }) else {
+    let Some(rec) = (unsafe { begin(o, process_event::EXEC, task) }) else {
         return count(probe::EXEC, outcome::FILTERED);
     };
     unsafe {
-        if !resolved_exe(&o, task, bprm, rec) {
+        if !resolved_exe(o, task, bprm, rec) {
             // The path as given to execve (may be relative, or /proc/self/exe).
             let filename: u64 = read(bprm, o.binprm_filename).unwrap_or(0);
             let n = bpf_probe_read_kernel_str(
@@ -130,7 +131,7 @@ pub fn exec(ctx: &BtfTracePointContext) {
                 }
             }
         }
-        read_args(&o, task, rec);
+        read_args(o, task, rec);
     }
     emit(probe::EXEC, rec);
 }
@@ -216,7 +217,7 @@ pub fn exit(ctx: &BtfTracePointContext) {
     count(probe::EXIT, outcome::SEEN);
     let Some(o) = ready() else { return };
     let task: u64 = ctx.arg(0);
-    let Some(rec) = (unsafe { begin(&o, process_event::EXIT, task) }) else {
+    let Some(rec) = (unsafe { begin(o, process_event::EXIT, task) }) else {
         return count(probe::EXIT, outcome::FILTERED);
     };
     rec.exit_code = unsafe { read(task, o.task_exit_code) }.unwrap_or(0);
