@@ -4,12 +4,12 @@
 use std::{fmt, mem::size_of};
 
 use credwatch_common::{
-    ARGS_BYTES, CGROUP_MKDIR, CGROUP_PATH_BYTES, CGROUP_RMDIR, CgroupRecord, ConnectRecord,
-    DNS_BYTES, DNS_FIXED_BYTES, DnsRecord, FILE_OPEN_FIXED_BYTES, FILENAME_BYTES, FileOpenRecord,
-    KIND_CGROUP, KIND_CONNECT, KIND_DNS, KIND_FILE_OPEN, KIND_MEMORY, KIND_PROCESS, KIND_REQUEST,
-    MemoryRecord, PATH_BYTES, PROCESS_ARGS_OFFSET, PROCESS_FIXED_BYTES, ProcessRecord,
-    RAW_PATH_BYTES, REQUEST_BYTES, REQUEST_FIXED_BYTES, RecordHeader, RepeatKey, RequestRecord,
-    WIRE_VERSION, connect_source, memory_syscall, probe, process_event, request_flag,
+    ARGS_BYTES, CGROUP_PATH_BYTES, CgroupRecord, ConnectRecord, DNS_BYTES, DNS_FIXED_BYTES,
+    DnsRecord, FILE_OPEN_FIXED_BYTES, FILENAME_BYTES, FileOpenRecord, KIND_CGROUP, KIND_CONNECT,
+    KIND_DNS, KIND_FILE_OPEN, KIND_MEMORY, KIND_PROCESS, KIND_REQUEST, MemoryRecord, PATH_BYTES,
+    PROCESS_ARGS_OFFSET, PROCESS_FIXED_BYTES, ProcessRecord, RAW_PATH_BYTES, REQUEST_BYTES,
+    REQUEST_FIXED_BYTES, RecordHeader, RepeatKey, RequestRecord, WIRE_VERSION, cgroup_event,
+    connect_source, memory_syscall, probe, process_event, request_flag,
 };
 
 /// A file-open syscall, decoded.
@@ -386,8 +386,8 @@ fn decode_cgroup(bytes: &[u8], header: RecordHeader) -> Result<Event, DecodeErro
         return Err(DecodeError::BadField("path_len", len as u64));
     }
     let created = match rec.event {
-        CGROUP_MKDIR => true,
-        CGROUP_RMDIR => false,
+        cgroup_event::MKDIR => true,
+        cgroup_event::RMDIR => false,
         other => return Err(DecodeError::BadField("event", other as u64)),
     };
     // cgroup names are chosen by whoever creates them: keep every byte, escaped.

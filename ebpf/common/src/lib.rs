@@ -154,8 +154,11 @@ pub struct CgroupRecord {
     pub path: [u8; CGROUP_PATH_BYTES],
 }
 
-pub const CGROUP_MKDIR: u32 = 1;
-pub const CGROUP_RMDIR: u32 = 2;
+/// [`CgroupRecord::event`] values (not the probe ids `probe::CGROUP_MKDIR`/`RMDIR`).
+pub mod cgroup_event {
+    pub const MKDIR: u32 = 1;
+    pub const RMDIR: u32 = 2;
+}
 
 /// A `connect()` to an address (and port) of a catalogue endpoint.
 #[repr(C)]

@@ -30,10 +30,10 @@ use aya_ebpf::{
     programs::{BtfTracePointContext, SkBuffContext, SockAddrContext, TracePointContext},
 };
 use credwatch_common::{
-    Budget, CGROUP_MKDIR, CGROUP_RMDIR, CgroupRecord, DirKey, DirVerdict, DnsRecord, EndpointValue,
-    FileKey, InodeKey, IoUringOffsets, KernelOffsets, LeafKeyData, LearnedKey, NAMED_PORT_SLOTS,
-    PathKeyData, ProcessRecord, REPEAT_ENTRIES, RepeatKey, RepeatValue, RequestRecord,
-    STATS_ENTRIES, SUPPRESSED_ENTRIES, SuppressedKey, probe,
+    Budget, CgroupRecord, DirKey, DirVerdict, DnsRecord, EndpointValue, FileKey, InodeKey,
+    IoUringOffsets, KernelOffsets, LeafKeyData, LearnedKey, NAMED_PORT_SLOTS, PathKeyData,
+    ProcessRecord, REPEAT_ENTRIES, RepeatKey, RepeatValue, RequestRecord, STATS_ENTRIES,
+    SUPPRESSED_ENTRIES, SuppressedKey, cgroup_event, probe,
 };
 
 /// Filled by the agent from `/sys/kernel/btf/vmlinux` before load.
@@ -382,13 +382,13 @@ pub fn io_uring_complete(ctx: BtfTracePointContext) -> i32 {
 
 #[tracepoint(category = "cgroup", name = "cgroup_mkdir")]
 pub fn cgroup_mkdir(ctx: TracePointContext) -> u32 {
-    cgroup::event(&ctx, probe::CGROUP_MKDIR, CGROUP_MKDIR);
+    cgroup::event(&ctx, probe::CGROUP_MKDIR, cgroup_event::MKDIR);
     0
 }
 
 #[tracepoint(category = "cgroup", name = "cgroup_rmdir")]
 pub fn cgroup_rmdir(ctx: TracePointContext) -> u32 {
-    cgroup::event(&ctx, probe::CGROUP_RMDIR, CGROUP_RMDIR);
+    cgroup::event(&ctx, probe::CGROUP_RMDIR, cgroup_event::RMDIR);
     0
 }
 
