@@ -391,6 +391,35 @@ fn a_file_remembered_as_harmless_is_decided_again_when_it_becomes_a_secret() {
     assert_eq!(record["secret"]["name"], "e2e-secrets", "{record:#}");
 }
 
+/// Whether a file named like a credential (`credentials`) is one depends on its directories,
+/// which a rename higher up changes without changing anything of the file: read at another
+/// path before, it must still be reported once its directory is renamed back (`**/.aws/…`
+/// has no literal directory, so no secret search names it by inode).
+#[test]
+fn a_credential_read_before_its_directory_was_renamed_back_is_reported() {
+    let agent = setup();
+    let home = agent.work.join(format!("home-{}", crate::PROBE_MODE));
+    let aws = home.join(".aws");
+    std::fs::create_dir_all(&aws).unwrap();
+    std::fs::write(aws.join("credentials"), "[default]\n").unwrap();
+    let elsewhere = home.join("x");
+    std::fs::rename(&aws, &elsewhere).unwrap();
+    let moved = elsewhere.join("credentials").display().to_string();
+    let secret = secret_path(agent);
+    let workload = Workload::run(&["openat", &moved, "x3", "--next", "openat", &secret]);
+    let records = agent.wait_records(workload.pid, 1);
+    assert_eq!(records.len(), 1, "only the control: {records:#?}");
+    assert_eq!(records[0]["file"]["path"], secret.as_str());
+
+    std::fs::rename(&elsewhere, &aws).unwrap();
+    let back = aws.join("credentials").display().to_string();
+    let workload = Workload::run(&["openat", &back]);
+    let records = agent.wait_records(workload.pid, 1);
+    assert_eq!(records.len(), 1, "{records:#?}");
+    assert_eq!(records[0]["file"]["path"], back.as_str());
+    assert_eq!(records[0]["secret"]["name"], "aws-shared-credentials");
+}
+
 #[test]
 fn failed_opens_are_recorded_with_their_errno() {
     let agent = setup();

@@ -373,6 +373,33 @@ impl Probes {
     /// Brings the kernel filter maps in line with `want`: new entries are added before stale
     /// ones are removed, so no credential goes unwatched during the change.
     pub fn sync_filter(&mut self, want: &KernelFilter) -> Result<()> {
+        // The kernel's remembered verdicts (per directory, per file) were decided with the
+        // keys and secret inodes it had then.
+        let changed = self.paths != want.paths || self.inodes != want.inodes;
+        let synced = self.sync_filter_maps(want);
+        if synced.is_err() {
+            // Some maps may hold new entries and some old ones: the next sync rewrites them
+            // all, and every remembered verdict is decided again.
+            self.inodes.clear();
+            self.paths = PathKeys::default();
+        }
+        if changed || synced.is_err() {
+            // Only after the maps hold the new keys and inodes (or as much of them as could
+            // be written): verdicts tagged with the old epoch stop counting.
+            let mut epoch: aya::maps::Array<_, u32> = aya::maps::Array::try_from(
+                self.ebpf
+                    .map_mut(maps::FILTER_EPOCH)
+                    .ok_or_else(|| anyhow!("filter epoch map missing"))?,
+            )?;
+            let now = epoch.get(&0, 0).unwrap_or(0);
+            epoch
+                .set(0, now.wrapping_add(1).max(1), 0)
+                .context("advancing the filter epoch")?;
+        }
+        synced
+    }
+
+    fn sync_filter_maps(&mut self, want: &KernelFilter) -> Result<()> {
         {
             let mut inodes: HashMap<_, InodeKey, u32> = HashMap::try_from(
                 self.ebpf
@@ -390,9 +417,6 @@ impl Probes {
                 let _ = inodes.remove(key);
             }
         }
-        // The kernel's remembered verdicts (per directory, per file) were decided with the
-        // keys and secret inodes it had then.
-        let changed = self.paths != want.paths || self.inodes != want.inodes;
         sync_trie::<PATH_KEY_BYTES>(
             &mut self.ebpf,
             maps::PATH_PREFIXES,
@@ -418,19 +442,6 @@ impl Probes {
             &self.paths.dir_keys(),
             &want.paths.dir_keys(),
         )?;
-        if changed {
-            // Only after every map holds the new keys and inodes: the kernel's verdicts
-            // decided with the old ones (tagged with the old epoch) stop counting.
-            let mut epoch: aya::maps::Array<_, u32> = aya::maps::Array::try_from(
-                self.ebpf
-                    .map_mut(maps::FILTER_EPOCH)
-                    .ok_or_else(|| anyhow!("filter epoch map missing"))?,
-            )?;
-            let now = epoch.get(&0, 0).unwrap_or(0);
-            epoch
-                .set(0, now.wrapping_add(1).max(1), 0)
-                .context("advancing the filter epoch")?;
-        }
         self.sync_endpoints(&want.endpoints)?;
         let mut named: aya::maps::Array<_, u16> = aya::maps::Array::try_from(
             self.ebpf

@@ -16,7 +16,7 @@ pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
 type Slot = fn(&mut KernelOffsets) -> &mut u32;
 
 /// (struct, field, bytes the probes read or 0 for "embedded struct, any size", destination).
-const FIELDS: [(&str, &str, usize, Slot); 33] = [
+const FIELDS: [(&str, &str, usize, Slot); 34] = [
     ("task_struct", "files", 8, |o| &mut o.task_files),
     ("task_struct", "fs", 8, |o| &mut o.task_fs),
     ("files_struct", "fdt", 8, |o| &mut o.files_fdt),
@@ -30,6 +30,7 @@ const FIELDS: [(&str, &str, usize, Slot); 33] = [
     ("fs_struct", "root", 0, |o| &mut o.fs_root),
     ("fs_struct", "pwd", 0, |o| &mut o.fs_pwd),
     ("dentry", "d_parent", 8, |o| &mut o.dentry_d_parent),
+    ("dentry", "d_seq", 0, |o| &mut o.dentry_d_seq),
     ("dentry", "d_name", 0, |o| &mut o.dentry_d_name),
     ("qstr", "len", 4, |o| &mut o.qstr_len),
     ("qstr", "name", 8, |o| &mut o.qstr_name),

@@ -659,6 +659,8 @@ pub struct KernelOffsets {
     pub fs_root: u32,
     pub fs_pwd: u32,
     pub dentry_d_parent: u32,
+    /// `dentry.d_seq`: its sequence (the first u32) changes on every rename of the dentry.
+    pub dentry_d_seq: u32,
     pub dentry_d_name: u32,
     pub qstr_len: u32,
     pub qstr_name: u32,

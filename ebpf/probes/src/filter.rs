@@ -90,6 +90,10 @@ pub struct Cheap {
     file_key: FileKey,
     /// Its dentry's name (`d_name.name`).
     name: u64,
+    /// Its dentry's rename sequence when `seen_before` read it.
+    seq: u32,
+    /// 1: what is decided about the file may be remembered (see `remember_file`).
+    rememberable: u32,
     /// `FILTER_EPOCH` when the check began.
     epoch: u32,
     /// The file name's length (0: no name was read, nothing to remember).
@@ -112,10 +116,18 @@ impl Cheap {
 /// Reads the epoch first, so that a decision made now and remembered by `remember_file` is
 /// one made with keys and inodes at least that new.
 #[inline(always)]
-pub unsafe fn seen_before(c: &mut Cheap, at: KPath, inode: u64, root: KPath) -> Result<bool, i32> {
+pub unsafe fn seen_before(c: &mut Cheap, at: KPath, inode: u64, root: KPath) -> bool {
     c.epoch = FILTER_EPOCH.get(0).copied().unwrap_or(0);
-    let [parent, hash_len, name] =
-        unsafe { vfs::read::<[u64; 3]>(at.dentry, offset!(dentry_d_parent))? };
+    c.rememberable = 0;
+    c.leaf_len = 0;
+    let Ok((seq, [parent, hash_len, name])) = (unsafe { vfs::dentry_seq_name(at.dentry) }) else {
+        // Unknown: nothing remembered, nothing skipped (the inode and the walk decide).
+        c.name = 0;
+        return false;
+    };
+    // An odd sequence is a rename in progress: decide, but remember nothing.
+    c.seq = seq;
+    c.rememberable = (seq & 1 == 0) as u32;
     c.name = name;
     c.file_key = FileKey {
         dentry: at.dentry,
@@ -126,10 +138,22 @@ pub unsafe fn seen_before(c: &mut Cheap, at: KPath, inode: u64, root: KPath) -> 
         root_mnt: root.mnt,
         root_dentry: root.dentry,
     };
-    Ok(unsafe { FILE_VERDICTS.get(&c.file_key) }.is_some_and(|epoch| *epoch == c.epoch))
+    unsafe { FILE_VERDICTS.get(&c.file_key) }.is_some_and(|epoch| *epoch == c.epoch)
 }
 
-/// Remembers that the file `seen_before` looked at is not a credential.
+/// Whether what was decided about the file may be remembered: its name matched no suffix
+/// key's name part (a file called `credentials` is walked every time: whether it is one
+/// depends on its directories, which a rename higher up changes without changing any of its
+/// keys), and the file was not renamed while it was looked at (its dentry's sequence is the
+/// one `seen_before` read: the name read for the check is then the name in the key).
+#[inline(always)]
+pub unsafe fn may_remember(c: &Cheap, dentry: u64) -> bool {
+    c.rememberable != 0
+        && unsafe { vfs::read::<u32>(dentry, offset!(dentry_d_seq)) }.is_ok_and(|s| s == c.seq)
+}
+
+/// Remembers that the file `seen_before` looked at is not a credential (after
+/// `may_remember`).
 #[inline(always)]
 pub fn remember_file(c: &Cheap) {
     let _ = FILE_VERDICTS.insert(&c.file_key, &c.epoch, 0);
@@ -145,11 +169,13 @@ pub unsafe fn worth_walking(c: &mut Cheap, at: KPath, root: KPath) -> bool {
     // Read by `seen_before`.
     let (parent, hash_len, name) = (c.file_key.parent, c.file_key.name, c.name);
     let len = ((hash_len >> 32) & 0xff) as usize;
-    if parent == at.dentry || len == 0 {
-        // A file system's root: no name of its own.
+    if parent == at.dentry || len == 0 || name == 0 {
+        // A file system's root (no name of its own), or its name could not be read.
+        c.rememberable = 0;
         return true;
     }
     if unsafe { leaf_may_match(c, name, len) } {
+        c.rememberable = 0;
         return true;
     }
     c.leaf_len = len as u32;

@@ -73,7 +73,7 @@ static PATH_SUFFIXES: LpmTrie<PathKeyData, u32> = LpmTrie::with_max_entries(4096
 #[map(name = "LEAF_SUFFIXES")]
 static LEAF_SUFFIXES: LpmTrie<LeafKeyData, u32> = LpmTrie::with_max_entries(4096, 0);
 #[map(name = "DIR_PREFIXES")]
-static DIR_PREFIXES: LpmTrie<PathKeyData, u32> = LpmTrie::with_max_entries(4096, 0);
+static DIR_PREFIXES: LpmTrie<PathKeyData, u32> = LpmTrie::with_max_entries(16384, 0);
 #[map(name = "DIR_VERDICTS")]
 static DIR_VERDICTS: LruHashMap<DirKey, DirVerdict> = LruHashMap::with_max_entries(16384, 0);
 /// Opened files found not to be credentials (value: the epoch of that decision).

@@ -391,7 +391,7 @@ unsafe fn inspect(
         let (mut pos, flags) = if ret >= 0 {
             let file = vfs::typed_fd_to_file(files, ret as u32)?;
             let (inode, at) = vfs::file_inode_path(file, &mut scratch.cheap.words)?;
-            if filter::seen_before(&mut scratch.cheap, at, inode, root)? {
+            if filter::seen_before(&mut scratch.cheap, at, inode, root) {
                 return Ok(false);
             }
             let (sb, ino) = vfs::inode_sb_ino(inode, &mut scratch.cheap.words)?;
@@ -400,7 +400,9 @@ unsafe fn inspect(
             rec.secret_id = filter::secret_inode(rec.dev, rec.ino);
             if rec.secret_id == 0 {
                 if !filter::worth_walking(&mut scratch.cheap, at, root) {
-                    filter::remember_file(&scratch.cheap);
+                    if filter::may_remember(&scratch.cheap, at.dentry) {
+                        filter::remember_file(&scratch.cheap);
+                    }
                     return Ok(false);
                 }
             } else {
@@ -446,7 +448,9 @@ unsafe fn inspect(
             let truncated = flags & path_flag::TRUNCATED != 0;
             filter::match_path(buf, pos, truncated, &mut scratch.key, &mut scratch.rule)
         };
-        if let (Some(at), 0) = (walked, flags) {
+        if let (Some(at), 0) = (walked, flags)
+            && filter::may_remember(&scratch.cheap, at.dentry)
+        {
             filter::remember_dir(&mut scratch.cheap, &mut scratch.key, buf, pos, at);
             if rec.matched == 0 {
                 // Walked cleanly and matched nothing (`/proc/self/stat` under `/proc/`).

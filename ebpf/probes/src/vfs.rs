@@ -116,6 +116,25 @@ pub unsafe fn file_inode_path(file: u64, words: &mut [u64; 8]) -> Result<(u64, K
     }
 }
 
+/// A dentry's rename sequence (`d_seq`) and its `d_parent`, `d_name.hash_len`, `d_name.name`,
+/// in one read when `d_seq` lies within the 64 bytes before them (offset 4 and 24..48 on the
+/// kernels seen).
+#[inline(always)]
+pub unsafe fn dentry_seq_name(dentry: u64) -> Result<(u32, [u64; 3]), i32> {
+    let (seq_at, parent_at) = (offset!(dentry_d_seq), offset!(dentry_d_parent));
+    let base = seq_at & !7;
+    unsafe {
+        if parent_at >= base && parent_at + 24 <= base + 64 {
+            let words: [u64; 8] = read(dentry, base)?;
+            let k = ((parent_at - base) / 8) as usize;
+            let seq = (words[((seq_at - base) / 8) as usize & 7] >> ((seq_at & 7) * 8)) as u32;
+            Ok((seq, [words[k & 7], words[(k + 1) & 7], words[(k + 2) & 7]]))
+        } else {
+            Ok((read(dentry, seq_at)?, read(dentry, parent_at)?))
+        }
+    }
+}
+
 /// `inode->i_sb` and `inode->i_ino`, in one read when close (40 and 64 on the kernels seen).
 #[inline(always)]
 pub unsafe fn inode_sb_ino(inode: u64, words: &mut [u64; 8]) -> Result<(u64, u64), i32> {
