@@ -78,7 +78,7 @@ pub unsafe fn match_path(
 /// Working memory of the cheap checks (in `Scratch`).
 #[repr(C)]
 pub struct Cheap {
-    /// Kernel struct fields read in one go (see `vfs::file_inode_path`).
+    /// Kernel struct fields read in one go (see `vfs::read_fields`).
     pub words: [u64; 8],
     /// The end of the file name lands at byte 64, behind a `/`; the rest is room the verifier
     /// needs to see (a position up to 63 plus up to 32 bytes).
@@ -120,13 +120,22 @@ pub unsafe fn seen_before(c: &mut Cheap, at: KPath, inode: u64, root: KPath) -> 
     c.epoch = FILTER_EPOCH.get(0).copied().unwrap_or(0);
     c.rememberable = 0;
     c.leaf_len = 0;
-    let Ok((seq, [parent, hash_len, name])) = (unsafe { vfs::dentry_seq_name(at.dentry) }) else {
+    let parent_at = offset!(dentry_d_parent);
+    let fields = [
+        offset!(dentry_d_seq),
+        parent_at,
+        parent_at + 8,
+        parent_at + 16,
+    ];
+    let Ok([seq, parent, hash_len, name]) =
+        (unsafe { vfs::read_fields(at.dentry, fields, &mut c.words) })
+    else {
         // Unknown: nothing remembered, nothing skipped (the inode and the walk decide).
         c.name = 0;
         return false;
     };
     // An odd sequence is a rename in progress: decide, but remember nothing.
-    c.seq = seq;
+    c.seq = seq as u32;
     c.rememberable = (seq & 1 == 0) as u32;
     c.name = name;
     c.file_key = FileKey {

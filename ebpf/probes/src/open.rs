@@ -22,7 +22,7 @@ use crate::{
     EVENTS, PENDING_SLOT, PENDING_SPILL, SCRATCH, budget, filter,
     repeats::{self, Repeat},
     stats::count,
-    vfs::{self, KPath, PATH_MASK, WALK_BYTES},
+    vfs::{self, KPath, PATH_MASK, WALK_BYTES, offset},
 };
 
 pub const AT_FDCWD: i32 = -100;
@@ -251,8 +251,7 @@ pub fn io_uring_opened(ret: i64, submitted: Option<&crate::uring::UringOpen>) {
         Some(s) => (s.path.as_ptr() as u64, s.dirfd, s.flags),
         None => {
             let flags = unsafe {
-                vfs::task_fs_files(offsets, bpf_get_current_task())
-                    .and_then(|(_, files)| vfs::fd_to_file(offsets, files, ret as u32))
+                vfs::typed_fd_to_file(vfs::current_fs_files().1, ret as u32)
                     .and_then(|file| vfs::read::<u32>(file, offsets.file_f_flags))
             };
             let Ok(flags) = flags else {
@@ -387,14 +386,24 @@ unsafe fn inspect(
     let mut walked = None;
     unsafe {
         let (fs, files) = vfs::current_fs_files();
-        let root = vfs::typed_root(fs);
+        let root = vfs::typed_path(fs, offset!(fs_root));
         let (mut pos, flags) = if ret >= 0 {
             let file = vfs::typed_fd_to_file(files, ret as u32)?;
-            let (inode, at) = vfs::file_inode_path(file, &mut scratch.cheap.words)?;
+            let path_at = offset!(file_f_path);
+            let [inode, mnt, dentry] = vfs::read_fields(
+                file,
+                [offset!(file_f_inode), path_at, path_at + 8],
+                &mut scratch.cheap.words,
+            )?;
+            let at = KPath { mnt, dentry };
             if filter::seen_before(&mut scratch.cheap, at, inode, root) {
                 return Ok(false);
             }
-            let (sb, ino) = vfs::inode_sb_ino(inode, &mut scratch.cheap.words)?;
+            let [sb, ino] = vfs::read_fields(
+                inode,
+                [offset!(inode_i_sb), offset!(inode_i_ino)],
+                &mut scratch.cheap.words,
+            )?;
             rec.ino = ino;
             rec.dev = vfs::read(sb, o.sb_s_dev)?;
             rec.secret_id = filter::secret_inode(rec.dev, rec.ino);
@@ -428,7 +437,7 @@ unsafe fn inspect(
             } else {
                 let pos = pos - 1;
                 *buf.add(pos & PATH_MASK) = b'/';
-                let (pos, flags) = match base_dir(o, files as u64, fs as u64, pending.dirfd) {
+                let (pos, flags) = match base_dir(files, fs, pending.dirfd) {
                     Ok(base) => vfs::prepend_path(o, pos, base, root),
                     // Unknown base (bad dirfd): only the tail is known.
                     Err(_) => (pos, path_flag::TRUNCATED | path_flag::READ_ERROR),
@@ -483,13 +492,13 @@ unsafe fn inspect(
 }
 
 /// The directory a relative path starts from: the working directory or the dirfd's file.
-unsafe fn base_dir(o: &KernelOffsets, files: u64, fs: u64, dirfd: i32) -> Result<KPath, i32> {
+unsafe fn base_dir(files: *const u8, fs: *const u8, dirfd: i32) -> Result<KPath, i32> {
     unsafe {
         if dirfd == AT_FDCWD {
-            return vfs::read_path(fs + o.fs_pwd as u64);
+            return Ok(vfs::typed_path(fs, offset!(fs_pwd)));
         }
-        let file = vfs::fd_to_file(o, files, dirfd as u32)?;
-        vfs::read_path(file + o.file_f_path as u64)
+        let file = vfs::typed_fd_to_file(files, dirfd as u32)?;
+        vfs::read_path(file + offset!(file_f_path) as u64)
     }
 }
 

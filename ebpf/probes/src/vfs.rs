@@ -64,14 +64,13 @@ pub fn current_fs_files() -> (*const u8, *const u8) {
     }
 }
 
-/// The task's root directory, from its typed `fs`.
+/// A `struct path` (mnt, dentry) at `at` in a typed struct (`fs->root`, `fs->pwd`).
 #[inline(always)]
-pub fn typed_root(fs: *const u8) -> KPath {
-    let at = offset!(fs_root);
+pub fn typed_path(base: *const u8, at: u32) -> KPath {
     unsafe {
         KPath {
-            mnt: typed(fs, at),
-            dentry: typed(fs, at + 8),
+            mnt: typed(base, at),
+            dentry: typed(base, at + 8),
         }
     }
 }
@@ -95,58 +94,33 @@ pub fn typed_fd_to_file(files: *const u8, fd: u32) -> Result<u64, i32> {
     }
 }
 
-/// `file->f_inode` and `file->f_path`, in one read when they lie within 64 bytes of each
-/// other (they do on the kernels seen: 32 and 64..80). `words` is scratch memory (the exit
-/// program's stack is full).
+/// Fields of one kernel struct at byte offsets `at`, with a single read of the 64 bytes from
+/// the lowest one's word when they all lie within them (they do for `file`, `inode` and
+/// `dentry` on the kernels seen), else one read each. Each comes back as the 8 bytes from its
+/// offset (a 4-byte field in the low half). `words` is scratch memory (the exit program's
+/// stack is full).
 #[inline(always)]
-pub unsafe fn file_inode_path(file: u64, words: &mut [u64; 8]) -> Result<(u64, KPath), i32> {
-    let (inode_at, path_at) = (offset!(file_f_inode), offset!(file_f_path));
+pub unsafe fn read_fields<const N: usize>(
+    base: u64,
+    at: [u32; N],
+    words: &mut [u64; 8],
+) -> Result<[u64; N], i32> {
+    let low = at.iter().copied().min().unwrap_or(0) & !7;
+    let high = at.iter().copied().max().unwrap_or(0) + 8;
+    let mut out = [0u64; N];
     unsafe {
-        if path_at >= inode_at && path_at + 16 <= inode_at + 64 {
-            read_words(words, 8, file + inode_at as u64)?;
-            let k = ((path_at - inode_at) / 8) as usize;
-            let path = KPath {
-                mnt: words[k & 7],
-                dentry: words[(k + 1) & 7],
-            };
-            Ok((words[0], path))
+        if high <= low + 64 {
+            read_words(words, 8, base + low as u64)?;
+            for (field, value) in at.iter().zip(out.iter_mut()) {
+                *value = words[((field - low) / 8) as usize & 7] >> ((field & 7) * 8);
+            }
         } else {
-            Ok((read(file, inode_at)?, read_path(file + path_at as u64)?))
+            for (field, value) in at.iter().zip(out.iter_mut()) {
+                *value = read(base, *field)?;
+            }
         }
     }
-}
-
-/// A dentry's rename sequence (`d_seq`) and its `d_parent`, `d_name.hash_len`, `d_name.name`,
-/// in one read when `d_seq` lies within the 64 bytes before them (offset 4 and 24..48 on the
-/// kernels seen).
-#[inline(always)]
-pub unsafe fn dentry_seq_name(dentry: u64) -> Result<(u32, [u64; 3]), i32> {
-    let (seq_at, parent_at) = (offset!(dentry_d_seq), offset!(dentry_d_parent));
-    let base = seq_at & !7;
-    unsafe {
-        if parent_at >= base && parent_at + 24 <= base + 64 {
-            let words: [u64; 8] = read(dentry, base)?;
-            let k = ((parent_at - base) / 8) as usize;
-            let seq = (words[((seq_at - base) / 8) as usize & 7] >> ((seq_at & 7) * 8)) as u32;
-            Ok((seq, [words[k & 7], words[(k + 1) & 7], words[(k + 2) & 7]]))
-        } else {
-            Ok((read(dentry, seq_at)?, read(dentry, parent_at)?))
-        }
-    }
-}
-
-/// `inode->i_sb` and `inode->i_ino`, in one read when close (40 and 64 on the kernels seen).
-#[inline(always)]
-pub unsafe fn inode_sb_ino(inode: u64, words: &mut [u64; 8]) -> Result<(u64, u64), i32> {
-    let (sb_at, ino_at) = (offset!(inode_i_sb), offset!(inode_i_ino));
-    unsafe {
-        if ino_at >= sb_at && ino_at + 8 <= sb_at + 64 {
-            read_words(words, 8, inode + sb_at as u64)?;
-            Ok((words[0], words[((ino_at - sb_at) / 8) as usize & 7]))
-        } else {
-            Ok((read(inode, sb_at)?, read(inode, ino_at)?))
-        }
-    }
+    Ok(out)
 }
 
 /// The first `n` (≤ 8) words at `from` into `words`.
@@ -196,30 +170,6 @@ pub struct KPath {
 pub unsafe fn read_path(path_addr: u64) -> Result<KPath, i32> {
     let [mnt, dentry] = unsafe { read::<[u64; 2]>(path_addr, 0)? };
     Ok(KPath { mnt, dentry })
-}
-
-/// `current->files->fdt->fd[fd]`, bounds-checked against `max_fds`.
-#[inline(always)]
-pub unsafe fn fd_to_file(o: &KernelOffsets, files: u64, fd: u32) -> Result<u64, i32> {
-    unsafe {
-        let fdt: u64 = read(files, o.files_fdt)?;
-        // `unsigned int max_fds` is read as the low half of an 8-byte word (little endian).
-        let (max_fds, fd_array) = read_pair(fdt, o.fdtable_max_fds, o.fdtable_fd)?;
-        if fd >= max_fds as u32 {
-            return Err(-9);
-        }
-        let file: u64 = read(fd_array, fd * 8)?;
-        if file == 0 {
-            return Err(-9);
-        }
-        Ok(file)
-    }
-}
-
-/// `current->fs` and `current->files`.
-#[inline(always)]
-pub unsafe fn task_fs_files(o: &KernelOffsets, task: u64) -> Result<(u64, u64), i32> {
-    unsafe { read_pair(task, o.task_fs, o.task_files) }
 }
 
 /// Prepends the path of `at` (up to `root`) to the scratch walk buffer, whose current content
