@@ -44,7 +44,7 @@ struct Learned {
 /// Kernel learned-endpoint map entries.
 pub type LearnedKeys = std::collections::BTreeMap<LearnedKey, EndpointValue>;
 
-#[derive(Default)]
+#[derive(Default, Clone)]
 pub struct LearnedHosts {
     /// From DNS answers, by the cgroup that received them.
     by_cgroup: HashMap<(u64, IpAddr), Learned>,
@@ -567,7 +567,7 @@ mod tests {
         let catalog = catalog();
         let mut hosts = LearnedHosts::default();
         let now = Instant::now();
-        let mut proxy = |hosts: &mut LearnedHosts, cgroup, variable: &[u8], url| {
+        let proxy = |hosts: &mut LearnedHosts, cgroup, variable: &[u8], url| {
             hosts.learn_proxy(cgroup, variable, url, now)
         };
         assert_eq!(

@@ -15,9 +15,12 @@ use log::warn;
 
 mod budgets;
 mod connections;
+mod filter;
 pub mod log_share;
 mod proxied;
 mod state;
+#[cfg(test)]
+mod tests;
 
 use crate::{
     containers::{Containers, Lookup, Origin},

@@ -121,7 +121,8 @@ pub fn run_for(opts: RunOptions, duration: Option<Duration>) -> Result<time::Off
         set.files,
         set.catalog.files.len()
     );
-    let (secret_table, filter) = secrets::resolve(&set.catalog, &[]);
+    let (secret_table, _) = secrets::search(&set.catalog, &[]);
+    let filter = KernelFilter::desired(&set.catalog, &secret_table, &Default::default());
     let mut probes = Probes::load(opts.ring_buffer_mib << 20, budget(&opts))?;
     probes.sync_filter(&filter)?;
     info!(
@@ -324,7 +325,7 @@ fn report_suppressed(pipeline: &mut Pipeline, suppressed: &mut KernelSuppressed,
 struct SecretScan {
     /// The policy set it searched for (a reload in between makes it stale).
     policies: String,
-    task: tokio::task::JoinHandle<(secrets::SecretTable, KernelFilter, Vec<secrets::OverBudget>)>,
+    task: tokio::task::JoinHandle<(secrets::SecretTable, Vec<secrets::OverBudget>)>,
 }
 
 /// Starts a search unless one is running (then `again` asks for another once it is done).
@@ -337,7 +338,7 @@ fn start_scan(pipeline: &Pipeline, scan: &mut Option<SecretScan>, again: &mut bo
     let catalog = pipeline.policies().catalog.clone();
     *scan = Some(SecretScan {
         policies: pipeline.policies().sha256.clone(),
-        task: tokio::task::spawn_blocking(move || secrets::resolve_with_budgets(&catalog, &roots)),
+        task: tokio::task::spawn_blocking(move || secrets::search(&catalog, &roots)),
     });
 }
 
@@ -346,14 +347,14 @@ fn apply_scan(
     pipeline: &mut Pipeline,
     probes: &mut Probes,
     policies: &str,
-    result: (secrets::SecretTable, KernelFilter, Vec<secrets::OverBudget>),
+    result: (secrets::SecretTable, Vec<secrets::OverBudget>),
 ) {
     if policies != pipeline.policies().sha256 {
         return; // searched for a catalogue that has since been replaced
     }
-    let (table, mut filter, over_budget) = result;
+    let (table, over_budget) = result;
     pipeline.report_secret_budgets(&over_budget);
-    filter.endpoints = pipeline.kernel_endpoints().0;
+    let filter = pipeline.kernel_filter_with(&table);
     log::debug!("secret inodes: {}", filter.inodes.len());
     match probes.sync_filter(&filter) {
         Ok(()) => pipeline.replace_secrets(table),
@@ -399,7 +400,9 @@ impl Reloader {
         }
         match policy::load_dir(&self.dir) {
             Ok(set) => {
-                let (table, filter) = secrets::resolve(&set.catalog, &pipeline.container_roots());
+                let (table, _) = secrets::search(&set.catalog, &pipeline.container_roots());
+                let learned = pipeline.learned_under(&set);
+                let filter = KernelFilter::desired(&set.catalog, &table, &learned);
                 if let Err(err) = probes.sync_filter(&filter) {
                     warn!(
                         "policy reload: updating the kernel filter failed: {err:#}; keeping the current policies"
@@ -413,9 +416,8 @@ impl Reloader {
                     set.footprints.len(),
                     set.sha256
                 );
-                pipeline.replace_policies(set, table);
+                pipeline.replace_policies(set, table, learned);
                 self.rejected = None;
-                refresh_endpoints(pipeline, probes);
             }
             Err(problems) => {
                 for p in &problems {

@@ -12,7 +12,6 @@ use credwatch_common::{InodeKey, path_flag};
 use crate::{
     events::{FileOpen, user_dev_to_kernel},
     policy::Catalog,
-    probes::KernelFilter,
 };
 
 /// Bounds on the directory walk that finds existing secret files.
@@ -64,20 +63,11 @@ pub struct Credential {
 
 /// Finds the existing files the catalogue names below its literal directories, on the host and
 /// inside each container (`container_roots`: `/proc/<pid>/root` of a process in each), and
-/// builds the complete in-kernel filter (path keys + the inodes of those files).
-pub fn resolve(catalog: &Catalog, container_roots: &[PathBuf]) -> (SecretTable, KernelFilter) {
-    let (table, filter, _) = resolve_with_budgets(catalog, container_roots);
-    (table, filter)
-}
-
-/// `resolve`, also naming the filesystems that hold more catalogue files than their share
-/// (`MAX_FILES_PER_ROOT`; their first files are still tracked).
-pub fn resolve_with_budgets(
-    catalog: &Catalog,
-    container_roots: &[PathBuf],
-) -> (SecretTable, KernelFilter, Vec<OverBudget>) {
+/// names the filesystems that hold more catalogue files than their share (`MAX_FILES_PER_ROOT`;
+/// their first files are still tracked). `KernelFilter::desired` turns the table into the
+/// kernel's secret inodes.
+pub fn search(catalog: &Catalog, container_roots: &[PathBuf]) -> (SecretTable, Vec<OverBudget>) {
     let mut table = SecretTable::default();
-    let mut inodes: BTreeMap<InodeKey, u32> = BTreeMap::new();
     let mut over_budget = Vec::new();
     let roots = std::iter::once((PathBuf::from("/"), false))
         .chain(container_roots.iter().map(|r| (r.clone(), true)));
@@ -132,7 +122,7 @@ pub fn resolve_with_budgets(
                         dev: user_dev_to_kernel(meta.dev()),
                         ino: meta.ino(),
                     };
-                    if inodes.contains_key(&key) {
+                    if table.by_inode.contains_key(&key) {
                         continue;
                     }
                     table.known.push(KnownSecret {
@@ -141,10 +131,6 @@ pub fn resolve_with_budgets(
                         found_at: file.clone(),
                     });
                     table.by_inode.insert(key, table.known.len() - 1);
-                    // The kernel's value names the catalogue entry (+ 1, never 0), not the file:
-                    // it stays the same across searches, so what the kernel counted under it
-                    // before a search is still named right after.
-                    inodes.insert(key, rule_index as u32 + 1);
                     from_root += 1;
                 }
             }
@@ -153,16 +139,19 @@ pub fn resolve_with_budgets(
             over_budget.push(OverBudget { root, found });
         }
     }
-    (
-        table,
-        KernelFilter {
-            paths: catalog.path_keys(),
-            inodes,
-            endpoints: catalog.endpoint_keys(),
-            named_ports: catalog.named_ports(),
-        },
-        over_budget,
-    )
+    (table, over_budget)
+}
+
+impl SecretTable {
+    /// The kernel's secret-inode map: (dev, ino) → the catalogue entry + 1 (never 0), not the
+    /// file: it stays the same across searches, so what the kernel counted under it before a
+    /// search is still named right after.
+    pub fn kernel_inodes(&self) -> BTreeMap<InodeKey, u32> {
+        self.by_inode
+            .iter()
+            .map(|(key, &index)| (*key, self.known[index].rule as u32 + 1))
+            .collect()
+    }
 }
 
 /// Characters that make a catalogue pattern a glob rather than a literal path.
@@ -446,9 +435,9 @@ mod tests {
         )
         .unwrap();
         let catalog = crate::policy::load_dir(&policies).unwrap().catalog;
-        let (table, filter) = resolve(&catalog, &[]);
+        let (table, _) = search(&catalog, &[]);
         let meta = std::fs::metadata(secrets.join("b")).unwrap();
-        let id_of_b = filter.inodes[&InodeKey {
+        let id_of_b = table.kernel_inodes()[&InodeKey {
             dev: crate::events::user_dev_to_kernel(meta.dev()),
             ino: meta.ino(),
         }];

@@ -3,11 +3,7 @@
 //! know, the clock. The pipeline's fields stay private: each change of state has one method.
 
 use super::{Pipeline, log_share::LogShare};
-use crate::{
-    dns::LearnedKeys,
-    policy::{PolicySet, catalog::EndpointKeys},
-    secrets::SecretTable,
-};
+use crate::{dns::LearnedHosts, policy::PolicySet, secrets::SecretTable};
 
 impl Pipeline {
     /// The per-container budgets the agent enforces itself (the kernel's DNS budget is only
@@ -28,13 +24,18 @@ impl Pipeline {
         &self.policies
     }
 
-    /// A new policy set, with the secret inodes found for its catalogue: endpoints learned
-    /// so far follow their catalogue entry by name, and the metrics name the new set.
-    pub fn replace_policies(&mut self, set: PolicySet, secrets: SecretTable) {
+    /// A new policy set, with the secret inodes found for its catalogue and what was learned
+    /// renamed to its entries (`learned_under`): the metrics name the new set.
+    pub fn replace_policies(
+        &mut self,
+        set: PolicySet,
+        secrets: SecretTable,
+        learned: LearnedHosts,
+    ) {
         self.metrics.set_policy(&set.sha256);
         self.count_policy_reload(true);
         self.secrets = secrets;
-        self.learned.remap(&self.policies.catalog, &set.catalog);
+        self.learned = learned;
         self.policies = set;
     }
 
@@ -49,16 +50,6 @@ impl Pipeline {
     /// The secret inodes of a new search (new containers, rotated secrets).
     pub fn replace_secrets(&mut self, secrets: SecretTable) {
         self.secrets = secrets;
-    }
-
-    /// What the kernel's endpoint maps should hold: the catalogue's addresses and those
-    /// learned node-wide (`ENDPOINTS`), and what each container's DNS answers and proxy
-    /// variables taught (`LEARNED_ENDPOINTS`).
-    pub fn kernel_endpoints(&self) -> (EndpointKeys, LearnedKeys) {
-        let catalog = &self.policies.catalog;
-        let mut endpoints = catalog.endpoint_keys();
-        endpoints.extend(self.learned.endpoint_keys(catalog));
-        (endpoints, self.learned.learned_keys(catalog))
     }
 
     /// Whether what was learned changed since the last call (the kernel's maps need it).

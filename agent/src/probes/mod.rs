@@ -49,6 +49,8 @@ pub struct KernelFilter {
     pub inodes: BTreeMap<InodeKey, u32>,
     /// (IPv6-form network, prefix length) → endpoint.
     pub endpoints: EndpointKeys,
+    /// (cgroup, address) → endpoint, from containers' DNS answers and proxy variables.
+    pub learned: crate::dns::LearnedKeys,
     /// Ports of host-name endpoints (see `Catalog::named_ports`).
     pub named_ports: Vec<u16>,
 }
@@ -443,6 +445,7 @@ impl Probes {
             &want.paths.dir_keys(),
         )?;
         self.sync_endpoints(&want.endpoints)?;
+        self.sync_learned(&want.learned)?;
         let mut named: aya::maps::Array<_, u16> = aya::maps::Array::try_from(
             self.ebpf
                 .map_mut(maps::NAMED_PORTS)
