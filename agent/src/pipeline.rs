@@ -191,6 +191,7 @@ impl Pipeline {
         boot_to_unix_ns: i128,
     ) -> Self {
         metrics.set_policy(&policies.sha256);
+        metrics.secret_files.set(secrets.len() as i64);
         Pipeline {
             policies,
             secrets,

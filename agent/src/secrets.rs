@@ -143,6 +143,15 @@ pub fn search(catalog: &Catalog, container_roots: &[PathBuf]) -> (SecretTable, V
 }
 
 impl SecretTable {
+    /// Secret files found (each watched by its inode).
+    pub fn len(&self) -> usize {
+        self.known.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.known.is_empty()
+    }
+
     /// The kernel's secret-inode map: (dev, ino) → the catalogue entry + 1 (never 0), not the
     /// file: it stays the same across searches, so what the kernel counted under it before a
     /// search is still named right after.

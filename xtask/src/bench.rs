@@ -17,6 +17,7 @@ use crate::{Profile, build_agent, cargo, is_root, setup, status, workspace_root}
 mod audit;
 mod catalogue;
 mod egress;
+mod fleet;
 mod load;
 
 const CONFIGS: [&str; 4] = ["baseline", "credwatch", "opensnoop", "bpftrace"];
@@ -31,7 +32,16 @@ const URING_ITERATIONS: u64 = 1_000_000;
 const BPFTRACE_PROGRAM: &str =
     "tracepoint:syscalls:sys_enter_openat {} tracepoint:syscalls:sys_exit_openat {}";
 
-pub fn bench(iterations: u64, rounds: u32, only_egress: bool, only_catalogue: bool) -> Result<()> {
+/// One part of the benchmark alone, or all of it.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Only {
+    All,
+    Egress,
+    Catalogue,
+    Fleet,
+}
+
+pub fn bench(iterations: u64, rounds: u32, only: Only) -> Result<()> {
     if !is_root() {
         bail!("the benchmark loads eBPF programs: run it as root");
     }
@@ -44,7 +54,7 @@ pub fn bench(iterations: u64, rounds: u32, only_egress: bool, only_catalogue: bo
     ])?;
     let _stats = load::BpfStats::enable()?;
     let agent = build_agent(Profile::Release)?;
-    if only_egress {
+    if only == Only::Egress {
         return egress::egress(&agent, rounds);
     }
     status(cargo().args([
@@ -62,7 +72,10 @@ pub fn bench(iterations: u64, rounds: u32, only_egress: bool, only_catalogue: bo
         "credwatch-sweep",
         "--bin",
         "credwatch-mkimage",
+        "--bin",
+        "credwatch-fleet",
     ]))?;
+    let fleet_bin = workspace_root().join("target/release/credwatch-fleet");
     let sweep = workspace_root().join("target/release/credwatch-sweep");
     let connectloop = workspace_root().join("target/release/credwatch-connectloop");
     let uringloop = workspace_root().join("target/release/credwatch-uringloop");
@@ -71,8 +84,11 @@ pub fn bench(iterations: u64, rounds: u32, only_egress: bool, only_catalogue: bo
     std::fs::create_dir_all(&dir)?;
     let target = dir.join("not-a-credential.txt");
     std::fs::write(&target, b"benchmark\n")?;
-    if only_catalogue {
+    if only == Only::Catalogue {
         return catalogue::catalogue_sizes(&agent, &openloop, &target, iterations, rounds);
+    }
+    if only == Only::Fleet {
+        return fleet::fleet(&agent, &fleet_bin, &dir);
     }
 
     let mut results: Vec<Vec<f64>> = vec![Vec::new(); CONFIGS.len()];
@@ -151,6 +167,7 @@ pub fn bench(iterations: u64, rounds: u32, only_egress: bool, only_catalogue: bo
     print_table("ns per NOP", &CONNECT_CONFIGS, &mut uring_results);
     egress::egress(&agent, rounds)?;
     load::loads(&agent, &openloop, &sweep, &dir)?;
+    fleet::fleet(&agent, &fleet_bin, &dir)?;
     println!();
     let mkimage = workspace_root().join("target/release/credwatch-mkimage");
     audit::audit(&agent, &mkimage, &dir, rounds)

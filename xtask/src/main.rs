@@ -48,6 +48,9 @@ enum Task {
         /// Only the file programs' cost by catalogue size (10 and 1,000 path patterns).
         #[arg(long)]
         only_catalogue: bool,
+        /// Only the agent with hundreds of running containers (RSS, idle CPU, record latency).
+        #[arg(long)]
+        only_fleet: bool,
     },
 }
 
@@ -62,7 +65,16 @@ fn main() -> ExitCode {
             rounds,
             only_egress,
             only_catalogue,
-        } => bench::bench(iterations, rounds, only_egress, only_catalogue),
+            only_fleet,
+        } => {
+            let only = match (only_egress, only_catalogue, only_fleet) {
+                (true, _, _) => bench::Only::Egress,
+                (_, true, _) => bench::Only::Catalogue,
+                (_, _, true) => bench::Only::Fleet,
+                _ => bench::Only::All,
+            };
+            bench::bench(iterations, rounds, only)
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -34,6 +34,7 @@ impl Pipeline {
     ) {
         self.metrics.set_policy(&set.sha256);
         self.count_policy_reload(true);
+        self.metrics.secret_files.set(secrets.len() as i64);
         self.secrets = secrets;
         self.learned = learned;
         self.policies = set;
@@ -49,6 +50,7 @@ impl Pipeline {
 
     /// The secret inodes of a new search (new containers, rotated secrets).
     pub fn replace_secrets(&mut self, secrets: SecretTable) {
+        self.metrics.secret_files.set(secrets.len() as i64);
         self.secrets = secrets;
     }
 

@@ -235,3 +235,29 @@ fn an_allowed_access_is_written_once_per_interval_and_every_access_is_counted() 
     assert_eq!(records[3]["verdict"], "allowed");
     assert_eq!(h.accesses("allowed"), 4);
 }
+
+#[test]
+fn the_secret_files_a_search_found_are_counted() {
+    let mut h = Harness::new();
+    assert_eq!(h.metrics.secret_files.get(), 0);
+    let secrets = h.dir.path().join("found");
+    std::fs::create_dir(&secrets).unwrap();
+    for name in ["a", "b"] {
+        std::fs::write(secrets.join(name), "x").unwrap();
+    }
+    let policies = h.dir.path().join("found-policies");
+    std::fs::create_dir(&policies).unwrap();
+    std::fs::write(
+        policies.join("c.yaml"),
+        format!(
+            "apiVersion: credwatch.dev/v1alpha1\nkind: CredentialCatalog\nmetadata: {{name: t}}\n\
+             spec:\n  files:\n    - name: t\n      paths: [\"{}/**\"]\n",
+            secrets.display()
+        ),
+    )
+    .unwrap();
+    let catalog = crate::policy::load_dir(&policies).unwrap().catalog;
+    let (table, _) = crate::secrets::search(&catalog, &[]);
+    h.pipeline.replace_secrets(table);
+    assert_eq!(h.metrics.secret_files.get(), 2);
+}

@@ -37,6 +37,7 @@ pub struct Metrics {
     /// (cgroup, address) pairs learned from DNS plus environment-named addresses.
     pub learned_endpoints: prometheus::IntGauge,
     pub containers: prometheus::IntGauge,
+    pub secret_files: prometheus::IntGauge,
     /// Records written without the container's full metadata.
     pub missing_metadata: prometheus::IntCounter,
     /// Process-table entries whose exit event never arrived (found gone from /proc).
@@ -270,6 +271,11 @@ impl Metrics {
                 &registry,
                 "credwatch_containers",
                 "Containers the agent tracks now.",
+            ),
+            secret_files: plain_gauge(
+                &registry,
+                "credwatch_secret_files",
+                "Credential files the last secret search found on the host and in running containers, watched by inode in the kernel (hardlinks and renames included).",
             ),
             learned_endpoints: plain_gauge(
                 &registry,

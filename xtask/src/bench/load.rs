@@ -67,7 +67,7 @@ pub fn programs_of(pid: u32) -> Result<(u64, u64)> {
 }
 
 /// CPU time (user + system) a process has used, in seconds.
-fn cpu_seconds(pid: u32) -> Result<f64> {
+pub(super) fn cpu_seconds(pid: u32) -> Result<f64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
     // Fields after the command name (which may hold spaces) start at state (field 3).
     let rest = &stat[stat.rfind(')').context("stat")? + 2..];
@@ -78,7 +78,7 @@ fn cpu_seconds(pid: u32) -> Result<f64> {
     Ok(ticks as f64 / hz)
 }
 
-fn metric(name: &str) -> Result<f64> {
+pub(super) fn metric(name: &str) -> Result<f64> {
     let mut stream = std::net::TcpStream::connect(METRICS_ADDR)?;
     write!(
         stream,
