@@ -297,7 +297,7 @@ impl Pipeline {
             record,
             cgroup_id: open.cgroup_id,
             pid: open.pid,
-            exe: process.exe,
+            exe: process.program.exe.clone(),
             path: Some(credential.path),
             outside_root: open.path_flags & credwatch_common::path_flag::OUTSIDE_ROOT != 0,
             until: Instant::now() + HOLD,
@@ -360,8 +360,8 @@ impl Pipeline {
                 host_pid,
                 exe: target_info
                     .as_ref()
-                    .and_then(|t| t.exe.as_deref())
-                    .map(crate::escape::escape_bytes),
+                    .and_then(|t| t.program.shown_exe.as_deref())
+                    .map(str::to_string),
                 comm: target_info
                     .as_ref()
                     .map(|t| crate::escape::escape_bytes(&t.comm))
@@ -373,7 +373,7 @@ impl Pipeline {
             record,
             cgroup_id: m.cgroup_id,
             pid: m.pid,
-            exe: process.exe,
+            exe: process.program.exe.clone(),
             path: None,
             outside_root: false,
             until: Instant::now() + HOLD,
@@ -494,7 +494,7 @@ impl Pipeline {
             record,
             cgroup_id: c.cgroup_id,
             pid: c.pid,
-            exe: process.exe,
+            exe: process.program.exe.clone(),
             path: None,
             outside_root: false,
             until: now + HOLD,

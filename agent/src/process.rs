@@ -6,22 +6,50 @@
 use std::{
     collections::{HashMap, VecDeque},
     os::unix::ffi::OsStrExt as _,
+    sync::Arc,
     time::{Duration, Instant},
 };
 
-use crate::events::{FileOpen, ProcessEvent, ProcessEventKind, split_args};
+use crate::{
+    escape::escape_bytes,
+    events::{FileOpen, ProcessEvent, ProcessEventKind, split_args},
+};
 
 const MAX_ANCESTORS: usize = 8;
 /// How long an exited process stays known: records of its last opens may still be queued.
 pub const EXITED_GRACE: Duration = Duration::from_secs(30);
+
+/// What a process runs: its executable and command line as the kernel gave them (footprints
+/// judge these) and as records show them (escaped). Made once per exec and shared — by the
+/// process's children until they exec, and by every record of it and its descendants — so a
+/// record costs reference counts, not a copy and an escape of every ancestor's command line.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Program {
+    pub exe: Option<Vec<u8>>,
+    pub args: Option<Vec<Vec<u8>>>,
+    pub shown_exe: Option<Arc<str>>,
+    pub shown_args: Option<Arc<[String]>>,
+}
+
+impl Program {
+    pub fn new(exe: Option<Vec<u8>>, args: Option<Vec<Vec<u8>>>) -> Arc<Self> {
+        Arc::new(Program {
+            shown_exe: exe.as_deref().map(|e| escape_bytes(e).into()),
+            shown_args: args
+                .as_ref()
+                .map(|a| a.iter().map(|s| escape_bytes(s)).collect()),
+            exe,
+            args,
+        })
+    }
+}
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Proc {
     /// `task->start_boottime` in ns (procfs-seeded entries: clock-tick precision).
     pub start_ns: u64,
     pub ppid: u32,
-    pub exe: Option<Vec<u8>>,
-    pub args: Option<Vec<Vec<u8>>>,
+    pub program: Arc<Program>,
     pub cgroup_id: u64,
     exited: Option<Instant>,
     /// The pid inside its pid namespace, looked up once (on its first access).
@@ -37,8 +65,7 @@ pub struct ProcessInfo {
     pub uid: u32,
     pub gid: u32,
     pub comm: Vec<u8>,
-    pub exe: Option<Vec<u8>>,
-    pub args: Option<Vec<Vec<u8>>>,
+    pub program: Arc<Program>,
     /// ns since boot.
     pub start_boottime: Option<u64>,
     /// The pid as the process' own pid namespace numbers it (innermost `NSpid`).
@@ -49,8 +76,7 @@ pub struct ProcessInfo {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Ancestor {
     pub pid: u32,
-    pub exe: Option<Vec<u8>>,
-    pub args: Option<Vec<Vec<u8>>>,
+    pub program: Arc<Program>,
 }
 
 pub struct ProcessTable {
@@ -108,8 +134,7 @@ impl ProcessTable {
                 Proc {
                     start_ns: stat.starttime * self.tick_ns,
                     ppid: stat.ppid as u32,
-                    exe: read_exe(pid),
-                    args: read_args(pid),
+                    program: Program::new(read_exe(pid), read_args(pid)),
                     cgroup_id: cgroup2
                         .as_deref()
                         .and_then(|m| cgroup_id_of(m, pid))
@@ -141,18 +166,17 @@ impl ProcessTable {
         match event.kind {
             ProcessEventKind::Fork => {
                 // The child runs the parent's program until it execs.
-                let (exe, args) = self
+                let program = self
                     .procs
                     .get(&event.ppid)
-                    .map(|p| (p.exe.clone(), p.args.clone()))
+                    .map(|p| p.program.clone())
                     .unwrap_or_default();
                 self.procs.insert(
                     event.pid,
                     Proc {
                         start_ns: event.start_boottime,
                         ppid: event.ppid,
-                        exe,
-                        args,
+                        program,
                         cgroup_id: event.cgroup_id,
                         exited: None,
                         ns_pid: None,
@@ -165,8 +189,7 @@ impl ProcessTable {
                 entry.ppid = event.ppid;
                 entry.cgroup_id = event.cgroup_id;
                 entry.exited = None;
-                entry.exe = event.filename.clone();
-                entry.args = event.args.clone();
+                entry.program = Program::new(event.filename.clone(), event.args.clone());
             }
             ProcessEventKind::Exit => {
                 // Only the process that exited: a procfs-seeded entry may already be a newer
@@ -316,8 +339,7 @@ impl ProcessTable {
                     Proc {
                         start_ns: open.start_boottime,
                         ppid: stat.ppid as u32,
-                        exe: read_exe(open.pid),
-                        args: read_args(open.pid),
+                        program: Program::new(read_exe(open.pid), read_args(open.pid)),
                         cgroup_id: open.cgroup_id,
                         exited: None,
                         ns_pid: None,
@@ -335,8 +357,7 @@ impl ProcessTable {
         };
         if let Some(entry) = self.get(open.pid, open.start_boottime) {
             info.ppid = Some(entry.ppid);
-            info.exe = entry.exe.clone();
-            info.args = entry.args.clone();
+            info.program = entry.program.clone();
             let mut next = entry.ppid;
             while next > 0 && info.ancestors.len() < MAX_ANCESTORS {
                 let Some(parent) = self.procs.get(&next) else {
@@ -348,8 +369,7 @@ impl ProcessTable {
                 };
                 info.ancestors.push(Ancestor {
                     pid: next,
-                    exe: parent.exe.clone(),
-                    args: parent.args.clone(),
+                    program: parent.program.clone(),
                 });
                 // The chain inside the process' own cgroup and the process that started it
                 // there (the runtime, `runc exec`, a shell on the host): the host's ancestry
@@ -478,13 +498,16 @@ mod tests {
         table.apply(&event(ProcessEventKind::Exec, CAT, SHELL, 200, "/bin/cat"));
         table.apply(&event(ProcessEventKind::Exit, CAT, SHELL, 200, ""));
         let info = table.describe(&open(CAT, 200));
-        assert_eq!(info.exe.as_deref(), Some(&b"/bin/cat"[..]));
+        assert_eq!(info.program.exe.as_deref(), Some(&b"/bin/cat"[..]));
         assert_eq!(info.ppid, Some(SHELL));
-        assert_eq!(info.ancestors[0].exe.as_deref(), Some(&b"/bin/sh"[..]));
+        assert_eq!(
+            info.ancestors[0].program.exe.as_deref(),
+            Some(&b"/bin/sh"[..])
+        );
         assert_eq!(info.ancestors[1].pid, 1);
         table.expire(Instant::now() + EXITED_GRACE + Duration::from_secs(1));
-        assert!(table.describe(&open(CAT, 200)).exe.is_none());
-        assert!(table.describe(&open(SHELL, 100)).exe.is_some());
+        assert!(table.describe(&open(CAT, 200)).program.exe.is_none());
+        assert!(table.describe(&open(SHELL, 100)).program.exe.is_some());
     }
 
     #[test]
@@ -520,7 +543,13 @@ mod tests {
     fn a_reused_pid_is_not_the_old_process() {
         let mut table = ProcessTable::new();
         table.apply(&event(ProcessEventKind::Exec, CAT, 1, 200, "/bin/cat"));
-        assert!(table.describe(&open(CAT, 999_999_999_999)).exe.is_none());
+        assert!(
+            table
+                .describe(&open(CAT, 999_999_999_999))
+                .program
+                .exe
+                .is_none()
+        );
     }
 
     #[test]
@@ -551,7 +580,7 @@ mod tests {
         table.apply(&event(ProcessEventKind::Exec, SHELL, 1, 100, "/bin/sh"));
         table.apply(&event(ProcessEventKind::Fork, CAT, SHELL, 200, ""));
         assert_eq!(
-            table.describe(&open(CAT, 200)).exe.as_deref(),
+            table.describe(&open(CAT, 200)).program.exe.as_deref(),
             Some(&b"/bin/sh"[..])
         );
     }
@@ -568,7 +597,13 @@ mod tests {
         ));
         table.apply(&event(ProcessEventKind::Exit, CAT, 1, 1_000_000_000, ""));
         table.expire(Instant::now() + EXITED_GRACE + Duration::from_secs(1));
-        assert!(table.describe(&open(CAT, 5_000_000_000)).exe.is_some());
+        assert!(
+            table
+                .describe(&open(CAT, 5_000_000_000))
+                .program
+                .exe
+                .is_some()
+        );
     }
 
     #[test]
@@ -582,9 +617,9 @@ mod tests {
         assert_eq!(table.reconcile(now, |pid| pid == SHELL), 1);
         assert_eq!(table.reconcile(now, |pid| pid == SHELL), 0, "counted once");
         // Still known during the grace: a record of its last access may be queued.
-        assert!(table.describe(&open(CAT, 200)).exe.is_some());
+        assert!(table.describe(&open(CAT, 200)).program.exe.is_some());
         table.expire(now + EXITED_GRACE + Duration::from_secs(1));
         assert_eq!(table.len(), 1);
-        assert!(table.describe(&open(SHELL, 100)).exe.is_some());
+        assert!(table.describe(&open(SHELL, 100)).program.exe.is_some());
     }
 }

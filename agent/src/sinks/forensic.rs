@@ -5,7 +5,7 @@
 //! literal backslash as `\\`, so nothing is dropped and the escaping is unambiguous. JSON's
 //! own escaping (quotes, control characters) is done by serde_json on top.
 
-use std::{io::Write as _, path::Path};
+use std::{io::Write as _, path::Path, sync::Arc};
 
 use anyhow::{Context as _, Result};
 use serde::Serialize;
@@ -254,9 +254,9 @@ pub struct ProcessSection {
     pub gid: u32,
     pub comm: String,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub exe: Option<String>,
+    pub exe: Option<Arc<str>>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub args: Option<Vec<String>>,
+    pub args: Option<Arc<[String]>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub start_time: Option<String>,
     pub ancestors: Vec<AncestorSection>,
@@ -280,9 +280,9 @@ impl ProcessSection {
 pub struct AncestorSection {
     pub pid: u32,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub exe: Option<String>,
+    pub exe: Option<Arc<str>>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub args: Option<Vec<String>>,
+    pub args: Option<Arc<[String]>>,
 }
 
 /// Where records go: stdout, or a rotated log file (see `logfile`).

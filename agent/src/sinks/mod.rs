@@ -57,10 +57,6 @@ pub fn file_section(open: &FileOpen, credential: &Credential) -> FileSection {
 
 /// `boot_to_unix_ns` turns the kernel's boot-time stamps into wall-clock time.
 pub fn process_section(info: &ProcessInfo, boot_to_unix_ns: i128) -> ProcessSection {
-    let args = |a: &Option<Vec<Vec<u8>>>| {
-        a.as_ref()
-            .map(|v| v.iter().map(|s| escape_bytes(s)).collect())
-    };
     ProcessSection {
         pid: info.pid,
         tid: info.tid,
@@ -68,8 +64,8 @@ pub fn process_section(info: &ProcessInfo, boot_to_unix_ns: i128) -> ProcessSect
         uid: info.uid,
         gid: info.gid,
         comm: escape_bytes(&info.comm),
-        exe: info.exe.as_deref().map(escape_bytes),
-        args: args(&info.args),
+        exe: info.program.shown_exe.clone(),
+        args: info.program.shown_args.clone(),
         start_time: info
             .start_boottime
             .and_then(|ns| rfc3339(boot_to_unix_ns + ns as i128)),
@@ -78,8 +74,8 @@ pub fn process_section(info: &ProcessInfo, boot_to_unix_ns: i128) -> ProcessSect
             .iter()
             .map(|a| AncestorSection {
                 pid: a.pid,
-                exe: a.exe.as_deref().map(escape_bytes),
-                args: args(&a.args),
+                exe: a.program.shown_exe.clone(),
+                args: a.program.shown_args.clone(),
             })
             .collect(),
         container_entry: None,
