@@ -12,7 +12,6 @@ pub mod dns;
 pub mod error;
 pub mod escape;
 pub mod events;
-pub mod footprint;
 pub mod learn;
 pub mod pipeline;
 pub mod policy;

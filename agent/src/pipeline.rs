@@ -25,7 +25,7 @@ mod tests;
 use crate::{
     containers::{Containers, Lookup, Origin},
     events::{self, Event, FileOpen, ProcessEventKind},
-    footprint::{self, Subject, Verdict},
+    policy::verdict::{self, Subject, Verdict},
     policy::{Action, PolicySet},
     process::ProcessTable,
     requests,
@@ -786,7 +786,7 @@ impl Pipeline {
             exe: held.exe.as_deref(),
         };
         let secret = held.record.secret.name.clone();
-        let judgement = footprint::judge(
+        let judgement = verdict::judge(
             &self.policies.footprints,
             &subject,
             &secret,

@@ -14,8 +14,8 @@ use serde_json::{Value, json};
 use crate::{
     containers::{Metadata, Pod},
     error::UsageError,
-    footprint::{self, Subject, Verdict},
     policy,
+    policy::verdict::{self, Subject, Verdict},
 };
 
 pub fn replay(policies: &Path, file: &Path) -> Result<()> {
@@ -74,7 +74,7 @@ pub fn replay(policies: &Path, file: &Path) -> Result<()> {
             exe: exe.as_deref(),
         };
         let outside_root = record["file"]["outside_root"] == true;
-        let judgement = footprint::judge(
+        let judgement = verdict::judge(
             &set.footprints,
             &subject,
             &secret,

@@ -21,7 +21,7 @@ use time::OffsetDateTime;
 use crate::{
     containers::{Metadata, Pod},
     error::UsageError,
-    footprint::{self, Subject, Verdict},
+    policy::verdict::{self, Subject, Verdict},
     policy::{self, PolicySet},
 };
 use evidence::{Evidence, Observation};
@@ -228,14 +228,14 @@ fn metadata(o: &Observation) -> Option<Metadata> {
 }
 
 /// The verdict the policy set gives an observation now.
-fn judge<'a>(set: &'a PolicySet, o: &Observation) -> footprint::Judgement<'a> {
+fn judge<'a>(set: &'a PolicySet, o: &Observation) -> verdict::Judgement<'a> {
     let meta = metadata(o);
     let subject = Subject {
         container: meta.as_ref(),
         host_cgroup: None,
         exe: o.exe.as_deref().map(str::as_bytes),
     };
-    footprint::judge(
+    verdict::judge(
         &set.footprints,
         &subject,
         &o.secret,

@@ -6,6 +6,7 @@
 pub mod catalog;
 pub mod footprint;
 pub mod paths;
+pub mod verdict;
 
 use std::{
     fmt,

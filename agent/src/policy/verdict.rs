@@ -1,10 +1,8 @@
 //! Verdicts: each credential access is compared with the footprints that select where it came
 //! from (docs/contract.md). Several footprints may select one container: their allows add up.
 
-use crate::{
-    containers::Metadata,
-    policy::{Action, Footprint, footprint::Selector},
-};
+use super::{Action, Footprint, footprint::Selector};
+use crate::containers::Metadata;
 
 /// Where an access came from, as far as selectors care.
 #[derive(Debug, Clone, Copy, Default)]
@@ -60,7 +58,7 @@ pub fn judge<'a>(
 ) -> Judgement<'a> {
     let selected: Vec<&Footprint> = footprints
         .iter()
-        .filter(|f| selects(&f.selector, subject))
+        .filter(|f| f.selector.selects(subject))
         .collect();
     let Some(first) = selected.first().copied() else {
         return match subject.container {
@@ -123,39 +121,41 @@ pub fn judge<'a>(
     }
 }
 
-pub fn selects(selector: &Selector, subject: &Subject) -> bool {
-    let Some(meta) = subject.container else {
-        // Host processes: only `host: true` selects them (narrowed by cgroup if given).
-        return selector.host
-            && selector
+impl Selector {
+    /// Whether this selector picks the process an access came from.
+    pub fn selects(&self, subject: &Subject) -> bool {
+        let Some(meta) = subject.container else {
+            // Host processes: only `host: true` selects them (narrowed by cgroup if given).
+            return self.host
+                && self
+                    .cgroup
+                    .as_ref()
+                    .is_none_or(|g| subject.host_cgroup.is_some_and(|c| g.is_match(c)));
+        };
+        if self.host {
+            return false;
+        }
+        let pod = meta.pod.as_ref();
+        self.namespace
+            .as_ref()
+            .is_none_or(|ns| pod.and_then(|p| p.namespace.as_ref()) == Some(ns))
+            && self
+                .pod_labels
+                .iter()
+                .all(|(k, v)| pod.and_then(|p| p.labels.get(k)) == Some(v))
+            && self
+                .container
+                .as_ref()
+                .is_none_or(|c| meta.name.as_ref() == Some(c))
+            && self
+                .image
+                .as_ref()
+                .is_none_or(|g| meta.image.as_ref().is_some_and(|i| g.is_match(i)))
+            && self
                 .cgroup
                 .as_ref()
-                .is_none_or(|g| subject.host_cgroup.is_some_and(|c| g.is_match(c)));
-    };
-    if selector.host {
-        return false;
+                .is_none_or(|g| g.is_match(&meta.cgroup))
     }
-    let pod = meta.pod.as_ref();
-    selector
-        .namespace
-        .as_ref()
-        .is_none_or(|ns| pod.and_then(|p| p.namespace.as_ref()) == Some(ns))
-        && selector
-            .pod_labels
-            .iter()
-            .all(|(k, v)| pod.and_then(|p| p.labels.get(k)) == Some(v))
-        && selector
-            .container
-            .as_ref()
-            .is_none_or(|c| meta.name.as_ref() == Some(c))
-        && selector
-            .image
-            .as_ref()
-            .is_none_or(|g| meta.image.as_ref().is_some_and(|i| g.is_match(i)))
-        && selector
-            .cgroup
-            .as_ref()
-            .is_none_or(|g| g.is_match(&meta.cgroup))
 }
 
 #[cfg(test)]
