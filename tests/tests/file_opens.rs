@@ -420,6 +420,55 @@ fn a_credential_read_before_its_directory_was_renamed_back_is_reported() {
     assert_eq!(records[0]["secret"]["name"], "aws-shared-credentials");
 }
 
+/// What the kernel remembers per file and per directory is keyed by dentries, which a rename
+/// of a directory keeps: a directory whose files were decided (not credentials) elsewhere and
+/// then moved onto a prefix key's way must have them decided again at once, not when the
+/// secret search (every 10 s) finds them there. The file is new to the search and read right
+/// after the move, so only its path can name it.
+#[test]
+fn a_directory_moved_onto_a_prefix_keys_way_is_decided_again_at_once() {
+    let agent = setup();
+    let place = agent.work.join(format!("moved-{}", crate::PROBE_MODE));
+    let stage = agent.work.join(format!("stage-{}", crate::PROBE_MODE));
+    std::fs::create_dir_all(&place).unwrap();
+    std::fs::create_dir_all(stage.join("vault")).unwrap();
+    // A catalogue entry for `<place>/vault/**`, loaded before anything below is decided.
+    let reloads = r#"credwatch_policy_reloads_total{result="success"}"#;
+    let reloaded = agent.metric(reloads);
+    std::fs::write(
+        agent
+            .work
+            .join(format!("policies/e2e-moved-{}.yaml", crate::PROBE_MODE)),
+        format!(
+            "apiVersion: credwatch.dev/v1alpha1\nkind: CredentialCatalog\nmetadata:\n  name: e2e-moved\nspec:\n  files:\n    - name: e2e-moved\n      paths: [\"{}/vault/**\"]\n",
+            place.display()
+        ),
+    )
+    .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while agent.metric(reloads) <= reloaded {
+        assert!(std::time::Instant::now() < deadline, "no reload");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let staged = stage.join("vault/stuff.dat");
+    std::fs::write(&staged, "x").unwrap();
+    let staged = staged.display().to_string();
+    let secret = secret_path(agent);
+    // Decided and remembered: not a credential where it is.
+    let workload = Workload::run(&["openat", &staged, "x3", "--next", "openat", &secret]);
+    let records = agent.wait_records(workload.pid, 1);
+    assert_eq!(records.len(), 1, "only the control: {records:#?}");
+    assert_eq!(records[0]["file"]["path"], secret.as_str());
+
+    std::fs::rename(stage.join("vault"), place.join("vault")).unwrap();
+    let moved = place.join("vault/stuff.dat").display().to_string();
+    let workload = Workload::run(&["openat", &moved]);
+    let records = agent.wait_records(workload.pid, 1);
+    assert_eq!(records.len(), 1, "{records:#?}");
+    assert_eq!(records[0]["file"]["path"], moved.as_str());
+    assert_eq!(records[0]["secret"]["name"], "e2e-moved");
+}
+
 #[test]
 fn failed_opens_are_recorded_with_their_errno() {
     let agent = setup();

@@ -152,6 +152,11 @@ impl Probes {
             let status = probes.attach_syscall(name, ArgsMode::SavedAtEntry);
             probes.record(status);
         }
+        // Moves in the file tree that can put a directory under a prefix key (`moves.rs`).
+        for name in ["rename", "renameat", "renameat2", "mount", "move_mount"] {
+            let status = probes.attach_syscall(name, ArgsMode::SavedAtEntry);
+            probes.record(status);
+        }
         Ok(probes)
     }
 
@@ -388,14 +393,15 @@ impl Probes {
         if changed || synced.is_err() {
             // Only after the maps hold the new keys and inodes (or as much of them as could
             // be written): verdicts tagged with the old epoch stop counting.
-            let mut epoch: aya::maps::Array<_, u32> = aya::maps::Array::try_from(
+            let mut epoch: aya::maps::Array<_, u64> = aya::maps::Array::try_from(
                 self.ebpf
                     .map_mut(maps::FILTER_EPOCH)
                     .ok_or_else(|| anyhow!("filter epoch map missing"))?,
             )?;
-            let now = epoch.get(&0, 0).unwrap_or(0);
+            let keys = credwatch_common::filter_epoch::KEYS;
+            let now = epoch.get(&keys, 0).unwrap_or(0);
             epoch
-                .set(0, now.wrapping_add(1).max(1), 0)
+                .set(keys, now + 1, 0)
                 .context("advancing the filter epoch")?;
         }
         synced
@@ -443,6 +449,12 @@ impl Probes {
             maps::DIR_PREFIXES,
             &self.paths.dir_keys(),
             &want.paths.dir_keys(),
+        )?;
+        sync_trie::<{ credwatch_common::MOVE_KEY_BYTES }>(
+            &mut self.ebpf,
+            maps::MOVE_NAMES,
+            &self.paths.move_keys(),
+            &want.paths.move_keys(),
         )?;
         self.sync_endpoints(&want.endpoints)?;
         self.sync_learned(&want.learned)?;
@@ -635,6 +647,7 @@ mod tests {
             maps::LEAF_SUFFIXES,
             maps::DIR_PREFIXES,
             maps::FILTER_EPOCH,
+            maps::MOVE_NAMES,
         ] {
             assert!(object.maps.contains_key(map), "map {map} missing");
         }

@@ -80,6 +80,7 @@ pub mod maps {
     pub const LEAF_SUFFIXES: &str = "LEAF_SUFFIXES";
     pub const DIR_PREFIXES: &str = "DIR_PREFIXES";
     pub const FILTER_EPOCH: &str = "FILTER_EPOCH";
+    pub const MOVE_NAMES: &str = "MOVE_NAMES";
 }
 
 /// Names of the load-time globals the agent sets.
@@ -115,7 +116,9 @@ pub mod probe {
     /// What is sent on connections to endpoints whose requests are inspected (cgroup_skb
     /// egress on the cgroup2 root).
     pub const ENDPOINT_REQUEST: u32 = 15;
-    pub const COUNT: u32 = 16;
+    /// Renames and mounts that can move a directory under a prefix key (see `filter_epoch`).
+    pub const TREE_MOVE: u32 = 16;
+    pub const COUNT: u32 = 17;
     /// How many of the first probes are file-open syscalls.
     pub const FILE_OPEN_COUNT: u32 = 5;
     /// Names as used in metrics and log records (`sys_` dropped).
@@ -136,6 +139,7 @@ pub mod probe {
         "io_uring_open",
         "process_memory",
         "endpoint_request",
+        "tree_move",
     ];
 }
 
@@ -635,11 +639,32 @@ pub struct DirVerdict {
     /// The mount's root dentry: a file that is the mount's root (a bind-mounted file) is
     /// named by its mount point, not by this directory, and is always walked.
     pub mnt_root: u64,
-    /// `FILTER_EPOCH` when this was decided; older verdicts are ignored.
-    pub epoch: u32,
+    /// The filter's epoch when this was decided (see [`filter_epoch`]); others are ignored.
+    pub epoch: u64,
     /// Non-zero: a prefix key can match a file here, walk.
     pub walk: u32,
+    pub _pad: u32,
 }
+
+/// Slots of the `FILTER_EPOCH` array. A remembered verdict counts only while the sum of both
+/// is what it was when the verdict was made: both only ever grow, so the sum changes with
+/// either and never comes back.
+pub mod filter_epoch {
+    /// Advanced by the agent after every change of the path keys or the secret inodes.
+    pub const KEYS: u32 = 0;
+    /// Advanced by the programs around every move in the file tree that can put a directory
+    /// where a prefix key points (a rename onto one of its directories' names, a mount, an
+    /// io_uring rename): remembered verdicts are keyed by dentries, which a move keeps.
+    pub const TREE: u32 = 1;
+    pub const SLOTS: u32 = 2;
+}
+
+/// How much of a renamed directory's new name the kernel compares (`MOVE_NAMES`).
+pub const MOVE_KEY_BYTES: usize = 64;
+/// Data of the `MOVE_NAMES` trie: each directory name on the way to a prefix key with a `/`
+/// after it (`ssh/` for `/etc/ssh/ssh_host_`: a name must be it exactly), and each prefix
+/// key's last, unfinished part without one (`ssh_host_`: a name must start with it).
+pub type MoveKeyData = [u8; MOVE_KEY_BYTES];
 
 /// Byte offsets of the kernel struct fields the probes read, found in the running kernel's BTF
 /// at start-up (Rust eBPF has no CO-RE relocations, so nothing here is compiled in).
@@ -756,7 +781,7 @@ const _: () = {
     assert!(size_of::<Budget>() == 24);
     assert!(size_of::<InodeKey>() == 16);
     assert!(size_of::<DirKey>() == 32);
-    assert!(size_of::<DirVerdict>() == 16);
+    assert!(size_of::<DirVerdict>() == 24);
     assert!(size_of::<FileKey>() == 56);
     assert!(size_of::<EndpointValue>() == 32);
     assert!(size_of::<LearnedKey>() == 24);

@@ -5,7 +5,7 @@
 use aya_ebpf::{helpers::generated, maps::lpm_trie::Key};
 use credwatch_common::{
     DirKey, DirVerdict, FileKey, InodeKey, LEAF_KEY_BYTES, LeafKeyData, PATH_BYTES, PATH_KEY_BYTES,
-    PathKeyData, matched,
+    PathKeyData, filter_epoch, matched,
 };
 
 use crate::{
@@ -94,13 +94,12 @@ pub struct Cheap {
     seq: u32,
     /// 1: what is decided about the file may be remembered (see `remember_file`).
     rememberable: u32,
-    /// `FILTER_EPOCH` when the check began.
-    epoch: u32,
+    /// The filter's epoch when the check began (see `filter_epoch`).
+    epoch: u64,
     /// The file name's length (0: no name was read, nothing to remember).
     leaf_len: u32,
     /// Where the name's end goes in `leaf`.
     at: u32,
-    _pad: u32,
 }
 
 impl Cheap {
@@ -111,13 +110,21 @@ impl Cheap {
     }
 }
 
+/// The filter's epoch now: the agent's generation of the keys and secret inodes plus the
+/// programs' generation of moves in the file tree (`filter_epoch`; both only grow).
+#[inline(always)]
+fn epoch() -> u64 {
+    let slot = |i| FILTER_EPOCH.get(i).copied().unwrap_or(0);
+    slot(filter_epoch::KEYS).wrapping_add(slot(filter_epoch::TREE))
+}
+
 /// The first cheap fact: this very file (same dentry, name, parent, inode, mount and root)
 /// was found not to be a credential since the keys and the secret inodes last changed.
 /// Reads the epoch first, so that a decision made now and remembered by `remember_file` is
 /// one made with keys and inodes at least that new.
 #[inline(always)]
 pub unsafe fn seen_before(c: &mut Cheap, at: KPath, inode: u64, root: KPath) -> bool {
-    c.epoch = FILTER_EPOCH.get(0).copied().unwrap_or(0);
+    c.epoch = epoch();
     c.rememberable = 0;
     c.leaf_len = 0;
     let parent_at = offset!(dentry_d_parent);
@@ -288,6 +295,7 @@ pub unsafe fn remember_dir(
             mnt_root,
             epoch: c.epoch,
             walk: walk as u32,
+            _pad: 0,
         };
         let _ = DIR_VERDICTS.insert(&c.dir_key, &verdict, 0);
     }

@@ -7,6 +7,8 @@
 //! suffixes). Only matches reach the ring buffer; everything is counted in `STATS`.
 #![no_std]
 #![no_main]
+#![allow(internal_features)]
+#![feature(core_intrinsics)]
 
 mod budget;
 mod cgroup;
@@ -14,6 +16,7 @@ mod connect;
 mod dns;
 mod filter;
 mod memory;
+mod moves;
 mod open;
 mod packet;
 mod process;
@@ -31,9 +34,9 @@ use aya_ebpf::{
 };
 use credwatch_common::{
     Budget, CgroupRecord, DirKey, DirVerdict, DnsRecord, EndpointValue, FileKey, InodeKey,
-    IoUringOffsets, KernelOffsets, LeafKeyData, LearnedKey, NAMED_PORT_SLOTS, PathKeyData,
-    ProcessRecord, REPEAT_ENTRIES, RepeatKey, RepeatValue, RequestRecord, STATS_ENTRIES,
-    SUPPRESSED_ENTRIES, SuppressedKey, cgroup_event, probe,
+    IoUringOffsets, KernelOffsets, LeafKeyData, LearnedKey, MoveKeyData, NAMED_PORT_SLOTS,
+    PathKeyData, ProcessRecord, REPEAT_ENTRIES, RepeatKey, RepeatValue, RequestRecord,
+    STATS_ENTRIES, SUPPRESSED_ENTRIES, SuppressedKey, cgroup_event, filter_epoch, probe,
 };
 
 /// Filled by the agent from `/sys/kernel/btf/vmlinux` before load.
@@ -78,9 +81,18 @@ static DIR_PREFIXES: LpmTrie<PathKeyData, u32> = LpmTrie::with_max_entries(16384
 static DIR_VERDICTS: LruHashMap<DirKey, DirVerdict> = LruHashMap::with_max_entries(16384, 0);
 /// Opened files found not to be credentials (value: the epoch of that decision).
 #[map(name = "FILE_VERDICTS")]
-static FILE_VERDICTS: LruHashMap<FileKey, u32> = LruHashMap::with_max_entries(32768, 0);
+static FILE_VERDICTS: LruHashMap<FileKey, u64> = LruHashMap::with_max_entries(32768, 0);
 #[map(name = "FILTER_EPOCH")]
-static FILTER_EPOCH: aya_ebpf::maps::Array<u32> = aya_ebpf::maps::Array::with_max_entries(1, 0);
+static FILTER_EPOCH: aya_ebpf::maps::Array<u64> =
+    aya_ebpf::maps::Array::with_max_entries(filter_epoch::SLOTS, 0);
+/// Names a renamed directory must have to land on a prefix key's way (see `moves.rs`), the
+/// threads inside such a rename or a mount, and the working memory for reading the name.
+#[map(name = "MOVE_NAMES")]
+static MOVE_NAMES: LpmTrie<MoveKeyData, u32> = LpmTrie::with_max_entries(4096, 0);
+#[map(name = "MOVES_PENDING")]
+static MOVES_PENDING: LruHashMap<u64, u8> = LruHashMap::with_max_entries(16384, 0);
+#[map(name = "MOVE_SCRATCH")]
+static MOVE_SCRATCH: PerCpuArray<moves::Scratch> = PerCpuArray::with_max_entries(1, 0);
 /// Arguments saved at syscall entry (see `open::enter`): one slot per CPU, and a hash for the
 /// rare open that is still blocked when the next one on its CPU begins. The exit tracepoint
 /// runs even when a signal ends the syscall, so entries are always taken back out.
@@ -160,6 +172,8 @@ static SCRATCH: PerCpuArray<open::Scratch> = PerCpuArray::with_max_entries(1, 0)
 const ARG0: usize = 16;
 const ARG1: usize = 24;
 const ARG2: usize = 32;
+const ARG3: usize = 40;
+const ARG4: usize = 48;
 const RET: usize = 16;
 
 /// Whether the current task is the agent itself (its own opens and syscalls are not watched).
@@ -401,3 +415,68 @@ fn panic(_info: &core::panic::PanicInfo) -> ! {
 #[unsafe(link_section = "license")]
 #[unsafe(no_mangle)]
 static LICENSE: [u8; 4] = *b"GPL\0";
+
+// Moves in the file tree that can put a directory where a prefix key points (`moves.rs`).
+
+#[tracepoint(category = "syscalls", name = "sys_enter_rename")]
+pub fn sys_enter_rename(ctx: TracePointContext) -> u32 {
+    // rename(oldname, newname)
+    moves::rename_enter(arg(&ctx, ARG0), arg(&ctx, ARG1), 0);
+    0
+}
+
+#[tracepoint(category = "syscalls", name = "sys_enter_renameat")]
+pub fn sys_enter_renameat(ctx: TracePointContext) -> u32 {
+    // renameat(olddfd, oldname, newdfd, newname)
+    moves::rename_enter(arg(&ctx, ARG1), arg(&ctx, ARG3), 0);
+    0
+}
+
+#[tracepoint(category = "syscalls", name = "sys_enter_renameat2")]
+pub fn sys_enter_renameat2(ctx: TracePointContext) -> u32 {
+    // renameat2(olddfd, oldname, newdfd, newname, flags)
+    moves::rename_enter(arg(&ctx, ARG1), arg(&ctx, ARG3), arg(&ctx, ARG4));
+    0
+}
+
+#[tracepoint(category = "syscalls", name = "sys_enter_mount")]
+pub fn sys_enter_mount(_ctx: TracePointContext) -> u32 {
+    moves::mount_enter();
+    0
+}
+
+#[tracepoint(category = "syscalls", name = "sys_enter_move_mount")]
+pub fn sys_enter_move_mount(_ctx: TracePointContext) -> u32 {
+    moves::mount_enter();
+    0
+}
+
+#[tracepoint(category = "syscalls", name = "sys_exit_rename")]
+pub fn sys_exit_rename(_ctx: TracePointContext) -> u32 {
+    moves::exit();
+    0
+}
+
+#[tracepoint(category = "syscalls", name = "sys_exit_renameat")]
+pub fn sys_exit_renameat(_ctx: TracePointContext) -> u32 {
+    moves::exit();
+    0
+}
+
+#[tracepoint(category = "syscalls", name = "sys_exit_renameat2")]
+pub fn sys_exit_renameat2(_ctx: TracePointContext) -> u32 {
+    moves::exit();
+    0
+}
+
+#[tracepoint(category = "syscalls", name = "sys_exit_mount")]
+pub fn sys_exit_mount(_ctx: TracePointContext) -> u32 {
+    moves::exit();
+    0
+}
+
+#[tracepoint(category = "syscalls", name = "sys_exit_move_mount")]
+pub fn sys_exit_move_mount(_ctx: TracePointContext) -> u32 {
+    moves::exit();
+    0
+}

@@ -8,11 +8,12 @@
 use aya_ebpf::helpers::generated::bpf_probe_read_kernel_str;
 use credwatch_common::{IoUringOffsets, RAW_PATH_BYTES, outcome, probe};
 
-use crate::{URING_OFFSETS, URING_OPENS, URING_SCRATCH, open, stats::count, vfs};
+use crate::{URING_OFFSETS, URING_OPENS, URING_SCRATCH, moves, open, stats::count, vfs};
 
 /// UAPI opcodes (`enum io_uring_op`), fixed by the kernel ABI.
 const IORING_OP_OPENAT: u8 = 18;
 const IORING_OP_OPENAT2: u8 = 28;
+const IORING_OP_RENAMEAT: u8 = 35;
 /// IOSQE_CQE_SKIP_SUCCESS; the low request flags are the SQE flags (io_uring_types.h).
 const CQE_SKIP_SUCCESS: u64 = 1 << 6;
 
@@ -27,19 +28,29 @@ pub struct UringOpen {
 
 /// The request layout when `req` is an open request (most requests are not: one read and
 /// out). `req` is null for auxiliary completions; the read then fails.
-fn open_request(req: u64) -> Option<IoUringOffsets> {
+/// A rename (see `moves.rs`) is noted on the way. `submitted`: at submission, else completion.
+fn open_request(req: u64, submitted: bool) -> Option<IoUringOffsets> {
     let o = URING_OFFSETS.load();
     if o.valid == 0 {
         return None;
     }
     let opcode: u8 = unsafe { vfs::read(req, o.opcode) }.ok()?;
+    if opcode == IORING_OP_RENAMEAT {
+        let flags: u64 = if submitted {
+            unsafe { vfs::read(req, o.flags) }.unwrap_or(0)
+        } else {
+            0
+        };
+        moves::io_uring_rename(!submitted, flags & CQE_SKIP_SUCCESS != 0);
+        return None;
+    }
     (opcode == IORING_OP_OPENAT || opcode == IORING_OP_OPENAT2).then_some(o)
 }
 
 /// `io_uring_submit_req`: keeps an open's path, dirfd and flags for its completion. An open
 /// whose successful completion will not be posted (so not traced) cannot be followed: counted.
 pub fn submit(req: u64) {
-    let Some(o) = open_request(req) else {
+    let Some(o) = open_request(req, true) else {
         return;
     };
     let flags: u64 = unsafe { vfs::read(req, o.flags) }.unwrap_or(0);
@@ -73,7 +84,7 @@ pub fn submit(req: u64) {
 
 /// `io_uring_complete`.
 pub fn complete(req: u64, cqe: u64) {
-    let Some(o) = open_request(req) else {
+    let Some(o) = open_request(req, false) else {
         return;
     };
     // struct io_uring_cqe (UAPI): u64 user_data, s32 res, ...
