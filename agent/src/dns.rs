@@ -41,8 +41,7 @@ struct Learned {
     until: Instant,
 }
 
-/// Kernel learned-endpoint map entries.
-pub type LearnedKeys = std::collections::BTreeMap<LearnedKey, EndpointValue>;
+pub use crate::probes::keys::LearnedKeys;
 
 #[derive(Default, Clone)]
 pub struct LearnedHosts {

@@ -1,7 +1,9 @@
 //! Loading, feature checks and attaching of the kernel programs, and access to their maps.
 
+pub mod keys;
 pub mod offsets;
 pub mod repeats;
+mod table;
 mod tracefs;
 
 use std::{collections::BTreeMap, path::Path};
@@ -18,7 +20,8 @@ use credwatch_common::{
 };
 use log::{info, warn};
 
-use crate::policy::catalog::{EndpointKeys, PathKeys};
+use keys::{EndpointKeys, LearnedKeys, PathKeys};
+use table::{Attach, ProbeSpec};
 
 /// The kernel programs, built by `agent/build.rs`.
 static PROGRAMS: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/credwatch-probes"));
@@ -39,7 +42,7 @@ pub struct Probes {
     inodes: BTreeMap<InodeKey, u32>,
     paths: PathKeys,
     endpoints: EndpointKeys,
-    learned: crate::dns::LearnedKeys,
+    learned: LearnedKeys,
 }
 
 /// The entries the in-kernel filter should hold.
@@ -50,7 +53,7 @@ pub struct KernelFilter {
     /// (IPv6-form network, prefix length) → endpoint.
     pub endpoints: EndpointKeys,
     /// (cgroup, address) → endpoint, from containers' DNS answers and proxy variables.
-    pub learned: crate::dns::LearnedKeys,
+    pub learned: LearnedKeys,
     /// Ports of host-name endpoints (see `Catalog::named_ports`).
     pub named_ports: Vec<u16>,
 }
@@ -107,55 +110,24 @@ impl Probes {
             learned: BTreeMap::new(),
             paths: PathKeys::default(),
         };
-        let file_probes = &probe::NAMES[..probe::FILE_OPEN_COUNT as usize];
-        for name in file_probes {
-            let status = probes.attach_syscall(name, mode);
+        let btf = aya::Btf::from_sys_fs().context("kernel BTF for the tp_btf probes")?;
+        let uring = uring.map(|_| ()).map_err(|err| format!("{err:#}"));
+        for spec in table::PROBES {
+            let status = probes.attach(spec, mode, &btf, &uring);
             probes.record(status);
         }
-        if probes.status.iter().all(|s| s.mode.is_none()) {
-            return Err(anyhow!("no file-open probe could be attached"));
-        }
-        let btf = aya::Btf::from_sys_fs().context("kernel BTF for the process probes")?;
-        for probe in [probe::EXEC, probe::FORK, probe::EXIT] {
-            let status = probes.attach_btf_tracepoint(probe::NAMES[probe as usize], &btf);
-            probes.record(status);
-        }
-        for probe in [probe::CGROUP_MKDIR, probe::CGROUP_RMDIR] {
-            let status = probes.attach_cgroup_tracepoint(probe::NAMES[probe as usize]);
-            probes.record(status);
-        }
-        let status = match &uring {
-            Ok(_) => probes.attach_io_uring(&btf),
-            Err(err) => ProbeStatus {
-                probe: probe::NAMES[probe::IO_URING_OPEN as usize],
-                mode: None,
-                detail: format!("io_uring request layout not in kernel BTF: {err:#}"),
-            },
+        let file_open = |s: &&ProbeStatus| {
+            table::PROBES
+                .iter()
+                .any(|p| p.name == s.probe && matches!(p.attach, Attach::FileOpenSyscall))
         };
-        probes.record(status);
-        let status = probes.attach_dns();
-        probes.record(status);
-        // connect(2) is rare next to open(2): enter+exit costs little and needs no registers.
-        let connect = probe::NAMES[probe::CONNECT as usize];
-        let status = probes.attach_syscall(connect, ArgsMode::SavedAtEntry);
-        probes.record(status);
-        let status = probes.attach_connect_hooks();
-        probes.record(status);
-        let status = probes.attach_cgroup_skb(
-            probe::ENDPOINT_REQUEST,
-            "endpoint_requests",
-            aya::programs::CgroupSkbAttachType::Egress,
-        );
-        probes.record(status);
-        // Another process's memory (ptrace attach, process_vm_readv/writev): rare syscalls.
-        for name in ["ptrace", "process_vm_readv", "process_vm_writev"] {
-            let status = probes.attach_syscall(name, ArgsMode::SavedAtEntry);
-            probes.record(status);
-        }
-        // Moves in the file tree that can put a directory under a prefix key (`moves.rs`).
-        for name in ["rename", "renameat", "renameat2", "mount", "move_mount"] {
-            let status = probes.attach_syscall(name, ArgsMode::SavedAtEntry);
-            probes.record(status);
+        if !probes
+            .status
+            .iter()
+            .filter(file_open)
+            .any(|s| s.mode.is_some())
+        {
+            return Err(anyhow!("no file-open probe could be attached"));
         }
         Ok(probes)
     }
@@ -168,144 +140,138 @@ impl Probes {
         self.status.push(status);
     }
 
-    /// The process lifecycle probes (`tp_btf`): without them records still have what procfs
-    /// knows while the process exists.
-    fn attach_btf_tracepoint(&mut self, name: &'static str, btf: &aya::Btf) -> ProbeStatus {
-        let result = (|| -> Result<()> {
-            let program: &mut aya::programs::BtfTracePoint = self
-                .ebpf
-                .program_mut(name)
-                .ok_or_else(|| anyhow!("program {name} missing from the object"))?
-                .try_into()?;
-            program
-                .load(name, btf)
-                .with_context(|| format!("loading {name}"))?;
-            program
-                .attach()
-                .with_context(|| format!("attaching {name}"))?;
-            Ok(())
-        })();
-        probe_status(name, "tp_btf", result)
+    /// Attaches one row of the probe table.
+    fn attach(
+        &mut self,
+        spec: &ProbeSpec,
+        mode: ArgsMode,
+        btf: &aya::Btf,
+        uring: &std::result::Result<(), String>,
+    ) -> ProbeStatus {
+        let name = spec.name;
+        let (label, result) = match &spec.attach {
+            Attach::FileOpenSyscall => (mode.label(), self.attach_syscall(name, mode)),
+            Attach::Syscall => {
+                let mode = ArgsMode::SavedAtEntry;
+                (mode.label(), self.attach_syscall(name, mode))
+            }
+            Attach::BtfTracepoints(tracepoints) => (
+                "tp_btf",
+                tracepoints
+                    .iter()
+                    .try_for_each(|tp| self.attach_btf_tracepoint(tp, btf)),
+            ),
+            Attach::IoUring(tracepoints) => (
+                "tp_btf",
+                match uring {
+                    Ok(()) => tracepoints
+                        .iter()
+                        .try_for_each(|tp| self.attach_btf_tracepoint(tp, btf)),
+                    Err(err) => Err(anyhow!("io_uring request layout not in kernel BTF: {err}")),
+                },
+            ),
+            Attach::CgroupTracepoint => ("tracepoint", self.attach_cgroup_tracepoint(name)),
+            Attach::CgroupSkb { program, direction } => {
+                ("cgroup_skb", self.attach_cgroup_skb(program, *direction))
+            }
+            Attach::CgroupSockAddr(hooks) => (
+                "cgroup_sock_addr",
+                hooks
+                    .iter()
+                    .try_for_each(|hook| self.attach_sock_addr(hook)),
+            ),
+        };
+        probe_status(name, label, result)
     }
 
-    /// DNS responses to every process: a cgroup_skb ingress program on the cgroup2 root.
-    fn attach_dns(&mut self) -> ProbeStatus {
-        self.attach_cgroup_skb(
-            probe::DNS,
-            "dns_answers",
-            aya::programs::CgroupSkbAttachType::Ingress,
-        )
+    fn attach_btf_tracepoint(&mut self, name: &str, btf: &aya::Btf) -> Result<()> {
+        let program: &mut aya::programs::BtfTracePoint = self
+            .ebpf
+            .program_mut(name)
+            .ok_or_else(|| anyhow!("program {name} missing from the object"))?
+            .try_into()?;
+        program
+            .load(name, btf)
+            .with_context(|| format!("loading {name}"))?;
+        program
+            .attach()
+            .with_context(|| format!("attaching {name}"))?;
+        Ok(())
     }
 
     /// A cgroup_skb program on the cgroup2 root: every cgroup below inherits it.
     fn attach_cgroup_skb(
         &mut self,
-        probe: u32,
         program_name: &str,
         direction: aya::programs::CgroupSkbAttachType,
-    ) -> ProbeStatus {
-        let name = probe::NAMES[probe as usize];
-        let result = (|| -> Result<()> {
-            let program: &mut aya::programs::CgroupSkb = self
-                .ebpf
-                .program_mut(program_name)
-                .ok_or_else(|| anyhow!("program {program_name} missing from the object"))?
-                .try_into()?;
-            program
-                .load()
-                .with_context(|| format!("loading {program_name}"))?;
-            program
-                .attach(
-                    cgroup2_root()?,
-                    direction,
-                    aya::programs::CgroupAttachMode::Single,
-                )
-                .with_context(|| format!("attaching {program_name} to the cgroup2 root"))?;
-            Ok(())
-        })();
-        probe_status(name, "cgroup_skb", result)
+    ) -> Result<()> {
+        let program: &mut aya::programs::CgroupSkb = self
+            .ebpf
+            .program_mut(program_name)
+            .ok_or_else(|| anyhow!("program {program_name} missing from the object"))?
+            .try_into()?;
+        program
+            .load()
+            .with_context(|| format!("loading {program_name}"))?;
+        program
+            .attach(
+                cgroup2_root()?,
+                direction,
+                aya::programs::CgroupAttachMode::Single,
+            )
+            .with_context(|| format!("attaching {program_name} to the cgroup2 root"))?;
+        Ok(())
     }
 
-    /// io_uring opens: `io_uring_complete`, and `io_uring_submit_req` to count the opens whose
-    /// completion is skipped (see `uring.rs`).
-    fn attach_io_uring(&mut self, btf: &aya::Btf) -> ProbeStatus {
-        let name = probe::NAMES[probe::IO_URING_OPEN as usize];
-        for tracepoint in ["io_uring_submit_req", "io_uring_complete"] {
-            let status = self.attach_btf_tracepoint(tracepoint, btf);
-            if status.mode.is_none() {
-                return ProbeStatus {
-                    probe: name,
-                    ..status
-                };
-            }
-        }
-        probe_status(name, "tp_btf", Ok(()))
+    /// A `cgroup/connect4|6` hook on the cgroup2 root.
+    fn attach_sock_addr(&mut self, hook: &str) -> Result<()> {
+        let program: &mut aya::programs::CgroupSockAddr = self
+            .ebpf
+            .program_mut(hook)
+            .ok_or_else(|| anyhow!("program {hook} missing from the object"))?
+            .try_into()?;
+        program.load().with_context(|| format!("loading {hook}"))?;
+        program
+            .attach(cgroup2_root()?, aya::programs::CgroupAttachMode::Single)
+            .with_context(|| format!("attaching {hook} to the cgroup2 root"))?;
+        Ok(())
     }
 
-    /// `cgroup/connect4|6` on the cgroup2 root: connects that bypass connect(2) (io_uring,
-    /// TCP Fast Open), and the address of those that do not, already copied by the kernel.
-    fn attach_connect_hooks(&mut self) -> ProbeStatus {
-        let name = probe::NAMES[probe::CGROUP_CONNECT as usize];
-        let result = (|| -> Result<()> {
-            for hook in ["connect4", "connect6"] {
-                let program: &mut aya::programs::CgroupSockAddr = self
-                    .ebpf
-                    .program_mut(hook)
-                    .ok_or_else(|| anyhow!("program {hook} missing from the object"))?
-                    .try_into()?;
-                program.load().with_context(|| format!("loading {hook}"))?;
-                program
-                    .attach(cgroup2_root()?, aya::programs::CgroupAttachMode::Single)
-                    .with_context(|| format!("attaching {hook} to the cgroup2 root"))?;
-            }
-            Ok(())
-        })();
-        probe_status(name, "cgroup_sock_addr", result)
+    fn attach_cgroup_tracepoint(&mut self, name: &str) -> Result<()> {
+        tracefs::check_cgroup_format(name)?;
+        let program: &mut TracePoint = self
+            .ebpf
+            .program_mut(name)
+            .ok_or_else(|| anyhow!("program {name} missing from the object"))?
+            .try_into()?;
+        program.load().with_context(|| format!("loading {name}"))?;
+        program
+            .attach("cgroup", name)
+            .with_context(|| format!("attaching {name}"))?;
+        Ok(())
     }
 
-    /// cgroup creation and removal: without them, containers are found from their live cgroup
-    /// and runtime state only (and a very short-lived one may be missed).
-    fn attach_cgroup_tracepoint(&mut self, name: &'static str) -> ProbeStatus {
-        let result = (|| -> Result<()> {
-            tracefs::check_cgroup_format(name)?;
-            let program: &mut TracePoint = self
-                .ebpf
-                .program_mut(name)
-                .ok_or_else(|| anyhow!("program {name} missing from the object"))?
-                .try_into()?;
-            program.load().with_context(|| format!("loading {name}"))?;
-            program
-                .attach("cgroup", name)
-                .with_context(|| format!("attaching {name}"))?;
-            Ok(())
-        })();
-        probe_status(name, "tracepoint", result)
-    }
-
-    fn attach_syscall(&mut self, name: &'static str, mode: ArgsMode) -> ProbeStatus {
+    fn attach_syscall(&mut self, name: &str, mode: ArgsMode) -> Result<()> {
         let phases: &[&str] = match mode {
             ArgsMode::FromRegisters { .. } => &["exit"],
             ArgsMode::SavedAtEntry => &["enter", "exit"],
         };
-        let result = (|| -> Result<()> {
-            for phase in phases {
-                let tracepoint = format!("sys_{phase}_{name}");
-                tracefs::check_syscall_format(&tracepoint)?;
-                let program: &mut TracePoint = self
-                    .ebpf
-                    .program_mut(&tracepoint)
-                    .ok_or_else(|| anyhow!("program {tracepoint} missing from the object"))?
-                    .try_into()?;
-                program
-                    .load()
-                    .with_context(|| format!("loading {tracepoint}"))?;
-                program
-                    .attach("syscalls", &tracepoint)
-                    .with_context(|| format!("attaching {tracepoint}"))?;
-            }
-            Ok(())
-        })();
-        probe_status(name, mode.label(), result)
+        for phase in phases {
+            let tracepoint = format!("sys_{phase}_{name}");
+            tracefs::check_syscall_format(&tracepoint)?;
+            let program: &mut TracePoint = self
+                .ebpf
+                .program_mut(&tracepoint)
+                .ok_or_else(|| anyhow!("program {tracepoint} missing from the object"))?
+                .try_into()?;
+            program
+                .load()
+                .with_context(|| format!("loading {tracepoint}"))?;
+            program
+                .attach("syscalls", &tracepoint)
+                .with_context(|| format!("attaching {tracepoint}"))?;
+        }
+        Ok(())
     }
 
     pub fn take_events(&mut self) -> Result<RingBuf<MapData>> {
@@ -341,38 +307,44 @@ impl Probes {
                 .map_mut(maps::ENDPOINTS)
                 .ok_or_else(|| anyhow!("endpoint map missing"))?,
         )?;
-        for ((addr, len), value) in want {
-            if self.endpoints.get(&(*addr, *len)) != Some(value) {
+        sync_map(
+            &mut endpoints,
+            &self.endpoints,
+            want,
+            |endpoints, (addr, len), value| {
                 endpoints
                     .insert(&Key::new(*len, *addr), value, 0)
-                    .context("inserting an endpoint")?;
-            }
-        }
-        for (addr, len) in self.endpoints.keys().filter(|k| !want.contains_key(k)) {
-            let _ = endpoints.remove(&Key::new(*len, *addr));
-        }
+                    .context("inserting an endpoint")
+            },
+            |endpoints, (addr, len)| {
+                let _ = endpoints.remove(&Key::new(*len, *addr));
+            },
+        )?;
         self.endpoints = want.clone();
         Ok(())
     }
 
     /// Brings the learned-endpoint map (per-cgroup DNS answers) in line with `want`.
-    pub fn sync_learned(&mut self, want: &crate::dns::LearnedKeys) -> Result<()> {
+    pub fn sync_learned(&mut self, want: &LearnedKeys) -> Result<()> {
         let mut learned: aya::maps::HashMap<_, LearnedKey, EndpointValue> =
             aya::maps::HashMap::try_from(
                 self.ebpf
                     .map_mut(maps::LEARNED_ENDPOINTS)
                     .ok_or_else(|| anyhow!("learned-endpoint map missing"))?,
             )?;
-        for (key, value) in want {
-            if self.learned.get(key) != Some(value) {
+        sync_map(
+            &mut learned,
+            &self.learned,
+            want,
+            |learned, key, value| {
                 learned
                     .insert(key, value, 0)
-                    .context("inserting a learned endpoint")?;
-            }
-        }
-        for key in self.learned.keys().filter(|k| !want.contains_key(k)) {
-            let _ = learned.remove(key);
-        }
+                    .context("inserting a learned endpoint")
+            },
+            |learned, key| {
+                let _ = learned.remove(key);
+            },
+        )?;
         self.learned = want.clone();
         Ok(())
     }
@@ -414,16 +386,19 @@ impl Probes {
                     .map_mut(maps::SECRET_INODES)
                     .ok_or_else(|| anyhow!("inode map missing"))?,
             )?;
-            for (key, id) in &want.inodes {
-                if self.inodes.get(key) != Some(id) {
+            sync_map(
+                &mut inodes,
+                &self.inodes,
+                &want.inodes,
+                |inodes, key, id| {
                     inodes
                         .insert(key, id, 0)
-                        .context("inserting a secret inode")?;
-                }
-            }
-            for key in self.inodes.keys().filter(|k| !want.inodes.contains_key(k)) {
-                let _ = inodes.remove(key);
-            }
+                        .context("inserting a secret inode")
+                },
+                |inodes, key| {
+                    let _ = inodes.remove(key);
+                },
+            )?;
         }
         sync_trie::<PATH_KEY_BYTES>(
             &mut self.ebpf,
@@ -555,14 +530,36 @@ fn sync_trie<const N: usize>(
         ebpf.map_mut(name)
             .ok_or_else(|| anyhow!("{name} map missing"))?,
     )?;
-    for (bytes, id) in want {
-        if have.get(bytes) != Some(id) {
+    sync_map(
+        &mut trie,
+        have,
+        want,
+        |trie, bytes, id| {
             trie.insert(&trie_key::<N>(bytes), id, 0)
-                .with_context(|| format!("inserting into {name}"))?;
+                .with_context(|| format!("inserting into {name}"))
+        },
+        |trie, bytes| {
+            let _ = trie.remove(&trie_key::<N>(bytes));
+        },
+    )
+}
+
+/// Brings one kernel map from `have` to `want`: new and changed entries first, stale ones
+/// after, so nothing wanted is missing while the map changes.
+fn sync_map<M, K: Ord, V: PartialEq>(
+    map: &mut M,
+    have: &BTreeMap<K, V>,
+    want: &BTreeMap<K, V>,
+    insert: impl Fn(&mut M, &K, &V) -> Result<()>,
+    remove: impl Fn(&mut M, &K),
+) -> Result<()> {
+    for (key, value) in want {
+        if have.get(key) != Some(value) {
+            insert(map, key, value)?;
         }
     }
-    for bytes in have.keys().filter(|k| !want.contains_key(*k)) {
-        let _ = trie.remove(&trie_key::<N>(bytes));
+    for key in have.keys().filter(|k| !want.contains_key(*k)) {
+        remove(map, key);
     }
     Ok(())
 }
@@ -624,7 +621,9 @@ fn probe_status(probe: &'static str, mode: &'static str, result: Result<()>) -> 
 
 #[cfg(test)]
 mod tests {
-    use credwatch_common::{maps, probe};
+    use credwatch_common::maps;
+
+    use super::table::{self, Attach};
 
     /// Every map and program the agent asks for by name is in the embedded object: a rename
     /// on either side fails here, unprivileged, instead of at load time on a node.
@@ -651,27 +650,21 @@ mod tests {
         ] {
             assert!(object.maps.contains_key(map), "map {map} missing");
         }
-        let mut programs: Vec<String> = probe::NAMES[..probe::FILE_OPEN_COUNT as usize]
+        // Every program a row of the probe table attaches.
+        let programs: Vec<String> = table::PROBES
             .iter()
-            .chain(&["connect", "ptrace", "process_vm_readv", "process_vm_writev"])
-            .flat_map(|name| [format!("sys_enter_{name}"), format!("sys_exit_{name}")])
+            .flat_map(|spec| match &spec.attach {
+                Attach::FileOpenSyscall | Attach::Syscall => vec![
+                    format!("sys_enter_{}", spec.name),
+                    format!("sys_exit_{}", spec.name),
+                ],
+                Attach::BtfTracepoints(names)
+                | Attach::IoUring(names)
+                | Attach::CgroupSockAddr(names) => names.iter().map(|n| n.to_string()).collect(),
+                Attach::CgroupTracepoint => vec![spec.name.to_string()],
+                Attach::CgroupSkb { program, .. } => vec![program.to_string()],
+            })
             .collect();
-        programs.extend(
-            [
-                "sched_process_exec",
-                "sched_process_fork",
-                "sched_process_exit",
-                "cgroup_mkdir",
-                "cgroup_rmdir",
-                "dns_answers",
-                "endpoint_requests",
-                "connect4",
-                "connect6",
-                "io_uring_submit_req",
-                "io_uring_complete",
-            ]
-            .map(String::from),
-        );
         for program in &programs {
             assert!(
                 object.programs.contains_key(program),

@@ -119,8 +119,6 @@ pub mod probe {
     /// Renames and mounts that can move a directory under a prefix key (see `filter_epoch`).
     pub const TREE_MOVE: u32 = 16;
     pub const COUNT: u32 = 17;
-    /// How many of the first probes are file-open syscalls.
-    pub const FILE_OPEN_COUNT: u32 = 5;
     /// Names as used in metrics and log records (`sys_` dropped).
     pub const NAMES: [&str; COUNT as usize] = [
         "open",
