@@ -332,19 +332,19 @@ fn decode_connect(bytes: &[u8], header: RecordHeader) -> Result<Event, DecodeErr
         None => std::net::IpAddr::V6(v6),
     };
     Ok(Event::Connect(Box::new(Connect {
-        boot_ns: rec.boot_ns,
-        pid: rec.pid,
-        tid: rec.tid,
-        uid: rec.uid,
-        gid: rec.gid,
-        cgroup_id: rec.cgroup_id,
-        start_boottime: rec.start_boottime,
+        boot_ns: rec.task.boot_ns,
+        pid: rec.task.pid,
+        tid: rec.task.tid,
+        uid: rec.task.uid,
+        gid: rec.task.gid,
+        cgroup_id: rec.task.cgroup_id,
+        start_boottime: rec.task.start_boottime,
         result,
         address,
         ipv6_socket,
         port: rec.port,
         endpoint: rec.endpoint,
-        comm: until_nul(&rec.comm).to_vec(),
+        comm: until_nul(&rec.task.comm).to_vec(),
         cookie: rec.cookie,
     })))
 }
@@ -364,18 +364,18 @@ fn decode_memory(bytes: &[u8], header: RecordHeader) -> Result<Event, DecodeErro
         _ => None,
     };
     Ok(Event::Memory(Box::new(MemoryAccess {
-        boot_ns: rec.boot_ns,
-        pid: rec.pid,
-        tid: rec.tid,
-        uid: rec.uid,
-        gid: rec.gid,
-        cgroup_id: rec.cgroup_id,
-        start_boottime: rec.start_boottime,
+        boot_ns: rec.task.boot_ns,
+        pid: rec.task.pid,
+        tid: rec.task.tid,
+        uid: rec.task.uid,
+        gid: rec.task.gid,
+        cgroup_id: rec.task.cgroup_id,
+        start_boottime: rec.task.start_boottime,
         result: rec.result,
         syscall,
         request,
         target: rec.target,
-        comm: until_nul(&rec.comm).to_vec(),
+        comm: until_nul(&rec.task.comm).to_vec(),
     })))
 }
 
@@ -445,12 +445,12 @@ fn decode_file_open(bytes: &[u8], header: RecordHeader) -> Result<Event, DecodeE
         && (rec.probe != probe::IO_URING_OPEN || raw_len > 0)
         && rec.path_flags & credwatch_common::path_flag::RAW_READ_ERROR == 0;
     Ok(Event::FileOpen(Box::new(FileOpen {
-        boot_ns: rec.boot_ns,
-        pid: rec.pid,
-        tid: rec.tid,
-        uid: rec.uid,
-        gid: rec.gid,
-        cgroup_id: rec.cgroup_id,
+        boot_ns: rec.task.boot_ns,
+        pid: rec.task.pid,
+        tid: rec.task.tid,
+        uid: rec.task.uid,
+        gid: rec.task.gid,
+        cgroup_id: rec.task.cgroup_id,
         syscall: Syscall::try_from(rec.probe)?,
         flags: rec.open_flags,
         result: rec.result,
@@ -461,20 +461,20 @@ fn decode_file_open(bytes: &[u8], header: RecordHeader) -> Result<Event, DecodeE
         },
         ino: rec.ino,
         dirfd: rec.dirfd,
-        start_boottime: rec.start_boottime,
+        start_boottime: rec.task.start_boottime,
         secret_id: rec.secret_id,
         matched: rec.matched,
         path_flags: rec.path_flags,
-        comm: until_nul(&rec.comm).to_vec(),
+        comm: until_nul(&rec.task.comm).to_vec(),
         raw_path: has_raw.then(|| raw_path.to_vec()),
         path: path.to_vec(),
         // The key exactly as the kernel built it (see `repeats.rs` in the probes).
         repeat: (rec.repeat_epoch != 0).then_some(RepeatKey {
-            cgroup_id: rec.cgroup_id,
+            cgroup_id: rec.task.cgroup_id,
             dev: if rec.result >= 0 { rec.dev as u64 } else { 0 },
             object: rec.repeat_object,
             result: rec.result.min(0),
-            pid: rec.pid,
+            pid: rec.task.pid,
             flags: rec.open_flags,
             probe: rec.probe,
             epoch: rec.repeat_epoch,
@@ -487,12 +487,7 @@ fn decode_file_open(bytes: &[u8], header: RecordHeader) -> Result<Event, DecodeE
 #[derive(Clone, Copy)]
 struct FileOpenFixed {
     header: RecordHeader,
-    boot_ns: u64,
-    pid: u32,
-    tid: u32,
-    uid: u32,
-    gid: u32,
-    cgroup_id: u64,
+    task: credwatch_common::TaskIdentity,
     probe: u32,
     open_flags: u32,
     result: i64,
@@ -506,11 +501,14 @@ struct FileOpenFixed {
     raw_len: u32,
     repeat_epoch: u32,
     repeat_object: u64,
-    start_boottime: u64,
-    comm: [u8; 16],
 }
 
+// The same layout as the record's fixed part, field for field.
 const _: () = assert!(size_of::<FileOpenFixed>() == FILE_OPEN_FIXED_BYTES);
+const _: () = assert!(
+    core::mem::offset_of!(FileOpenFixed, repeat_object)
+        == core::mem::offset_of!(FileOpenRecord, repeat_object)
+);
 
 /// A record of type `T` that left the kernel without its unused tail: at least `min` bytes, at
 /// most a whole `T`; the missing tail reads as zeros.
@@ -568,10 +566,10 @@ mod tests {
         rec.header = RecordHeader::of::<FileOpenRecord>(KIND_FILE_OPEN);
         rec.header.size = (FILE_OPEN_FIXED_BYTES + 10) as u32;
         rec.probe = probe::OPENAT;
-        rec.pid = 42;
+        rec.task.pid = 42;
         rec.result = 3;
         rec.dev = (8 << 20) | 1;
-        rec.comm[..3].copy_from_slice(b"cat");
+        rec.task.comm[..3].copy_from_slice(b"cat");
         rec.tail[..10].copy_from_slice(b"/run/x/y\xffy");
         rec.path_len = 9;
         rec.raw_len = 1;

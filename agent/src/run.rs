@@ -68,6 +68,24 @@ pub struct RunOptions {
     /// the others' evidence out of the log. 0 = no share.
     #[arg(long, default_value_t = 20_000)]
     pub container_log_records_per_hour: u64,
+    /// Diagnostics from the kernel programs (walks cut short, failed kernel reads, exits
+    /// without their arguments), printed to stderr: off, error, warn, info, debug or trace.
+    /// Off unless given here or as `credwatch_probes=LEVEL` in RUST_LOG; off, the programs
+    /// run without them.
+    #[arg(long)]
+    pub kernel_log: Option<log::LevelFilter>,
+}
+
+/// The kernel programs' log level: `--kernel-log`, else a `credwatch_probes=LEVEL` directive
+/// in RUST_LOG, else off.
+fn kernel_log_level(opts: &RunOptions) -> log::LevelFilter {
+    opts.kernel_log.unwrap_or_else(|| {
+        std::env::var("RUST_LOG")
+            .unwrap_or_default()
+            .split(',')
+            .find_map(|d| d.trim().strip_prefix("credwatch_probes=")?.parse().ok())
+            .unwrap_or(log::LevelFilter::Off)
+    })
 }
 
 /// DNS answers a container may receive at once (its DNS bucket's burst) at most.
@@ -123,7 +141,8 @@ pub fn run_for(opts: RunOptions, duration: Option<Duration>) -> Result<time::Off
     );
     let (secret_table, _) = secrets::search(&set.catalog, &[]);
     let filter = KernelFilter::desired(&set.catalog, &secret_table, &Default::default());
-    let mut probes = Probes::load(opts.ring_buffer_mib << 20, budget(&opts))?;
+    let kernel_log = kernel_log_level(&opts);
+    let mut probes = Probes::load(opts.ring_buffer_mib << 20, budget(&opts), kernel_log)?;
     probes.sync_filter(&filter)?;
     info!(
         "kernel filter: {} prefixes, {} suffixes, {} secret inodes",
@@ -141,6 +160,7 @@ pub fn run_for(opts: RunOptions, duration: Option<Duration>) -> Result<time::Off
     let ring = probes.take_events()?;
     let mut repeats = probes.take_repeats()?;
     let mut suppressed = probes.take_suppressed()?;
+    let kernel_log = probes.take_kernel_log(kernel_log)?;
     // Seeded once the probes are attached, so that every process is either in /proc now or
     // has its fork/exec/exit waiting in the ring buffer (seeded earlier, a process that exited
     // while the programs loaded would never be forgotten). The queued events are applied after
@@ -193,6 +213,16 @@ pub fn run_for(opts: RunOptions, duration: Option<Duration>) -> Result<time::Off
                 .map_err(|err| {
                     anyhow::anyhow!("watching the ring buffer: {}", err.into_parts().1)
                 })?;
+        // SAFETY: as for the ring buffer: the logger owns its ring buffer's fd.
+        let mut kernel_log = match kernel_log {
+            Some(logger) => Some(
+                unsafe { AsyncFd::register_with_interest(logger, tokio::io::Interest::READABLE) }
+                    .map_err(|err| {
+                        anyhow::anyhow!("watching the kernel log: {}", err.into_parts().1)
+                    })?,
+            ),
+            None => None,
+        };
         let mut refresh = tokio::time::interval(SECRET_REFRESH);
         refresh.tick().await;
         let mut housekeeping = tokio::time::interval(Duration::from_secs(5));
@@ -254,6 +284,11 @@ pub fn run_for(opts: RunOptions, duration: Option<Duration>) -> Result<time::Off
                     }
                 }
                 _ = housekeeping.tick() => pipeline.housekeeping(std::time::Instant::now()),
+                guard = async { kernel_log.as_mut().expect("guarded").readable_mut().await }, if kernel_log.is_some() => {
+                    let mut guard = guard?;
+                    guard.get_inner_mut().flush();
+                    guard.clear_ready();
+                }
                 _ = hold_check.tick() => {
                     pipeline.release_held(false);
                     pipeline.poll_image_audits();

@@ -110,6 +110,9 @@ fn start_agent(prepare: fn(&Path) -> String, probe_mode: &str) -> Agent {
         .args(["--metrics-addr", &metrics_addr, "--node-name", "e2e-node"])
         // One file for the whole run: the tests read every record (rotation has unit tests).
         .args(["--log-max-bytes", "4294967296"])
+        // The kernel programs' diagnostics of rare conditions, as an operator would turn
+        // them on (asserted by the truncated-walk test).
+        .args(["--kernel-log", "warn"])
         .env("CREDWATCH_PROBE_MODE", probe_mode)
         .stdin(Stdio::null())
         .stdout(Stdio::null())

@@ -529,6 +529,20 @@ fn paths_deeper_than_the_walk_bound_are_recorded_as_truncated() {
         (Some(dev), Some(ino))
     );
     assert!(agent.metric(series) > before);
+    // And the kernel said so itself (`--kernel-log warn`), naming the probe and the thread.
+    // (probe 1: openat, `credwatch_common::probe::OPENAT`; the opener has one thread.)
+    let said = format!("path walk incomplete: probe 1 thread {}", workload.pid);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !std::fs::read_to_string(&agent.stderr)
+        .unwrap()
+        .contains(&said)
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no kernel log line {said:?}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
 }
 
 /// An open that blocks (a FIFO without a writer) while other opens run on its CPU, and that

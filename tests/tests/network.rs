@@ -1046,3 +1046,33 @@ fn calls_through_an_http_proxy_are_named_by_their_target() {
     );
     assert_eq!(fronted["network"]["proxy"]["address"], "10.99.0.31");
 }
+
+/// A connection whose first payloads are read is forgotten once its socket is released, also
+/// when it never sent a byte (a refused connect sends no FIN): the egress program then lets
+/// every packet through at once again (`credwatch_inspected_connections` back to 0). A
+/// connect to a host-name endpoint's port (443) at an address nothing named is read for its
+/// ClientHello.
+#[test]
+fn a_refused_connection_stops_being_read_when_its_socket_is_released() {
+    let agent = setup();
+    let gauge = "credwatch_inspected_connections ";
+    assert!(agent.metrics().contains(gauge), "{}", agent.metrics());
+    for _ in 0..3 {
+        // Nothing listens on the loopback's 443 here: refused, or (should something listen)
+        // connected and closed; either way the socket is released.
+        let refused = std::net::TcpStream::connect_timeout(
+            &"127.0.0.1:443".parse().unwrap(),
+            Duration::from_secs(2),
+        );
+        drop(refused);
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while agent.metric(gauge) != 0.0 {
+        assert!(
+            Instant::now() < deadline,
+            "still counted as read: {}",
+            agent.metric(gauge)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}

@@ -625,6 +625,7 @@ fn watch_live(opts: &LearnOptions) -> Result<(PathBuf, OffsetDateTime)> {
         container_burst: 10_000,
         // Its own log, read once: every access whole.
         container_log_records_per_hour: 0,
+        kernel_log: None,
     };
     use std::os::unix::fs::PermissionsExt as _;
     std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))?;

@@ -63,7 +63,8 @@ impl Probes {
     /// can be attached. Fails only when nothing useful can run.
     /// `ring_bytes`: the ring buffer's size (a power of two, whole pages); `budget`: each
     /// cgroup's record budget.
-    pub fn load(ring_bytes: u32, budget: Budget) -> Result<Self> {
+    /// `kernel_log`: the level of the programs' diagnostics (`diag.rs`; off: none at all).
+    pub fn load(ring_bytes: u32, budget: Budget, kernel_log: log::LevelFilter) -> Result<Self> {
         tracefs::ensure_mounted()?;
         if let Err(err) = raise_memlock_limit() {
             // Kernels ≥ 5.11 account BPF memory to the cgroup instead; only older ones need it.
@@ -95,6 +96,8 @@ impl Probes {
             .override_global(globals::AGENT_TGID, &agent_tgid, true)
             .override_global(globals::NR_CPUS, &nr_cpus, true)
             .override_global(globals::BUDGET, &budget, true)
+            // aya-log's levels count like `log`'s (off 0, error 1 … trace 5).
+            .override_global(aya_log::LEVEL, &(kernel_log as usize as u8), true)
             .override_global(
                 globals::URING_OFFSETS,
                 uring.as_ref().unwrap_or(&IoUringOffsets::default()),
@@ -180,6 +183,9 @@ impl Probes {
                     .iter()
                     .try_for_each(|hook| self.attach_sock_addr(hook)),
             ),
+            Attach::CgroupSockRelease(program) => {
+                ("cgroup_sock", self.attach_sock_release(program))
+            }
         };
         probe_status(name, label, result)
     }
@@ -237,6 +243,20 @@ impl Probes {
         Ok(())
     }
 
+    /// A `cgroup/sock_release` program on the cgroup2 root.
+    fn attach_sock_release(&mut self, name: &str) -> Result<()> {
+        let program: &mut aya::programs::CgroupSock = self
+            .ebpf
+            .program_mut(name)
+            .ok_or_else(|| anyhow!("program {name} missing from the object"))?
+            .try_into()?;
+        program.load().with_context(|| format!("loading {name}"))?;
+        program
+            .attach(cgroup2_root()?, aya::programs::CgroupAttachMode::Single)
+            .with_context(|| format!("attaching {name} to the cgroup2 root"))?;
+        Ok(())
+    }
+
     fn attach_cgroup_tracepoint(&mut self, name: &str) -> Result<()> {
         tracefs::check_cgroup_format(name)?;
         let program: &mut TracePoint = self
@@ -290,13 +310,33 @@ impl Probes {
         repeats::KernelSuppressed::take(&mut self.ebpf, maps::SUPPRESSED)
     }
 
+    /// The reader of the programs' diagnostics, when they are on: it prints each line to
+    /// stderr (the kernel already filtered them by level).
+    pub fn take_kernel_log(
+        &mut self,
+        level: log::LevelFilter,
+    ) -> Result<Option<aya_log::EbpfLogger<KernelLogger>>> {
+        if level == log::LevelFilter::Off {
+            return Ok(None);
+        }
+        Ok(Some(
+            aya_log::EbpfLogger::init_with_logger(&mut self.ebpf, KernelLogger)
+                .context("the kernel programs' log")?,
+        ))
+    }
+
     pub fn take_stats(&mut self) -> Result<KernelStats> {
         let map = self
             .ebpf
             .take_map(maps::STATS)
             .ok_or_else(|| anyhow!("STATS map missing"))?;
+        let inspecting = self
+            .ebpf
+            .take_map(maps::INSPECTING)
+            .and_then(|m| aya::maps::Array::try_from(m).ok());
         Ok(KernelStats {
             map: PerCpuArray::try_from(map)?,
+            inspecting,
         })
     }
 
@@ -564,12 +604,42 @@ fn sync_map<M, K: Ord, V: PartialEq>(
     Ok(())
 }
 
+/// Prints the kernel programs' diagnostics (numbers only: nothing a workload wrote).
+pub struct KernelLogger;
+
+impl log::Log for KernelLogger {
+    fn enabled(&self, _: &log::Metadata) -> bool {
+        true
+    }
+
+    fn log(&self, record: &log::Record) {
+        eprintln!(
+            "[kernel {} {}] {}",
+            record.level(),
+            record.target(),
+            record.args()
+        );
+    }
+
+    fn flush(&self) {}
+}
+
 /// The per-CPU counters of the kernel programs.
 pub struct KernelStats {
     map: PerCpuArray<MapData, u64>,
+    /// `INSPECTING`: connections whose first payloads the egress program reads now.
+    inspecting: Option<aya::maps::Array<MapData, i64>>,
 }
 
 impl KernelStats {
+    /// Connections being read now (the kernel's count, which may run high, never low).
+    pub fn inspecting(&self) -> i64 {
+        self.inspecting
+            .as_ref()
+            .and_then(|m| m.get(&0, 0).ok())
+            .unwrap_or(0)
+    }
+
     /// Totals over all CPUs: `(probe name, outcome name, count)`.
     pub fn read(&self) -> Vec<(&'static str, &'static str, u64)> {
         let mut out = Vec::with_capacity(STATS_ENTRIES as usize);
@@ -647,6 +717,7 @@ mod tests {
             maps::DIR_PREFIXES,
             maps::FILTER_EPOCH,
             maps::MOVE_NAMES,
+            maps::INSPECTING,
         ] {
             assert!(object.maps.contains_key(map), "map {map} missing");
         }
@@ -662,6 +733,7 @@ mod tests {
                 | Attach::IoUring(names)
                 | Attach::CgroupSockAddr(names) => names.iter().map(|n| n.to_string()).collect(),
                 Attach::CgroupTracepoint => vec![spec.name.to_string()],
+                Attach::CgroupSockRelease(program) => vec![program.to_string()],
                 Attach::CgroupSkb { program, .. } => vec![program.to_string()],
             })
             .collect();

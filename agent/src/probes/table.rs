@@ -26,6 +26,8 @@ pub enum Attach {
     },
     /// cgroup/connect hooks on the cgroup2 root.
     CgroupSockAddr(&'static [&'static str]),
+    /// A cgroup/sock_release program on the cgroup2 root.
+    CgroupSockRelease(&'static str),
 }
 
 pub struct ProbeSpec {
@@ -91,6 +93,9 @@ pub const PROBES: &[ProbeSpec] = &[
             direction: CgroupSkbAttachType::Egress,
         },
     ),
+    // Sockets released: connections being read are forgotten, so the egress program goes
+    // back to letting every packet through at once (`requests.rs`).
+    probe("socket_release", Attach::CgroupSockRelease("sock_release")),
     // Another process's memory (`memory.rs`).
     probe("ptrace", Attach::Syscall),
     probe("process_vm_readv", Attach::Syscall),

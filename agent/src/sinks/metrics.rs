@@ -36,6 +36,7 @@ pub struct Metrics {
     pub processes: prometheus::IntGauge,
     /// (cgroup, address) pairs learned from DNS plus environment-named addresses.
     pub learned_endpoints: prometheus::IntGauge,
+    inspected_connections: prometheus::IntGauge,
     pub containers: prometheus::IntGauge,
     pub secret_files: prometheus::IntGauge,
     /// Records written without the container's full metadata.
@@ -282,6 +283,11 @@ impl Metrics {
                 "credwatch_learned_endpoints",
                 "Endpoint addresses learned from DNS answers (per container) and containers' environments.",
             ),
+            inspected_connections: plain_gauge(
+                &registry,
+                "credwatch_inspected_connections",
+                "Connections whose first payloads the kernel is reading now (requests to plain-HTTP credential endpoints, TLS ClientHellos of unnamed connects); while 0, the egress program lets every packet through at once. May run high (a connection the kernel's table dropped), never low.",
+            ),
             missing_metadata: plain_counter(
                 &registry,
                 "credwatch_missing_metadata_total",
@@ -383,6 +389,7 @@ impl Metrics {
         let Some((stats, last)) = guard.as_mut() else {
             return;
         };
+        self.inspected_connections.set(stats.inspecting());
         for (probe, outcome, total) in stats.read() {
             let previous = last.insert((probe, outcome), total).unwrap_or(0);
             let delta = total.saturating_sub(previous);

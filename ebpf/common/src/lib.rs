@@ -7,7 +7,7 @@
 #![no_std]
 
 /// Version of the wire records. Bump on any layout change.
-pub const WIRE_VERSION: u16 = 4;
+pub const WIRE_VERSION: u16 = 5;
 
 /// Record kinds (the `kind` field of [`RecordHeader`]).
 pub const KIND_FILE_OPEN: u16 = 1;
@@ -66,7 +66,6 @@ pub const MAX_PATH_STEPS: u32 = 40;
 /// Map names, shared so a rename cannot silently break the agent.
 pub mod maps {
     pub const EVENTS: &str = "EVENTS";
-    pub const PROCESS_SCRATCH: &str = "PROCESS_SCRATCH";
     pub const STATS: &str = "STATS";
     pub const SECRET_INODES: &str = "SECRET_INODES";
     pub const PATH_PREFIXES: &str = "PATH_PREFIXES";
@@ -81,6 +80,7 @@ pub mod maps {
     pub const DIR_PREFIXES: &str = "DIR_PREFIXES";
     pub const FILTER_EPOCH: &str = "FILTER_EPOCH";
     pub const MOVE_NAMES: &str = "MOVE_NAMES";
+    pub const INSPECTING: &str = "INSPECTING";
 }
 
 /// Names of the load-time globals the agent sets.
@@ -162,18 +162,31 @@ pub mod cgroup_event {
     pub const RMDIR: u32 = 2;
 }
 
+/// Who made a syscall, and when: the same block after the header of every record of one (a
+/// file open, a connect, a memory access), filled by one kernel helper (`task::identify`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct TaskIdentity {
+    /// `bpf_ktime_get_boot_ns()` at syscall exit.
+    pub boot_ns: u64,
+    /// Thread-group id (the userspace pid) and thread id, as seen from the host.
+    pub pid: u32,
+    pub tid: u32,
+    pub uid: u32,
+    pub gid: u32,
+    /// cgroup v2 id (inode number of the cgroup directory).
+    pub cgroup_id: u64,
+    /// The task's `start_boottime`, which identifies the process together with `pid`.
+    pub start_boottime: u64,
+    pub comm: [u8; 16],
+}
+
 /// A `connect()` to an address (and port) of a catalogue endpoint.
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct ConnectRecord {
     pub header: RecordHeader,
-    pub boot_ns: u64,
-    pub pid: u32,
-    pub tid: u32,
-    pub uid: u32,
-    pub gid: u32,
-    pub cgroup_id: u64,
-    pub start_boottime: u64,
+    pub task: TaskIdentity,
     /// 0, or -errno (-EINPROGRESS for a non-blocking connect in progress).
     pub result: i64,
     /// AF_INET or AF_INET6 as the process asked.
@@ -188,7 +201,6 @@ pub struct ConnectRecord {
     pub _pad: u32,
     /// IPv6, or IPv4 mapped into IPv6 (::ffff:a.b.c.d).
     pub addr: [u8; 16],
-    pub comm: [u8; 16],
     /// The socket's cookie (0: not known, the cgroup hook did not run): names the connection
     /// in [`RequestRecord`]s.
     pub cookie: u64,
@@ -246,13 +258,7 @@ pub mod endpoint_flag {
 #[derive(Clone, Copy)]
 pub struct MemoryRecord {
     pub header: RecordHeader,
-    pub boot_ns: u64,
-    pub pid: u32,
-    pub tid: u32,
-    pub uid: u32,
-    pub gid: u32,
-    pub cgroup_id: u64,
-    pub start_boottime: u64,
+    pub task: TaskIdentity,
     /// The syscall's return value (-errno on failure).
     pub result: i64,
     /// The ptrace request (0 for process_vm_*).
@@ -260,7 +266,6 @@ pub struct MemoryRecord {
     pub target: u32,
     /// `memory_syscall`.
     pub syscall: u32,
-    pub comm: [u8; 16],
 }
 
 pub mod memory_syscall {
@@ -419,15 +424,7 @@ impl RecordHeader {
 #[derive(Clone, Copy)]
 pub struct FileOpenRecord {
     pub header: RecordHeader,
-    /// `bpf_ktime_get_boot_ns()` at syscall exit.
-    pub boot_ns: u64,
-    /// Thread-group id (the userspace pid) and thread id, as seen from the host.
-    pub pid: u32,
-    pub tid: u32,
-    pub uid: u32,
-    pub gid: u32,
-    /// cgroup v2 id (inode number of the cgroup directory).
-    pub cgroup_id: u64,
+    pub task: TaskIdentity,
     /// One of [`probe`].
     pub probe: u32,
     /// Open flags (for openat2 the low 32 bits of `open_how.flags`, which hold all O_* flags).
@@ -453,9 +450,6 @@ pub struct FileOpenRecord {
     pub repeat_epoch: u32,
     /// [`RepeatKey::object`] of this access.
     pub repeat_object: u64,
-    /// The opener's `task->start_boottime`, which identifies it together with `pid`.
-    pub start_boottime: u64,
-    pub comm: [u8; 16],
     /// The resolved path (`path_len` bytes) immediately followed by the raw path (`raw_len`
     /// bytes). Only `FILE_OPEN_FIXED_BYTES + path_len + raw_len` bytes leave the kernel, so a
     /// 30-byte path costs ~30 bytes of ring buffer, not the whole array.
@@ -769,6 +763,7 @@ const _: () = {
     assert!(size_of::<ProcessRecord>() == 1368);
     assert!(PROCESS_FIXED_BYTES == 88 && PROCESS_ARGS_OFFSET == 344);
     assert!(size_of::<CgroupRecord>() == 544);
+    assert!(size_of::<TaskIdentity>() == 56);
     assert!(size_of::<ConnectRecord>() == 112);
     assert!(size_of::<RequestRecord>() == 2096);
     assert!(size_of::<MemoryRecord>() == 88);

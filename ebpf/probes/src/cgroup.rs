@@ -9,7 +9,7 @@ use aya_ebpf::{
 };
 use credwatch_common::{CGROUP_PATH_BYTES, CgroupRecord, KIND_CGROUP, RecordHeader, outcome};
 
-use crate::{CGROUP_SCRATCH, EVENTS, stats::count};
+use crate::{CGROUP_SCRATCH, stats::count};
 
 // Tracepoint layout (checked against its `format` file by the agent before attaching):
 // int root @8, int level @12, u64 id @16, __data_loc char[] path @24.
@@ -52,9 +52,5 @@ pub fn event(ctx: &TracePointContext, probe: u32, event: u32) {
     if n as usize >= CGROUP_PATH_BYTES {
         count(probe, outcome::TRUNCATED);
     }
-    if EVENTS.output::<CgroupRecord>(rec, 0).is_ok() {
-        count(probe, outcome::EMITTED);
-    } else {
-        count(probe, outcome::LOST);
-    }
+    crate::record::emit(probe, rec);
 }

@@ -16,24 +16,21 @@
 
 use aya_ebpf::{
     helpers::{
-        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid,
-        bpf_probe_read_user,
-        generated::{
-            self, bpf_get_current_cgroup_id, bpf_get_socket_cookie, bpf_ktime_get_boot_ns,
-        },
+        bpf_get_current_pid_tgid, bpf_probe_read_user,
+        generated::{bpf_get_current_cgroup_id, bpf_get_socket_cookie, bpf_ktime_get_boot_ns},
     },
     maps::lpm_trie::Key,
     programs::SockAddrContext,
 };
 use credwatch_common::{
     ConnectRecord, DNS_GRACE_NS, ENDPOINT_PORTS, ENDPOINT_RULE, ENDPOINT_RULE_MASK, KIND_CONNECT,
-    LearnedKey, NAMED_PORT_SLOTS, RecordHeader, SNI_CANDIDATE, SuppressedKey, connect_source,
-    endpoint_flag, outcome, probe,
+    LearnedKey, NAMED_PORT_SLOTS, RecordHeader, SNI_CANDIDATE, SuppressedKey, TaskIdentity,
+    connect_source, endpoint_flag, outcome, probe,
 };
 
 use crate::{
-    CONNECTS, DNS_RECENT, ENDPOINTS, EVENTS, LEARNED_ENDPOINTS, NAMED_PORTS, budget, is_agent,
-    requests, stats::count, vfs,
+    CONNECTS, DNS_RECENT, ENDPOINTS, LEARNED_ENDPOINTS, NAMED_PORTS, budget, record::is_agent,
+    requests, stats::count,
 };
 
 const AF_INET: u16 = 2;
@@ -357,20 +354,9 @@ fn emit(probe: u32, pid_tgid: u64, target: &Target, endpoint: u32, result: i64, 
         };
         return count(probe, outcome);
     }
-    let o = crate::vfs::offsets();
-    let uid_gid = bpf_get_current_uid_gid();
-    let record = ConnectRecord {
+    let mut record = ConnectRecord {
         header: RecordHeader::of::<ConnectRecord>(KIND_CONNECT),
-        boot_ns: now,
-        pid: (pid_tgid >> 32) as u32,
-        tid: pid_tgid as u32,
-        uid: uid_gid as u32,
-        gid: (uid_gid >> 32) as u32,
-        cgroup_id,
-        start_boottime: unsafe {
-            vfs::read(generated::bpf_get_current_task(), o.task_start_boottime)
-        }
-        .unwrap_or(0),
+        task: TaskIdentity::default(),
         result,
         family: target.family,
         port: target.port,
@@ -378,14 +364,10 @@ fn emit(probe: u32, pid_tgid: u64, target: &Target, endpoint: u32, result: i64, 
         source,
         _pad: 0,
         addr: target.addr,
-        comm: bpf_get_current_comm().unwrap_or([0; 16]),
         cookie: target.cookie,
     };
-    if EVENTS.output::<ConnectRecord>(&record, 0).is_ok() {
-        count(probe, outcome::EMITTED);
-    } else {
-        count(probe, outcome::LOST);
-    }
+    crate::record::identify(&mut record.task, now, pid_tgid, cgroup_id);
+    crate::record::emit(probe, &record);
 }
 
 fn just_resolved(cgroup_id: u64) -> bool {

@@ -17,7 +17,7 @@ use credwatch_common::{
 };
 
 use crate::{
-    DNS_RECENT, DNS_SCRATCH, EVENTS, budget,
+    DNS_RECENT, DNS_SCRATCH, budget,
     packet::{self, TCP, UDP},
     stats::count,
 };
@@ -86,12 +86,7 @@ pub fn ingress(ctx: &SkBuffContext) {
         return;
     }
     rec.header.size = size as u32;
-    let used = unsafe { core::slice::from_raw_parts((rec as *const DnsRecord).cast::<u8>(), size) };
-    if EVENTS.output::<[u8]>(used, 0).is_ok() {
-        count(probe::DNS, outcome::EMITTED);
-    } else {
-        count(probe::DNS, outcome::LOST);
-    }
+    crate::record::emit_used(probe::DNS, rec, size);
 }
 
 /// Offset of the DNS message when the packet is UDP or TCP from port 53 (IPv4, or IPv6 without

@@ -13,6 +13,7 @@
 mod budget;
 mod cgroup;
 mod connect;
+mod diag;
 mod dns;
 mod filter;
 mod memory;
@@ -20,6 +21,7 @@ mod moves;
 mod open;
 mod packet;
 mod process;
+mod record;
 mod repeats;
 mod requests;
 mod stats;
@@ -28,9 +30,11 @@ mod vfs;
 
 use aya_ebpf::{
     Global,
-    macros::{btf_tracepoint, cgroup_skb, cgroup_sock_addr, map, tracepoint},
+    macros::{btf_tracepoint, cgroup_skb, cgroup_sock, cgroup_sock_addr, map, tracepoint},
     maps::{HashMap, LpmTrie, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
-    programs::{BtfTracePointContext, SkBuffContext, SockAddrContext, TracePointContext},
+    programs::{
+        BtfTracePointContext, SkBuffContext, SockAddrContext, SockContext, TracePointContext,
+    },
 };
 use credwatch_common::{
     Budget, CgroupRecord, DirKey, DirVerdict, DnsRecord, EndpointValue, FileKey, InodeKey,
@@ -120,10 +124,10 @@ static CONNECTS: LruHashMap<u64, connect::InConnect> = LruHashMap::with_max_entr
 static MEMORY_CALLS: LruHashMap<u64, memory::InMemoryCall> = LruHashMap::with_max_entries(4096, 0);
 /// io_uring open requests between submission and completion (see `uring.rs`).
 #[map(name = "URING_OPENS")]
-static URING_OPENS: LruHashMap<u64, uring::UringOpen> = LruHashMap::with_max_entries(1024, 0);
+static URING_OPENS: LruHashMap<u64, open::UringOpen> = LruHashMap::with_max_entries(1024, 0);
 /// Per-CPU working memory for an io_uring open request (too large for the stack).
 #[map(name = "URING_SCRATCH")]
-static URING_SCRATCH: PerCpuArray<uring::UringOpen> = PerCpuArray::with_max_entries(1, 0);
+static URING_SCRATCH: PerCpuArray<open::UringOpen> = PerCpuArray::with_max_entries(1, 0);
 /// When each cgroup last received a DNS answer (boot ns).
 #[map(name = "DNS_RECENT")]
 static DNS_RECENT: LruHashMap<u64, u64> = LruHashMap::with_max_entries(16384, 0);
@@ -139,6 +143,10 @@ const INSPECTED_SOCKETS: u32 = 32_768;
 #[map(name = "INSPECTED")]
 static INSPECTED: LruHashMap<u64, requests::Inspected> =
     LruHashMap::with_max_entries(INSPECTED_SOCKETS, 0);
+/// How many entries `INSPECTED` holds, or more (never fewer): while it is 0, the egress
+/// program lets every packet through after one array load (`requests.rs`).
+#[map(name = "INSPECTING")]
+static INSPECTING: aya_ebpf::maps::Array<i64> = aya_ebpf::maps::Array::with_max_entries(1, 0);
 /// Per-CPU working memory for request records.
 #[map(name = "REQUEST_SCRATCH")]
 static REQUEST_SCRATCH: PerCpuArray<RequestRecord> = PerCpuArray::with_max_entries(1, 0);
@@ -165,6 +173,9 @@ static SUPPRESSED: PerCpuHashMap<SuppressedKey, RepeatValue> =
 /// Per-CPU working memory: far too large for the 512-byte BPF stack.
 #[map(name = "SCRATCH")]
 static SCRATCH: PerCpuArray<open::Scratch> = PerCpuArray::with_max_entries(1, 0);
+/// Where the path walk assembles a path (`vfs::Walk`).
+#[map(name = "WALK")]
+static WALK: PerCpuArray<vfs::Walk> = PerCpuArray::with_max_entries(1, 0);
 
 // Syscall tracepoint layout: 8-byte common header, `int __syscall_nr` padded to 8, then each
 // argument (or the return value) as 8 bytes. The agent checks this against the tracepoint
@@ -175,12 +186,6 @@ const ARG2: usize = 32;
 const ARG3: usize = 40;
 const ARG4: usize = 48;
 const RET: usize = 16;
-
-/// Whether the current task is the agent itself (its own opens and syscalls are not watched).
-#[inline(always)]
-fn is_agent(pid_tgid: u64) -> bool {
-    (pid_tgid >> 32) as u32 == AGENT_TGID.load()
-}
 
 /// A syscall exit's return value: a load from the tracepoint's record, which the verifier
 /// allows directly (no `bpf_probe_read` call, as `read_at` makes).
@@ -376,6 +381,13 @@ pub fn dns_answers(ctx: SkBuffContext) -> i32 {
 #[cgroup_skb(egress)]
 pub fn endpoint_requests(ctx: SkBuffContext) -> i32 {
     requests::egress(&ctx);
+    1
+}
+
+/// A socket is released: a connection still being inspected will send nothing more.
+#[cgroup_sock(sock_release)]
+pub fn sock_release(ctx: SockContext) -> i32 {
+    requests::released(&ctx);
     1
 }
 

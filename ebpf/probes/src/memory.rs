@@ -6,12 +6,14 @@
 //! process reading itself.
 
 use aya_ebpf::helpers::{
-    bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid,
-    generated::{self, bpf_get_current_cgroup_id, bpf_ktime_get_boot_ns},
+    bpf_get_current_pid_tgid,
+    generated::{bpf_get_current_cgroup_id, bpf_ktime_get_boot_ns},
 };
-use credwatch_common::{KIND_MEMORY, MemoryRecord, RecordHeader, memory_syscall, outcome, probe};
+use credwatch_common::{
+    KIND_MEMORY, MemoryRecord, RecordHeader, TaskIdentity, memory_syscall, outcome, probe,
+};
 
-use crate::{EVENTS, MEMORY_CALLS, budget, stats::count, vfs};
+use crate::{MEMORY_CALLS, budget, stats::count};
 
 /// A thread inside one of the syscalls.
 #[repr(C)]
@@ -30,7 +32,7 @@ pub fn enter(syscall: u32, target: u64, request: u64) {
         return;
     }
     let pid_tgid = bpf_get_current_pid_tgid();
-    if crate::is_agent(pid_tgid) {
+    if crate::record::is_agent(pid_tgid) {
         return;
     }
     let call = InMemoryCall {
@@ -55,29 +57,14 @@ pub fn exit(ret: i64) {
     if !budget::take(cgroup_id, now) {
         return count(probe::PROCESS_MEMORY, outcome::OVER_BUDGET);
     }
-    let o = crate::vfs::offsets();
-    let uid_gid = bpf_get_current_uid_gid();
-    let record = MemoryRecord {
+    let mut record = MemoryRecord {
         header: RecordHeader::of::<MemoryRecord>(KIND_MEMORY),
-        boot_ns: now,
-        pid: (pid_tgid >> 32) as u32,
-        tid: pid_tgid as u32,
-        uid: uid_gid as u32,
-        gid: (uid_gid >> 32) as u32,
-        cgroup_id,
-        start_boottime: unsafe {
-            vfs::read(generated::bpf_get_current_task(), o.task_start_boottime)
-        }
-        .unwrap_or(0),
+        task: TaskIdentity::default(),
         result: ret,
         request: call.request,
         target: call.target,
         syscall: call.syscall,
-        comm: bpf_get_current_comm().unwrap_or([0; 16]),
     };
-    if EVENTS.output::<MemoryRecord>(&record, 0).is_ok() {
-        count(probe::PROCESS_MEMORY, outcome::EMITTED);
-    } else {
-        count(probe::PROCESS_MEMORY, outcome::LOST);
-    }
+    crate::record::identify(&mut record.task, now, pid_tgid, cgroup_id);
+    crate::record::emit(probe::PROCESS_MEMORY, &record);
 }

@@ -111,6 +111,7 @@ unsafe fn names_a_prefix_dir(name: u64) -> bool {
     };
     if read <= 0 {
         count(probe::TREE_MOVE, outcome::READ_ERROR);
+        crate::diag::unreadable_name(bpf_get_current_pid_tgid() as u32, read);
         return true;
     }
     // Without its NUL; a name that fills the buffer may have been cut short.

@@ -2,12 +2,10 @@
 
 use aya_ebpf::{
     helpers::{
-        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid,
-        bpf_probe_read_user,
+        bpf_get_current_pid_tgid, bpf_probe_read_user,
         generated::{
-            self as generated, bpf_get_current_cgroup_id, bpf_get_current_task,
-            bpf_ktime_get_boot_ns, bpf_probe_read_kernel, bpf_probe_read_kernel_str,
-            bpf_probe_read_user_str,
+            self as generated, bpf_get_current_cgroup_id, bpf_ktime_get_boot_ns,
+            bpf_probe_read_kernel, bpf_probe_read_kernel_str, bpf_probe_read_user_str,
         },
     },
     maps::lpm_trie::Key,
@@ -19,10 +17,10 @@ use credwatch_common::{
 };
 
 use crate::{
-    EVENTS, PENDING_SLOT, PENDING_SPILL, SCRATCH, budget, filter,
+    PENDING_SLOT, PENDING_SPILL, SCRATCH, budget, filter,
     repeats::{self, Repeat},
     stats::count,
-    vfs::{self, KPath, PATH_MASK, WALK_BYTES, offset},
+    vfs::{self, KPath, PATH_MASK, offset},
 };
 
 pub const AT_FDCWD: i32 = -100;
@@ -46,25 +44,8 @@ pub struct PendingOpen {
     from_regs: u32,
 }
 
-#[inline(always)]
-pub unsafe fn walk_buffer(scratch: *mut Scratch) -> *mut u8 {
-    unsafe { core::ptr::addr_of_mut!((*scratch).walk) as *mut u8 }
-}
-
-#[inline(always)]
-pub unsafe fn walk_pos(scratch: *mut Scratch) -> u64 {
-    unsafe { core::ptr::read_volatile(core::ptr::addr_of!((*scratch).walk_pos)) }
-}
-
-#[inline(always)]
-pub unsafe fn set_walk_pos(scratch: *mut Scratch, pos: u64) {
-    unsafe { core::ptr::write_volatile(core::ptr::addr_of_mut!((*scratch).walk_pos), pos) }
-}
-
 #[repr(C)]
 pub struct Scratch {
-    /// Start of the path being assembled in `walk` (see `vfs::prepend_path`).
-    walk_pos: u64,
     rec: FileOpenRecord,
     /// The path string the process passed (copied into `rec.tail` behind the path).
     raw: [u8; RAW_PATH_BYTES],
@@ -74,7 +55,6 @@ pub struct Scratch {
     suppressed: SuppressedKey,
     /// The catalogue entry its path matched (see `SuppressedKey::rule`).
     rule: u32,
-    walk: [u8; WALK_BYTES],
     key: Key<PathKeyData>,
     cheap: filter::Cheap,
 }
@@ -85,7 +65,7 @@ pub struct Scratch {
 /// (that thread is blocked inside its open), those arguments move to the spill hash first.
 pub fn enter(probe: u32, dirfd: i32, path_ptr: u64, flags: u32) {
     let pid_tgid = bpf_get_current_pid_tgid();
-    if crate::is_agent(pid_tgid) {
+    if crate::record::is_agent(pid_tgid) {
         return;
     }
     let Some(slot) = PENDING_SLOT.get_ptr_mut(0) else {
@@ -93,7 +73,9 @@ pub fn enter(probe: u32, dirfd: i32, path_ptr: u64, flags: u32) {
     };
     let slot = unsafe { &mut *slot };
     if slot.pid_tgid != 0 && slot.pid_tgid != pid_tgid {
-        let _ = PENDING_SPILL.insert(&slot.pid_tgid, &*slot, 0);
+        if PENDING_SPILL.insert(&slot.pid_tgid, &*slot, 0).is_err() {
+            crate::diag::spill_full(slot.pid_tgid as u32);
+        }
     }
     *slot = PendingOpen {
         pid_tgid,
@@ -198,7 +180,7 @@ fn args_from_regs(o: &KernelOffsets, probe: u32, pid_tgid: u64) -> Option<Pendin
 
 pub fn exit(probe: u32, ret: i64) {
     let pid_tgid = bpf_get_current_pid_tgid();
-    if crate::is_agent(pid_tgid) {
+    if crate::record::is_agent(pid_tgid) {
         return;
     }
     let offsets = vfs::offsets();
@@ -221,9 +203,19 @@ pub fn exit(probe: u32, ret: i64) {
     };
     // Entered before the probes attached, or the arguments were lost: count, don't guess.
     let Some(pending) = pending else {
+        crate::diag::unmatched_exit(probe, pid_tgid as u32);
         return count(probe, outcome::UNMATCHED);
     };
     judge(offsets, pending, ret);
+}
+
+/// An io_uring open request as submitted (`uring.rs` keeps it until its completion).
+#[repr(C)]
+pub struct UringOpen {
+    pub dirfd: i32,
+    pub flags: u32,
+    /// NUL-terminated (cut at RAW_PATH_BYTES - 1).
+    pub path: [u8; RAW_PATH_BYTES],
 }
 
 /// An open that io_uring completed (see `uring.rs`): `ret` is the new fd in the task's fd
@@ -234,9 +226,9 @@ pub fn exit(probe: u32, ret: i64) {
 /// shared code differently).
 /// Not inlined: its stack (like `exit`'s) is near the BPF limit on its own.
 #[inline(never)]
-pub fn io_uring_opened(ret: i64, submitted: Option<&crate::uring::UringOpen>) {
+pub fn io_uring_opened(ret: i64, submitted: Option<&UringOpen>) {
     let pid_tgid = bpf_get_current_pid_tgid();
-    if crate::is_agent(pid_tgid) {
+    if crate::record::is_agent(pid_tgid) {
         return;
     }
     let offsets = vfs::offsets();
@@ -335,18 +327,9 @@ fn judge(offsets: &KernelOffsets, mut pending: PendingOpen, ret: i64) {
                 Repeat::First => scratch.repeat.epoch,
                 _ => 0,
             };
-            let size = fill_record(offsets, &mut scratch.rec, &pending, ret, now);
+            let size = fill_record(&mut scratch.rec, &pending, ret, now);
             // Only the used part of the tail leaves the kernel.
-            let used = unsafe {
-                core::slice::from_raw_parts(
-                    (&scratch.rec as *const FileOpenRecord).cast::<u8>(),
-                    size,
-                )
-            };
-            if EVENTS.output::<[u8]>(used, 0).is_ok() {
-                count(probe, outcome::EMITTED);
-            } else {
-                count(probe, outcome::LOST);
+            if !crate::record::emit_used(probe, &scratch.rec, size) {
                 // Nothing reported it: let the next repeat be reported rather than counted.
                 if let Repeat::First = repeat {
                     repeats::forget(&scratch.repeat);
@@ -362,6 +345,9 @@ fn judge(offsets: &KernelOffsets, mut pending: PendingOpen, ret: i64) {
     }
     if flags & path_flag::READ_ERROR != 0 {
         count(probe, outcome::READ_ERROR);
+    }
+    if flags & (path_flag::TRUNCATED | path_flag::READ_ERROR) != 0 {
+        crate::diag::walk_problem(probe, pending.pid_tgid as u32, flags);
     }
 }
 
@@ -381,7 +367,7 @@ unsafe fn inspect(
     rec.dev = 0;
     rec.ino = 0;
     rec.raw_len = 0;
-    let buf = scratch.walk.as_mut_ptr();
+    let buf = unsafe { vfs::walk_buffer(vfs::walk_memory().ok_or(0)?) };
     // The file whose path was walked (not for a failed open's lexical path).
     let mut walked = None;
     unsafe {
@@ -528,15 +514,8 @@ fn read_raw_path(raw: &mut [u8; RAW_PATH_BYTES], rec: &mut FileOpenRecord, pendi
 }
 
 /// Fills the record's fixed part; returns the record's size on the wire.
-fn fill_record(
-    o: &KernelOffsets,
-    rec: &mut FileOpenRecord,
-    pending: &PendingOpen,
-    ret: i64,
-    now: u64,
-) -> usize {
+fn fill_record(rec: &mut FileOpenRecord, pending: &PendingOpen, ret: i64, now: u64) -> usize {
     let pid_tgid = pending.pid_tgid;
-    let uid_gid = bpf_get_current_uid_gid();
     // Masked so the verifier sees the size bounded by the record.
     let size = FILE_OPEN_FIXED_BYTES
         + (rec.path_len as usize & PATH_MASK)
@@ -546,18 +525,12 @@ fn fill_record(
         version: credwatch_common::WIRE_VERSION,
         size: size as u32,
     };
-    rec.boot_ns = now;
-    rec.pid = (pid_tgid >> 32) as u32;
-    rec.tid = pid_tgid as u32;
-    rec.uid = uid_gid as u32;
-    rec.gid = (uid_gid >> 32) as u32;
-    rec.cgroup_id = unsafe { bpf_get_current_cgroup_id() };
+    crate::record::identify(&mut rec.task, now, pid_tgid, unsafe {
+        bpf_get_current_cgroup_id()
+    });
     rec.probe = pending.probe;
     rec.open_flags = pending.flags;
     rec.result = ret;
     rec.dirfd = pending.dirfd;
-    rec.start_boottime =
-        unsafe { vfs::read(bpf_get_current_task(), o.task_start_boottime) }.unwrap_or(0);
-    rec.comm = bpf_get_current_comm().unwrap_or([0; 16]);
     size
 }

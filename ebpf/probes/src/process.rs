@@ -19,7 +19,7 @@ use credwatch_common::{
 };
 
 use crate::{
-    AGENT_TGID, EVENTS, PROCESS_SCRATCH, SCRATCH,
+    PROCESS_SCRATCH,
     stats::count,
     vfs::{self, PATH_MASK, read},
 };
@@ -75,13 +75,7 @@ fn emit(probe: u32, rec: &mut ProcessRecord) {
         PROCESS_FIXED_BYTES
     };
     rec.header.size = size as u32;
-    let used =
-        unsafe { core::slice::from_raw_parts((rec as *const ProcessRecord).cast::<u8>(), size) };
-    if EVENTS.output::<[u8]>(used, 0).is_ok() {
-        count(probe, outcome::EMITTED);
-    } else {
-        count(probe, outcome::LOST);
-    }
+    crate::record::emit_used(probe, rec, size);
 }
 
 /// The offsets global, in place (a copy on the stack would not fit beside the exec probe's).
@@ -97,7 +91,7 @@ pub fn fork(ctx: &BtfTracePointContext) {
     let child: u64 = ctx.arg(1);
     match unsafe { begin(o, process_event::FORK, child) } {
         Some(rec) => {
-            if rec.pid == AGENT_TGID.load() {
+            if crate::record::is_agent((rec.pid as u64) << 32) {
                 return;
             }
             emit(probe::FORK, rec)
@@ -156,10 +150,10 @@ unsafe fn resolved_exe(o: &KernelOffsets, task: u64, bprm: u64, rec: &mut Proces
         if flags & path_flag::READ_ERROR != 0 || pos >= PATH_BYTES {
             return false;
         }
-        let Some(scratch) = SCRATCH.get_ptr_mut(0) else {
+        let Some(walk) = vfs::walk_memory() else {
             return false;
         };
-        let buf = crate::open::walk_buffer(scratch);
+        let buf = vfs::walk_buffer(walk);
         let len = PATH_BYTES - pos;
         let mut start = pos;
         if len > FILENAME_MASK {

@@ -11,14 +11,14 @@
 use aya_ebpf::{
     EbpfContext as _,
     helpers::generated::{self, bpf_get_socket_cookie, bpf_ktime_get_boot_ns, bpf_skb_cgroup_id},
-    programs::SkBuffContext,
+    programs::{SkBuffContext, SockContext},
 };
 use credwatch_common::{
     KIND_REQUEST, REQUEST_BYTES, REQUEST_FIXED_BYTES, REQUEST_SEGMENTS, RecordHeader,
     RequestRecord, TLS_SEGMENTS, endpoint_flag, outcome, probe, request_flag,
 };
 
-use crate::{EVENTS, INSPECTED, REQUEST_SCRATCH, budget, packet, stats::count};
+use crate::{INSPECTED, INSPECTING, REQUEST_SCRATCH, budget, packet, stats::count};
 
 /// A connection being inspected (value of `INSPECTED`).
 #[repr(C)]
@@ -28,6 +28,22 @@ pub struct Inspected {
     pub payloads: u32,
     /// Payloads to copy at most.
     pub limit: u32,
+}
+
+/// `INSPECTED`'s entries are counted in `INSPECTING` so that, while there are none (nearly
+/// always), a packet costs one array load. The count may only ever be too high (a slower
+/// packet), never too low (a skipped request): it goes up before an entry is added and down
+/// after one is removed, and an entry the LRU evicts is never subtracted.
+#[inline(always)]
+fn add_inspecting(n: i64) {
+    if let Some(count) = INSPECTING.get_ptr_mut(0) {
+        // Shared by every CPU: an atomic add (the BPF target has no AtomicI64).
+        unsafe {
+            core::intrinsics::atomic_xadd::<i64, i64, { core::intrinsics::AtomicOrdering::Relaxed }>(
+                count, n,
+            )
+        };
+    }
 }
 
 /// Called by the connect hook for a connection whose payloads are read (`flags`: the
@@ -42,24 +58,64 @@ pub fn watch(cookie: u64, flags: u32) {
             TLS_SEGMENTS
         },
     };
-    let _ = INSPECTED.insert(&cookie, &fresh, 0);
+    add_inspecting(1);
+    if INSPECTED.insert(&cookie, &fresh, BPF_NOEXIST).is_err() {
+        // Watched already (connected again): one entry, counted once.
+        let _ = INSPECTED.insert(&cookie, &fresh, 0);
+        add_inspecting(-1);
+    }
 }
 
 /// Called by the connect hook for a connection that is not watched: a socket connected again
 /// elsewhere stops being read.
 #[inline(always)]
 pub fn unwatch(cookie: u64) {
-    let _ = INSPECTED.remove(&cookie);
+    forget(cookie);
 }
 
+/// Stops reading a connection (and counts its entry out, if it had one).
+#[inline(always)]
+fn forget(cookie: u64) {
+    if INSPECTED.remove(&cookie).is_ok() {
+        add_inspecting(-1);
+    }
+}
+
+/// A socket is released (cgroup/sock_release on the cgroup2 root): if it was being inspected,
+/// forget it. This is what keeps `INSPECTING` at 0 between inspections: a connect that failed
+/// (no FIN is ever sent) or a socket closed before its last payload would otherwise be counted
+/// for as long as the LRU keeps its entry.
+#[inline(always)]
+pub fn released(ctx: &SockContext) {
+    if INSPECTING.get(0).is_none_or(|n| *n <= 0) {
+        return;
+    }
+    forget(unsafe { bpf_get_socket_cookie(ctx.as_ptr()) });
+}
+
+/// `BPF_NOEXIST`: add only if the key is not there.
+const BPF_NOEXIST: u64 = 1;
+
 pub fn egress(ctx: &SkBuffContext) {
-    // Cheapest test first: almost no socket is being inspected.
+    // Cheapest test first: almost always no socket at all is being inspected.
+    if INSPECTING.get(0).is_none_or(|n| *n <= 0) {
+        return;
+    }
+    // Then whether this socket is.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
     let Some(state) = INSPECTED.get_ptr_mut(&cookie) else {
         return;
     };
+    // FIN or RST: nothing more will be sent after this segment (whose payload, if any, is
+    // read like any other), so the connection is forgotten.
+    let mut closing = false;
     let (payload, mut flags) = match tcp_payload(ctx) {
-        Some(Segment::Tcp { payload, urgent }) => {
+        Some(Segment::Tcp {
+            payload,
+            urgent,
+            closing: fin_or_rst,
+        }) => {
+            closing = fin_or_rst;
             (payload, if urgent { request_flag::URGENT } else { 0 })
         }
         // A watched connection's payload that cannot be located is reported, not skipped:
@@ -69,7 +125,11 @@ pub fn egress(ctx: &SkBuffContext) {
     };
     let payload_len = (ctx.len() as usize).saturating_sub(payload);
     if payload_len == 0 && flags & request_flag::UNPARSED == 0 {
-        return; // a bare ACK, SYN or FIN
+        // A bare ACK, SYN, FIN or RST.
+        if closing {
+            forget(cookie);
+        }
+        return;
     }
     count(probe::ENDPOINT_REQUEST, outcome::SEEN);
     let now = unsafe { bpf_ktime_get_boot_ns() };
@@ -84,9 +144,9 @@ pub fn egress(ctx: &SkBuffContext) {
     }
     let state = unsafe { &mut *state };
     state.payloads += 1;
-    let last = state.payloads >= state.limit;
+    let last = state.payloads >= state.limit || closing;
     if last {
-        let _ = INSPECTED.remove(&cookie);
+        forget(cookie);
     }
     let Some(rec) = REQUEST_SCRATCH.get_ptr_mut(0) else {
         return;
@@ -135,19 +195,15 @@ pub fn egress(ctx: &SkBuffContext) {
         return;
     }
     rec.header.size = size as u32;
-    let used =
-        unsafe { core::slice::from_raw_parts((rec as *const RequestRecord).cast::<u8>(), size) };
-    if EVENTS.output::<[u8]>(used, 0).is_ok() {
-        count(probe::ENDPOINT_REQUEST, outcome::EMITTED);
-    } else {
-        count(probe::ENDPOINT_REQUEST, outcome::LOST);
-    }
+    crate::record::emit_used(probe::ENDPOINT_REQUEST, rec, size);
 }
 
 enum Segment {
     Tcp {
         payload: usize,
         urgent: bool,
+        /// FIN or RST.
+        closing: bool,
     },
     /// An IPv6 packet whose next header is not TCP (extension headers).
     Unparsed,
@@ -161,10 +217,11 @@ fn tcp_payload(ctx: &SkBuffContext) -> Option<Segment> {
         // (a watched socket is a TCP socket: over IPv6 this is an extension header)
         return (version == 6).then_some(Segment::Unparsed);
     }
-    // URG is bit 5 of the TCP header's byte 13.
+    // The TCP header's byte 13: URG 0x20, RST 0x04, FIN 0x01.
     let flags: u8 = ctx.load(l4 + 13).ok()?;
     Some(Segment::Tcp {
         payload: packet::tcp_payload(ctx, l4)?,
         urgent: flags & 0x20 != 0,
+        closing: flags & 0x05 != 0,
     })
 }

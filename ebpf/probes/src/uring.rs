@@ -17,15 +17,6 @@ const IORING_OP_RENAMEAT: u8 = 35;
 /// IOSQE_CQE_SKIP_SUCCESS; the low request flags are the SQE flags (io_uring_types.h).
 const CQE_SKIP_SUCCESS: u64 = 1 << 6;
 
-/// An open request as submitted.
-#[repr(C)]
-pub struct UringOpen {
-    pub dirfd: i32,
-    pub flags: u32,
-    /// NUL-terminated (cut at RAW_PATH_BYTES - 1).
-    pub path: [u8; RAW_PATH_BYTES],
-}
-
 /// The request layout when `req` is an open request (most requests are not: one read and
 /// out). `req` is null for auxiliary completions; the read then fails.
 /// A rename (see `moves.rs`) is noted on the way. `submitted`: at submission, else completion.

@@ -172,6 +172,35 @@ pub unsafe fn read_path(path_addr: u64) -> Result<KPath, i32> {
     Ok(KPath { mnt, dentry })
 }
 
+/// The walk's working memory (per CPU, the `WALK` map): the path is assembled backwards in
+/// `buf`, ending at `PATH_BYTES`, and starts at `pos`. Its own map, so the file, process and
+/// io_uring programs that walk depend on this module, not the other way round.
+#[repr(C)]
+pub struct Walk {
+    pos: u64,
+    buf: [u8; WALK_BYTES],
+}
+
+#[inline(always)]
+pub fn walk_memory() -> Option<*mut Walk> {
+    crate::WALK.get_ptr_mut(0)
+}
+
+#[inline(always)]
+pub unsafe fn walk_buffer(walk: *mut Walk) -> *mut u8 {
+    unsafe { core::ptr::addr_of_mut!((*walk).buf) as *mut u8 }
+}
+
+#[inline(always)]
+unsafe fn walk_pos(walk: *mut Walk) -> u64 {
+    unsafe { core::ptr::read_volatile(core::ptr::addr_of!((*walk).pos)) }
+}
+
+#[inline(always)]
+unsafe fn set_walk_pos(walk: *mut Walk, pos: u64) {
+    unsafe { core::ptr::write_volatile(core::ptr::addr_of_mut!((*walk).pos), pos) }
+}
+
 /// Prepends the path of `at` (up to `root`) to the scratch walk buffer, whose current content
 /// starts at `pos` and ends at `PATH_BYTES`. Returns the new start and `path_flag` bits. Mount
 /// points are crossed the way `d_path` does. The number of steps is bounded; running out marks
@@ -181,13 +210,13 @@ pub unsafe fn read_path(path_addr: u64) -> Result<KPath, i32> {
 /// every iteration together with everything that follows the walk.
 #[inline(always)]
 pub unsafe fn prepend_path(o: &KernelOffsets, pos: usize, at: KPath, root: KPath) -> (usize, u32) {
-    let Some(scratch) = crate::SCRATCH.get_ptr_mut(0) else {
+    let Some(walk) = walk_memory() else {
         return (pos, path_flag::READ_ERROR);
     };
     // The position lives in map memory, not in the loop state: the verifier then sees an
     // unknown bounded value in every iteration and can prove the loop body once, instead of
     // following a constant that shrinks by a different amount in each iteration.
-    unsafe { crate::open::set_walk_pos(scratch, pos as u64) };
+    unsafe { set_walk_pos(walk, pos as u64) };
     let mut state = WalkState {
         vfsmnt: at.mnt,
         dentry: at.dentry,
@@ -214,10 +243,7 @@ pub unsafe fn prepend_path(o: &KernelOffsets, pos: usize, at: KPath, root: KPath
     if state.done == 0 {
         state.flags |= path_flag::TRUNCATED;
     }
-    (
-        unsafe { crate::open::walk_pos(scratch) } as usize,
-        state.flags,
-    )
+    (unsafe { walk_pos(walk) } as usize, state.flags)
 }
 
 /// Walk state on the caller's stack (bpf_loop's context). The offsets the step needs are
@@ -254,16 +280,16 @@ unsafe extern "C" fn walk_callback(_index: u64, ctx: *mut core::ffi::c_void) -> 
         return unsafe { cross_mount(s) };
     }
     let len = ((hash_len >> 32) & NAME_MAX_MASK) as usize;
-    let Some(scratch) = crate::SCRATCH.get_ptr_mut(0) else {
+    let Some(walk) = walk_memory() else {
         return stop(s, path_flag::READ_ERROR);
     };
-    let pos = unsafe { crate::open::walk_pos(scratch) } as usize;
+    let pos = unsafe { walk_pos(walk) } as usize;
     // Keep at least one byte free so the finished path is never longer than PATH_MASK.
     if pos < len + 2 {
         return stop(s, path_flag::TRUNCATED);
     }
     unsafe {
-        let buf = crate::open::walk_buffer(scratch);
+        let buf = walk_buffer(walk);
         let pos = pos - len;
         if generated::bpf_probe_read_kernel(
             buf.add(pos & PATH_MASK).cast(),
@@ -275,7 +301,7 @@ unsafe extern "C" fn walk_callback(_index: u64, ctx: *mut core::ffi::c_void) -> 
         }
         let pos = pos - 1;
         *buf.add(pos & PATH_MASK) = b'/';
-        crate::open::set_walk_pos(scratch, pos as u64);
+        set_walk_pos(walk, pos as u64);
     }
     s.dentry = parent;
     0
