@@ -467,6 +467,29 @@ fn a_directory_moved_onto_a_prefix_keys_way_is_decided_again_at_once() {
     assert_eq!(records.len(), 1, "{records:#?}");
     assert_eq!(records[0]["file"]["path"], moved.as_str());
     assert_eq!(records[0]["secret"]["name"], "e2e-moved");
+
+    // A directory of any name moved below the key (`mv /tmp/x /run/secrets/x`), through a
+    // relative name from the directory it lands in.
+    let other = stage.join("x7/other.dat");
+    std::fs::create_dir_all(other.parent().unwrap()).unwrap();
+    std::fs::write(&other, "x").unwrap();
+    let other = other.display().to_string();
+    let workload = Workload::run(&["openat", &other, "x3", "--next", "openat", &secret]);
+    let records = agent.wait_records(workload.pid, 1);
+    assert_eq!(records.len(), 1, "only the control: {records:#?}");
+    let status = std::process::Command::new("mv")
+        .arg(stage.join("x7"))
+        .arg("x7")
+        .current_dir(place.join("vault"))
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let below = place.join("vault/x7/other.dat").display().to_string();
+    let workload = Workload::run(&["openat", &below]);
+    let records = agent.wait_records(workload.pid, 1);
+    assert_eq!(records.len(), 1, "{records:#?}");
+    assert_eq!(records[0]["file"]["path"], below.as_str());
+    assert_eq!(records[0]["secret"]["name"], "e2e-moved");
 }
 
 #[test]
@@ -529,19 +552,25 @@ fn paths_deeper_than_the_walk_bound_are_recorded_as_truncated() {
         (Some(dev), Some(ino))
     );
     assert!(agent.metric(series) > before);
-    // And the kernel said so itself (`--kernel-log warn`), naming the probe and the thread.
-    // (probe 1: openat, `credwatch_common::probe::OPENAT`; the opener has one thread.)
-    let said = format!("path walk incomplete: probe 1 thread {}", workload.pid);
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while !std::fs::read_to_string(&agent.stderr)
-        .unwrap()
-        .contains(&said)
-    {
+    // And the kernel said so itself (`--kernel-log warn`), naming the probe and the thread
+    // (probe 1: openat; the opener has one thread). The kernel prints at most one line per
+    // CPU every 10 ms, so another line just before could take this one's turn: try again.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let mut pid = workload.pid;
+    loop {
+        let said = format!("path walk incomplete: probe 1 thread {pid}");
+        std::thread::sleep(std::time::Duration::from_millis(500));
+        if std::fs::read_to_string(&agent.stderr)
+            .unwrap()
+            .contains(&said)
+        {
+            break;
+        }
         assert!(
             std::time::Instant::now() < deadline,
             "no kernel log line {said:?}"
         );
-        std::thread::sleep(std::time::Duration::from_millis(100));
+        pid = Workload::run(&["openat", &file.display().to_string()]).pid;
     }
 }
 

@@ -1057,6 +1057,20 @@ fn a_refused_connection_stops_being_read_when_its_socket_is_released() {
     let agent = setup();
     let gauge = "credwatch_inspected_connections ";
     assert!(agent.metrics().contains(gauge), "{}", agent.metrics());
+    let wait_for = |what: &str, done: &dyn Fn(f64) -> bool| {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !done(agent.metric(gauge)) {
+            assert!(Instant::now() < deadline, "{what}: {}", agent.metric(gauge));
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    // First, that such a connection is read at all: held open, it is counted.
+    {
+        let listener = std::net::TcpListener::bind("127.0.0.1:443").ok();
+        let held = std::net::TcpStream::connect("127.0.0.1:443").expect("connect to :443");
+        wait_for("a held connection to :443 is never counted", &|n| n >= 1.0);
+        drop((held, listener));
+    }
     for _ in 0..3 {
         // Nothing listens on the loopback's 443 here: refused, or (should something listen)
         // connected and closed; either way the socket is released.

@@ -587,59 +587,6 @@ mod tests {
             || longest(&keys.dir_keys(), dir).is_some_and(|k| k.len() == dir.len())
     }
 
-    /// The kernel's rename check (`moves.rs` in the probes): the new name's last component
-    /// with a `/` after it, cut to the key width, against the move keys.
-    fn rename_counts(keys: &PathKeys, new_name: &[u8]) -> bool {
-        let name = new_name
-            .split(|&b| b == b'/')
-            .rfind(|p| !p.is_empty())
-            .unwrap();
-        let mut key = name.to_vec();
-        key.push(b'/');
-        key.truncate(credwatch_common::MOVE_KEY_BYTES);
-        longest(&keys.move_keys(), &key).is_some()
-    }
-
-    /// Every directory a rename could put on a prefix key's way — any directory of the key's
-    /// path, or one whose name starts the key's unfinished part — is caught by the rename
-    /// check; everyday renames are not.
-    #[test]
-    fn a_directory_renamed_onto_a_prefix_keys_way_advances_the_tree_generation() {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::copy(
-            concat!(env!("CARGO_MANIFEST_DIR"), "/../policies/catalog.yaml"),
-            dir.path().join("catalog.yaml"),
-        )
-        .unwrap();
-        let keys = crate::policy::load_dir(dir.path())
-            .unwrap()
-            .catalog
-            .path_keys();
-        assert!(!keys.prefixes.is_empty());
-        for prefix in keys.prefixes.keys() {
-            let text = String::from_utf8_lossy(prefix).into_owned();
-            for (i, _) in text.match_indices('/').skip(1) {
-                // `mv /tmp/x /etc/ssh` (and with a trailing slash) for `/etc/ssh/…`.
-                assert!(rename_counts(&keys, text[..i].as_bytes()), "{}", &text[..i]);
-                assert!(rename_counts(&keys, format!("{}/", &text[..i]).as_bytes()));
-            }
-            let last = &text[text.rfind('/').unwrap() + 1..];
-            if !last.is_empty() {
-                let inside = format!("{}{last}x", &text[..text.rfind('/').unwrap() + 1]);
-                assert!(rename_counts(&keys, inside.as_bytes()), "{inside}");
-            }
-        }
-        for everyday in [
-            "/var/log/syslog.1",
-            "/home/u/.config/app/settings.json",
-            "..data",
-            "/var/lib/kubelet/pods/x/volumes/y/..data",
-            "/tmp/tmp.XYZ",
-        ] {
-            assert!(!rename_counts(&keys, everyday.as_bytes()), "{everyday}");
-        }
-    }
-
     /// The cheap checks only ever spare files the full filter would drop: every path made
     /// from the default catalogue's patterns (and look-alikes around them) that the full
     /// filter keeps is walked, and ordinary files are not.

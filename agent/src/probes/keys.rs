@@ -46,32 +46,6 @@ impl PathKeys {
         }
         keys
     }
-
-    /// The kernel's rename check (`MOVE_NAMES`): a directory renamed to one of these names
-    /// may have landed on a prefix key's way. Each directory name in a prefix key with its
-    /// `/` (a renamed directory's name must be it exactly), and the key's unfinished last
-    /// part without one (a name that starts with it: `ssh_host_` of `/etc/ssh/ssh_host_`, as a
-    /// directory `ssh_host_x` there holds files the key matches). Cut to what the kernel
-    /// compares, which only widens a name into a prefix.
-    pub fn move_keys(&self) -> BTreeMap<Vec<u8>, u32> {
-        let cap = credwatch_common::MOVE_KEY_BYTES;
-        let mut keys = BTreeMap::new();
-        for prefix in self.prefixes.keys() {
-            let mut parts = prefix.split(|&b| b == b'/').peekable();
-            while let Some(part) = parts.next() {
-                if part.is_empty() {
-                    continue;
-                }
-                let mut key = part.to_vec();
-                if parts.peek().is_some() {
-                    key.push(b'/');
-                }
-                key.truncate(cap);
-                keys.insert(key, 1);
-            }
-        }
-        keys
-    }
 }
 
 /// The kernel's endpoint map: (IPv6-form address, prefix length in bits) → endpoint.

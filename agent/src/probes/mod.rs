@@ -132,6 +132,7 @@ impl Probes {
         {
             return Err(anyhow!("no file-open probe could be attached"));
         }
+        probes.allow_remembering()?;
         Ok(probes)
     }
 
@@ -141,6 +142,38 @@ impl Probes {
             None => warn!("probe {}: unavailable: {}", status.probe, status.detail),
         }
         self.status.push(status);
+    }
+
+    /// Lets the kernel filter remember verdicts once every probe that sees moves in the file
+    /// tree is attached: without one of them, a remembered "not a credential" could outlive a
+    /// directory moved under a catalogue path, so every open is decided afresh instead.
+    fn allow_remembering(&mut self) -> Result<()> {
+        let missing: Vec<&str> = table::PROBES
+            .iter()
+            .filter(|spec| spec.sees_moves)
+            .filter(|spec| {
+                !self
+                    .status
+                    .iter()
+                    .any(|s| s.probe == spec.name && s.mode.is_some())
+            })
+            .map(|spec| spec.name)
+            .collect();
+        if !missing.is_empty() {
+            warn!(
+                "kernel filter: nothing is remembered between opens (every open walks its path) because these probes are unavailable: {}",
+                missing.join(", ")
+            );
+            return Ok(());
+        }
+        let mut epoch: aya::maps::Array<_, u64> = aya::maps::Array::try_from(
+            self.ebpf
+                .map_mut(maps::FILTER_EPOCH)
+                .ok_or_else(|| anyhow!("filter epoch map missing"))?,
+        )?;
+        epoch
+            .set(credwatch_common::filter_epoch::REMEMBER, 1, 0)
+            .context("allowing the filter to remember")
     }
 
     /// Attaches one row of the probe table.
@@ -465,12 +498,6 @@ impl Probes {
             &self.paths.dir_keys(),
             &want.paths.dir_keys(),
         )?;
-        sync_trie::<{ credwatch_common::MOVE_KEY_BYTES }>(
-            &mut self.ebpf,
-            maps::MOVE_NAMES,
-            &self.paths.move_keys(),
-            &want.paths.move_keys(),
-        )?;
         self.sync_endpoints(&want.endpoints)?;
         self.sync_learned(&want.learned)?;
         let mut named: aya::maps::Array<_, u16> = aya::maps::Array::try_from(
@@ -716,7 +743,6 @@ mod tests {
             maps::LEAF_SUFFIXES,
             maps::DIR_PREFIXES,
             maps::FILTER_EPOCH,
-            maps::MOVE_NAMES,
             maps::INSPECTING,
         ] {
             assert!(object.maps.contains_key(map), "map {map} missing");

@@ -34,10 +34,26 @@ pub struct ProbeSpec {
     /// As reported (`probe` label), and the syscall or tracepoint name where one is implied.
     pub name: &'static str,
     pub attach: Attach,
+    /// It sees moves in the file tree: unless every such probe is attached, the kernel
+    /// filter remembers nothing (`filter_epoch::REMEMBER`).
+    pub sees_moves: bool,
 }
 
 const fn probe(name: &'static str, attach: Attach) -> ProbeSpec {
-    ProbeSpec { name, attach }
+    ProbeSpec {
+        name,
+        attach,
+        sees_moves: false,
+    }
+}
+
+/// A syscall that can move a directory or a mount (`moves.rs`).
+const fn move_syscall(name: &'static str) -> ProbeSpec {
+    ProbeSpec {
+        name,
+        attach: Attach::Syscall,
+        sees_moves: true,
+    }
 }
 
 pub const PROBES: &[ProbeSpec] = &[
@@ -67,10 +83,12 @@ pub const PROBES: &[ProbeSpec] = &[
     probe("cgroup_rmdir", Attach::CgroupTracepoint),
     // io_uring opens, and `io_uring_submit_req` to count those whose completion is skipped
     // (`uring.rs`).
-    probe(
-        "io_uring_open",
-        Attach::IoUring(&["io_uring_submit_req", "io_uring_complete"]),
-    ),
+    // (They also see io_uring renames: a move.)
+    ProbeSpec {
+        name: "io_uring_open",
+        attach: Attach::IoUring(&["io_uring_submit_req", "io_uring_complete"]),
+        sees_moves: true,
+    },
     // DNS answers to every process (`dns.rs`).
     probe(
         "dns",
@@ -100,12 +118,15 @@ pub const PROBES: &[ProbeSpec] = &[
     probe("ptrace", Attach::Syscall),
     probe("process_vm_readv", Attach::Syscall),
     probe("process_vm_writev", Attach::Syscall),
-    // Moves that can put a directory on a prefix key's way (`moves.rs`).
-    probe("rename", Attach::Syscall),
-    probe("renameat", Attach::Syscall),
-    probe("renameat2", Attach::Syscall),
-    probe("mount", Attach::Syscall),
-    probe("move_mount", Attach::Syscall),
+    // Moves in the file tree, which the filter's remembered verdicts must not outlive
+    // (`moves.rs`).
+    move_syscall("rename"),
+    move_syscall("renameat"),
+    move_syscall("renameat2"),
+    move_syscall("mount"),
+    move_syscall("move_mount"),
+    move_syscall("umount"),
+    move_syscall("pivot_root"),
 ];
 
 #[cfg(test)]

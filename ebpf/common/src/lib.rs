@@ -79,7 +79,6 @@ pub mod maps {
     pub const LEAF_SUFFIXES: &str = "LEAF_SUFFIXES";
     pub const DIR_PREFIXES: &str = "DIR_PREFIXES";
     pub const FILTER_EPOCH: &str = "FILTER_EPOCH";
-    pub const MOVE_NAMES: &str = "MOVE_NAMES";
     pub const INSPECTING: &str = "INSPECTING";
 }
 
@@ -163,7 +162,7 @@ pub mod cgroup_event {
 }
 
 /// Who made a syscall, and when: the same block after the header of every record of one (a
-/// file open, a connect, a memory access), filled by one kernel helper (`task::identify`).
+/// file open, a connect, a memory access), filled by one kernel helper (`record::identify`).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
 pub struct TaskIdentity {
@@ -644,19 +643,15 @@ pub struct DirVerdict {
 pub mod filter_epoch {
     /// Advanced by the agent after every change of the path keys or the secret inodes.
     pub const KEYS: u32 = 0;
-    /// Advanced by the programs around every move in the file tree that can put a directory
-    /// where a prefix key points (a rename onto one of its directories' names, a mount, an
-    /// io_uring rename): remembered verdicts are keyed by dentries, which a move keeps.
+    /// Advanced by the programs around every move in the file tree (a rename, a mount
+    /// change, an io_uring rename): remembered verdicts are keyed by dentries, which a move
+    /// keeps.
     pub const TREE: u32 = 1;
-    pub const SLOTS: u32 = 2;
+    /// Set to 1 by the agent once every probe that advances `TREE` is attached; until then
+    /// (or if one cannot attach) nothing is remembered and every open is decided afresh.
+    pub const REMEMBER: u32 = 2;
+    pub const SLOTS: u32 = 3;
 }
-
-/// How much of a renamed directory's new name the kernel compares (`MOVE_NAMES`).
-pub const MOVE_KEY_BYTES: usize = 64;
-/// Data of the `MOVE_NAMES` trie: each directory name on the way to a prefix key with a `/`
-/// after it (`ssh/` for `/etc/ssh/ssh_host_`: a name must be it exactly), and each prefix
-/// key's last, unfinished part without one (`ssh_host_`: a name must start with it).
-pub type MoveKeyData = [u8; MOVE_KEY_BYTES];
 
 /// Byte offsets of the kernel struct fields the probes read, found in the running kernel's BTF
 /// at start-up (Rust eBPF has no CO-RE relocations, so nothing here is compiled in).

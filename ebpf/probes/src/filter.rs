@@ -115,6 +115,11 @@ impl Cheap {
 #[inline(always)]
 fn epoch() -> u64 {
     let slot = |i| FILTER_EPOCH.get(i).copied().unwrap_or(0);
+    // 0: nothing may be remembered or trusted (the agent has not allowed it: a probe that
+    // sees moves is missing). The agent's epoch is 1 or more once allowed.
+    if slot(filter_epoch::REMEMBER) == 0 {
+        return 0;
+    }
     slot(filter_epoch::KEYS).wrapping_add(slot(filter_epoch::TREE))
 }
 
@@ -143,7 +148,7 @@ pub unsafe fn seen_before(c: &mut Cheap, at: KPath, inode: u64, root: KPath) -> 
     };
     // An odd sequence is a rename in progress: decide, but remember nothing.
     c.seq = seq as u32;
-    c.rememberable = (seq & 1 == 0) as u32;
+    c.rememberable = (seq & 1 == 0 && c.epoch != 0) as u32;
     c.name = name;
     c.file_key = FileKey {
         dentry: at.dentry,
@@ -154,7 +159,7 @@ pub unsafe fn seen_before(c: &mut Cheap, at: KPath, inode: u64, root: KPath) -> 
         root_mnt: root.mnt,
         root_dentry: root.dentry,
     };
-    unsafe { FILE_VERDICTS.get(&c.file_key) }.is_some_and(|epoch| *epoch == c.epoch)
+    c.epoch != 0 && unsafe { FILE_VERDICTS.get(&c.file_key) }.is_some_and(|e| *e == c.epoch)
 }
 
 /// Whether what was decided about the file may be remembered: its name matched no suffix
@@ -203,7 +208,7 @@ pub unsafe fn worth_walking(c: &mut Cheap, at: KPath, root: KPath) -> bool {
     };
     match unsafe { DIR_VERDICTS.get(&c.dir_key) } {
         // A mount's root file (bind-mounted) is named by its mount point, not this directory.
-        Some(v) => v.epoch != c.epoch || v.walk != 0 || v.mnt_root == at.dentry,
+        Some(v) => c.epoch == 0 || v.epoch != c.epoch || v.walk != 0 || v.mnt_root == at.dentry,
         None => true,
     }
 }
@@ -263,7 +268,7 @@ pub unsafe fn remember_dir(
     at: KPath,
 ) {
     let leaf = c.leaf_len as usize;
-    if leaf == 0 || pos + leaf >= PATH_BYTES {
+    if leaf == 0 || pos + leaf >= PATH_BYTES || c.epoch == 0 {
         return;
     }
     // The directory's path and its `/`: [pos, dir_end).

@@ -38,9 +38,9 @@ use aya_ebpf::{
 };
 use credwatch_common::{
     Budget, CgroupRecord, DirKey, DirVerdict, DnsRecord, EndpointValue, FileKey, InodeKey,
-    IoUringOffsets, KernelOffsets, LeafKeyData, LearnedKey, MoveKeyData, NAMED_PORT_SLOTS,
-    PathKeyData, ProcessRecord, REPEAT_ENTRIES, RepeatKey, RepeatValue, RequestRecord,
-    STATS_ENTRIES, SUPPRESSED_ENTRIES, SuppressedKey, cgroup_event, filter_epoch, probe,
+    IoUringOffsets, KernelOffsets, LeafKeyData, LearnedKey, NAMED_PORT_SLOTS, PathKeyData,
+    ProcessRecord, REPEAT_ENTRIES, RepeatKey, RepeatValue, RequestRecord, STATS_ENTRIES,
+    SUPPRESSED_ENTRIES, SuppressedKey, cgroup_event, filter_epoch, probe,
 };
 
 /// Filled by the agent from `/sys/kernel/btf/vmlinux` before load.
@@ -89,14 +89,12 @@ static FILE_VERDICTS: LruHashMap<FileKey, u64> = LruHashMap::with_max_entries(32
 #[map(name = "FILTER_EPOCH")]
 static FILTER_EPOCH: aya_ebpf::maps::Array<u64> =
     aya_ebpf::maps::Array::with_max_entries(filter_epoch::SLOTS, 0);
-/// Names a renamed directory must have to land on a prefix key's way (see `moves.rs`), the
-/// threads inside such a rename or a mount, and the working memory for reading the name.
-#[map(name = "MOVE_NAMES")]
-static MOVE_NAMES: LpmTrie<MoveKeyData, u32> = LpmTrie::with_max_entries(4096, 0);
+/// Threads inside a rename or a mount change (see `moves.rs`).
+/// When each CPU last printed a diagnostic (`diag.rs`).
+#[map(name = "DIAG_LAST")]
+static DIAG_LAST: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 #[map(name = "MOVES_PENDING")]
 static MOVES_PENDING: LruHashMap<u64, u8> = LruHashMap::with_max_entries(16384, 0);
-#[map(name = "MOVE_SCRATCH")]
-static MOVE_SCRATCH: PerCpuArray<moves::Scratch> = PerCpuArray::with_max_entries(1, 0);
 /// Arguments saved at syscall entry (see `open::enter`): one slot per CPU, and a hash for the
 /// rare open that is still blocked when the next one on its CPU begins. The exit tracepoint
 /// runs even when a signal ends the syscall, so entries are always taken back out.
@@ -183,8 +181,6 @@ static WALK: PerCpuArray<vfs::Walk> = PerCpuArray::with_max_entries(1, 0);
 const ARG0: usize = 16;
 const ARG1: usize = 24;
 const ARG2: usize = 32;
-const ARG3: usize = 40;
-const ARG4: usize = 48;
 const RET: usize = 16;
 
 /// A syscall exit's return value: a load from the tracepoint's record, which the verifier
@@ -428,38 +424,11 @@ fn panic(_info: &core::panic::PanicInfo) -> ! {
 #[unsafe(no_mangle)]
 static LICENSE: [u8; 4] = *b"GPL\0";
 
-// Moves in the file tree that can put a directory where a prefix key points (`moves.rs`).
+// Moves in the file tree (`moves.rs`): every rename and mount change, at its start and end.
 
 #[tracepoint(category = "syscalls", name = "sys_enter_rename")]
-pub fn sys_enter_rename(ctx: TracePointContext) -> u32 {
-    // rename(oldname, newname)
-    moves::rename_enter(arg(&ctx, ARG0), arg(&ctx, ARG1), 0);
-    0
-}
-
-#[tracepoint(category = "syscalls", name = "sys_enter_renameat")]
-pub fn sys_enter_renameat(ctx: TracePointContext) -> u32 {
-    // renameat(olddfd, oldname, newdfd, newname)
-    moves::rename_enter(arg(&ctx, ARG1), arg(&ctx, ARG3), 0);
-    0
-}
-
-#[tracepoint(category = "syscalls", name = "sys_enter_renameat2")]
-pub fn sys_enter_renameat2(ctx: TracePointContext) -> u32 {
-    // renameat2(olddfd, oldname, newdfd, newname, flags)
-    moves::rename_enter(arg(&ctx, ARG1), arg(&ctx, ARG3), arg(&ctx, ARG4));
-    0
-}
-
-#[tracepoint(category = "syscalls", name = "sys_enter_mount")]
-pub fn sys_enter_mount(_ctx: TracePointContext) -> u32 {
-    moves::mount_enter();
-    0
-}
-
-#[tracepoint(category = "syscalls", name = "sys_enter_move_mount")]
-pub fn sys_enter_move_mount(_ctx: TracePointContext) -> u32 {
-    moves::mount_enter();
+pub fn sys_enter_rename(_ctx: TracePointContext) -> u32 {
+    moves::enter();
     0
 }
 
@@ -469,9 +438,21 @@ pub fn sys_exit_rename(_ctx: TracePointContext) -> u32 {
     0
 }
 
+#[tracepoint(category = "syscalls", name = "sys_enter_renameat")]
+pub fn sys_enter_renameat(_ctx: TracePointContext) -> u32 {
+    moves::enter();
+    0
+}
+
 #[tracepoint(category = "syscalls", name = "sys_exit_renameat")]
 pub fn sys_exit_renameat(_ctx: TracePointContext) -> u32 {
     moves::exit();
+    0
+}
+
+#[tracepoint(category = "syscalls", name = "sys_enter_renameat2")]
+pub fn sys_enter_renameat2(_ctx: TracePointContext) -> u32 {
+    moves::enter();
     0
 }
 
@@ -481,14 +462,50 @@ pub fn sys_exit_renameat2(_ctx: TracePointContext) -> u32 {
     0
 }
 
+#[tracepoint(category = "syscalls", name = "sys_enter_mount")]
+pub fn sys_enter_mount(_ctx: TracePointContext) -> u32 {
+    moves::enter();
+    0
+}
+
 #[tracepoint(category = "syscalls", name = "sys_exit_mount")]
 pub fn sys_exit_mount(_ctx: TracePointContext) -> u32 {
     moves::exit();
     0
 }
 
+#[tracepoint(category = "syscalls", name = "sys_enter_move_mount")]
+pub fn sys_enter_move_mount(_ctx: TracePointContext) -> u32 {
+    moves::enter();
+    0
+}
+
 #[tracepoint(category = "syscalls", name = "sys_exit_move_mount")]
 pub fn sys_exit_move_mount(_ctx: TracePointContext) -> u32 {
+    moves::exit();
+    0
+}
+
+#[tracepoint(category = "syscalls", name = "sys_enter_umount")]
+pub fn sys_enter_umount(_ctx: TracePointContext) -> u32 {
+    moves::enter();
+    0
+}
+
+#[tracepoint(category = "syscalls", name = "sys_exit_umount")]
+pub fn sys_exit_umount(_ctx: TracePointContext) -> u32 {
+    moves::exit();
+    0
+}
+
+#[tracepoint(category = "syscalls", name = "sys_enter_pivot_root")]
+pub fn sys_enter_pivot_root(_ctx: TracePointContext) -> u32 {
+    moves::enter();
+    0
+}
+
+#[tracepoint(category = "syscalls", name = "sys_exit_pivot_root")]
+pub fn sys_exit_pivot_root(_ctx: TracePointContext) -> u32 {
     moves::exit();
     0
 }

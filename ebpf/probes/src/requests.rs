@@ -60,9 +60,14 @@ pub fn watch(cookie: u64, flags: u32) {
     };
     add_inspecting(1);
     if INSPECTED.insert(&cookie, &fresh, BPF_NOEXIST).is_err() {
-        // Watched already (connected again): one entry, counted once.
-        let _ = INSPECTED.insert(&cookie, &fresh, 0);
-        add_inspecting(-1);
+        // Watched already (connected again): that entry is replaced, and counted once. Only
+        // an update of an entry that is there gives the count back; if the add failed for
+        // another reason, the count keeps it (too high is only slower).
+        if INSPECTED.insert(&cookie, &fresh, BPF_EXIST).is_ok() {
+            add_inspecting(-1);
+        } else {
+            let _ = INSPECTED.insert(&cookie, &fresh, BPF_NOEXIST);
+        }
     }
 }
 
@@ -93,8 +98,9 @@ pub fn released(ctx: &SockContext) {
     forget(unsafe { bpf_get_socket_cookie(ctx.as_ptr()) });
 }
 
-/// `BPF_NOEXIST`: add only if the key is not there.
+/// `BPF_NOEXIST`: add only if the key is not there; `BPF_EXIST`: update only if it is.
 const BPF_NOEXIST: u64 = 1;
+const BPF_EXIST: u64 = 2;
 
 pub fn egress(ctx: &SkBuffContext) {
     // Cheapest test first: almost always no socket at all is being inspected.
