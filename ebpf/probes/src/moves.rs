@@ -36,9 +36,14 @@ pub fn io_uring_rename(done: bool, end_unseen: bool) {
     if !done {
         count(probe::TREE_MOVE, outcome::SEEN);
         if end_unseen {
-            // Submitted with IOSQE_CQE_SKIP_SUCCESS: its completion is never traced, so only
-            // its submission advances the generation (README: what remains).
+            // Submitted with IOSQE_CQE_SKIP_SUCCESS: its completion is never traced, and it
+            // may run much later (linked behind a read that waits). Nothing it could outlive
+            // may be remembered from now on: the filter stops remembering until the agent
+            // restarts (legitimate programs hardly ever rename this way).
             count(probe::TREE_MOVE, outcome::UNMATCHED);
+            if let Some(remember) = FILTER_EPOCH.get_ptr_mut(filter_epoch::REMEMBER) {
+                unsafe { *remember = 0 };
+            }
         }
     }
     advance();
