@@ -44,6 +44,25 @@ fn setup() -> &'static Agent {
     agent(prepare, crate::PROBE_MODE)
 }
 
+/// Adds a catalogue entry `name` for `pattern` in a policy file of its own, and waits until
+/// the agent has loaded it.
+fn add_catalogue_entry(agent: &Agent, file: &str, name: &str, pattern: &str) {
+    let reloads = r#"credwatch_policy_reloads_total{result="success"}"#;
+    let reloaded = agent.metric(reloads);
+    std::fs::write(
+        agent.work.join("policies").join(file),
+        format!(
+            "apiVersion: credwatch.dev/v1alpha1\nkind: CredentialCatalog\nmetadata:\n  name: {name}\nspec:\n  files:\n    - name: {name}\n      paths: [\"{pattern}\"]\n"
+        ),
+    )
+    .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while agent.metric(reloads) <= reloaded {
+        assert!(std::time::Instant::now() < deadline, "no reload");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
 fn secret_path(agent: &Agent) -> String {
     agent.work.join("secrets/db_password").display().to_string()
 }
@@ -322,21 +341,12 @@ fn a_directory_decided_before_a_catalogue_change_is_decided_again() {
     assert_eq!(records.len(), 1, "only the control: {records:#?}");
     assert_eq!(records[0]["file"]["path"], secret.as_str());
 
-    let reloads = r#"credwatch_policy_reloads_total{result="success"}"#;
-    let reloaded = agent.metric(reloads);
-    std::fs::write(
-        agent.work.join("policies/e2e-later.yaml"),
-        format!(
-            "apiVersion: credwatch.dev/v1alpha1\nkind: CredentialCatalog\nmetadata:\n  name: e2e-later\nspec:\n  files:\n    - name: e2e-later\n      paths: [\"{}/**\"]\n",
-            dir.display()
-        ),
-    )
-    .unwrap();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    while agent.metric(reloads) <= reloaded {
-        assert!(std::time::Instant::now() < deadline, "no reload");
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
+    add_catalogue_entry(
+        agent,
+        "e2e-later.yaml",
+        "e2e-later",
+        &format!("{}/**", dir.display()),
+    );
     let after_change = dir.join("new.txt");
     std::fs::write(&after_change, "x").unwrap();
     let after_change = after_change.display().to_string();
@@ -433,23 +443,12 @@ fn a_directory_moved_onto_a_prefix_keys_way_is_decided_again_at_once() {
     std::fs::create_dir_all(&place).unwrap();
     std::fs::create_dir_all(stage.join("vault")).unwrap();
     // A catalogue entry for `<place>/vault/**`, loaded before anything below is decided.
-    let reloads = r#"credwatch_policy_reloads_total{result="success"}"#;
-    let reloaded = agent.metric(reloads);
-    std::fs::write(
-        agent
-            .work
-            .join(format!("policies/e2e-moved-{}.yaml", crate::PROBE_MODE)),
-        format!(
-            "apiVersion: credwatch.dev/v1alpha1\nkind: CredentialCatalog\nmetadata:\n  name: e2e-moved\nspec:\n  files:\n    - name: e2e-moved\n      paths: [\"{}/vault/**\"]\n",
-            place.display()
-        ),
-    )
-    .unwrap();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    while agent.metric(reloads) <= reloaded {
-        assert!(std::time::Instant::now() < deadline, "no reload");
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
+    add_catalogue_entry(
+        agent,
+        &format!("e2e-moved-{}.yaml", crate::PROBE_MODE),
+        "e2e-moved",
+        &format!("{}/vault/**", place.display()),
+    );
     let staged = stage.join("vault/stuff.dat");
     std::fs::write(&staged, "x").unwrap();
     let staged = staged.display().to_string();

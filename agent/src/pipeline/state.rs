@@ -34,8 +34,7 @@ impl Pipeline {
     ) {
         self.metrics.set_policy(&set.sha256);
         self.count_policy_reload(true);
-        self.metrics.secret_files.set(secrets.len() as i64);
-        self.secrets = secrets;
+        self.replace_secrets(secrets);
         self.learned = learned;
         self.policies = set;
     }

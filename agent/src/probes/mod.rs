@@ -166,12 +166,7 @@ impl Probes {
             );
             return Ok(());
         }
-        let mut epoch: aya::maps::Array<_, u64> = aya::maps::Array::try_from(
-            self.ebpf
-                .map_mut(maps::FILTER_EPOCH)
-                .ok_or_else(|| anyhow!("filter epoch map missing"))?,
-        )?;
-        epoch
+        self.filter_epoch()?
             .set(credwatch_common::filter_epoch::REMEMBER, 1, 0)
             .context("allowing the filter to remember")
     }
@@ -223,12 +218,29 @@ impl Probes {
         probe_status(name, label, result)
     }
 
-    fn attach_btf_tracepoint(&mut self, name: &str, btf: &aya::Btf) -> Result<()> {
-        let program: &mut aya::programs::BtfTracePoint = self
+    /// The object's program `name`, as the kind `T` it must be.
+    fn program<'a, T>(&'a mut self, name: &str) -> Result<&'a mut T>
+    where
+        &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
+    {
+        let program = self
             .ebpf
             .program_mut(name)
-            .ok_or_else(|| anyhow!("program {name} missing from the object"))?
-            .try_into()?;
+            .ok_or_else(|| anyhow!("program {name} missing from the object"))?;
+        Ok(program.try_into()?)
+    }
+
+    /// The filter's generations and switches (`filter_epoch`).
+    fn filter_epoch(&mut self) -> Result<aya::maps::Array<&mut MapData, u64>> {
+        Ok(aya::maps::Array::try_from(
+            self.ebpf
+                .map_mut(maps::FILTER_EPOCH)
+                .ok_or_else(|| anyhow!("filter epoch map missing"))?,
+        )?)
+    }
+
+    fn attach_btf_tracepoint(&mut self, name: &str, btf: &aya::Btf) -> Result<()> {
+        let program: &mut aya::programs::BtfTracePoint = self.program(name)?;
         program
             .load(name, btf)
             .with_context(|| format!("loading {name}"))?;
@@ -244,11 +256,7 @@ impl Probes {
         program_name: &str,
         direction: aya::programs::CgroupSkbAttachType,
     ) -> Result<()> {
-        let program: &mut aya::programs::CgroupSkb = self
-            .ebpf
-            .program_mut(program_name)
-            .ok_or_else(|| anyhow!("program {program_name} missing from the object"))?
-            .try_into()?;
+        let program: &mut aya::programs::CgroupSkb = self.program(program_name)?;
         program
             .load()
             .with_context(|| format!("loading {program_name}"))?;
@@ -264,11 +272,7 @@ impl Probes {
 
     /// A `cgroup/connect4|6` hook on the cgroup2 root.
     fn attach_sock_addr(&mut self, hook: &str) -> Result<()> {
-        let program: &mut aya::programs::CgroupSockAddr = self
-            .ebpf
-            .program_mut(hook)
-            .ok_or_else(|| anyhow!("program {hook} missing from the object"))?
-            .try_into()?;
+        let program: &mut aya::programs::CgroupSockAddr = self.program(hook)?;
         program.load().with_context(|| format!("loading {hook}"))?;
         program
             .attach(cgroup2_root()?, aya::programs::CgroupAttachMode::Single)
@@ -278,11 +282,7 @@ impl Probes {
 
     /// A `cgroup/sock_release` program on the cgroup2 root.
     fn attach_sock_release(&mut self, name: &str) -> Result<()> {
-        let program: &mut aya::programs::CgroupSock = self
-            .ebpf
-            .program_mut(name)
-            .ok_or_else(|| anyhow!("program {name} missing from the object"))?
-            .try_into()?;
+        let program: &mut aya::programs::CgroupSock = self.program(name)?;
         program.load().with_context(|| format!("loading {name}"))?;
         program
             .attach(cgroup2_root()?, aya::programs::CgroupAttachMode::Single)
@@ -292,11 +292,7 @@ impl Probes {
 
     fn attach_cgroup_tracepoint(&mut self, name: &str) -> Result<()> {
         tracefs::check_cgroup_format(name)?;
-        let program: &mut TracePoint = self
-            .ebpf
-            .program_mut(name)
-            .ok_or_else(|| anyhow!("program {name} missing from the object"))?
-            .try_into()?;
+        let program: &mut TracePoint = self.program(name)?;
         program.load().with_context(|| format!("loading {name}"))?;
         program
             .attach("cgroup", name)
@@ -312,11 +308,7 @@ impl Probes {
         for phase in phases {
             let tracepoint = format!("sys_{phase}_{name}");
             tracefs::check_syscall_format(&tracepoint)?;
-            let program: &mut TracePoint = self
-                .ebpf
-                .program_mut(&tracepoint)
-                .ok_or_else(|| anyhow!("program {tracepoint} missing from the object"))?
-                .try_into()?;
+            let program: &mut TracePoint = self.program(&tracepoint)?;
             program
                 .load()
                 .with_context(|| format!("loading {tracepoint}"))?;
@@ -438,11 +430,7 @@ impl Probes {
         if changed || synced.is_err() {
             // Only after the maps hold the new keys and inodes (or as much of them as could
             // be written): verdicts tagged with the old epoch stop counting.
-            let mut epoch: aya::maps::Array<_, u64> = aya::maps::Array::try_from(
-                self.ebpf
-                    .map_mut(maps::FILTER_EPOCH)
-                    .ok_or_else(|| anyhow!("filter epoch map missing"))?,
-            )?;
+            let mut epoch = self.filter_epoch()?;
             let keys = credwatch_common::filter_epoch::KEYS;
             let now = epoch.get(&keys, 0).unwrap_or(0);
             epoch

@@ -13,7 +13,10 @@
 use aya_ebpf::helpers::bpf_get_current_pid_tgid;
 use credwatch_common::{filter_epoch, outcome, probe};
 
-use crate::{FILTER_EPOCH, MOVES_PENDING, stats::count};
+use crate::{
+    FILTER_EPOCH, MOVES_PENDING,
+    stats::{count, shared_add},
+};
 
 /// A rename or a mount change begins.
 pub fn enter() {
@@ -52,12 +55,6 @@ pub fn io_uring_rename(done: bool, end_unseen: bool) {
 /// One more move in the file tree: every remembered verdict stops counting.
 fn advance() {
     if let Some(tree) = FILTER_EPOCH.get_ptr_mut(filter_epoch::TREE) {
-        // Shared by every CPU: an atomic add (BPF's `lock xadd`; the programs only ever add).
-        // The BPF target has no `AtomicU64`, so the intrinsic behind it.
-        unsafe {
-            core::intrinsics::atomic_xadd::<u64, u64, { core::intrinsics::AtomicOrdering::Relaxed }>(
-                tree, 1,
-            )
-        };
+        shared_add(tree, 1u64);
     }
 }

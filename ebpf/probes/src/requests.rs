@@ -18,7 +18,10 @@ use credwatch_common::{
     RequestRecord, TLS_SEGMENTS, endpoint_flag, outcome, probe, request_flag,
 };
 
-use crate::{INSPECTED, INSPECTING, REQUEST_SCRATCH, budget, packet, stats::count};
+use crate::{
+    INSPECTED, INSPECTING, REQUEST_SCRATCH, budget, packet,
+    stats::{count, shared_add},
+};
 
 /// A connection being inspected (value of `INSPECTED`).
 #[repr(C)]
@@ -37,13 +40,14 @@ pub struct Inspected {
 #[inline(always)]
 fn add_inspecting(n: i64) {
     if let Some(count) = INSPECTING.get_ptr_mut(0) {
-        // Shared by every CPU: an atomic add (the BPF target has no AtomicI64).
-        unsafe {
-            core::intrinsics::atomic_xadd::<i64, i64, { core::intrinsics::AtomicOrdering::Relaxed }>(
-                count, n,
-            )
-        };
+        shared_add(count, n);
     }
+}
+
+/// Whether no connection at all is being read (nearly always): then nothing else is looked at.
+#[inline(always)]
+fn none_inspected() -> bool {
+    INSPECTING.get(0).is_none_or(|n| *n <= 0)
 }
 
 /// Called by the connect hook for a connection whose payloads are read (`flags`: the
@@ -71,16 +75,11 @@ pub fn watch(cookie: u64, flags: u32) {
     }
 }
 
-/// Called by the connect hook for a connection that is not watched: a socket connected again
-/// elsewhere stops being read.
+/// Stops reading a connection (and counts its entry out, if it had one): after its last
+/// payload, at its FIN or RST, when its socket is released, and when the connect hook sees it
+/// connected again elsewhere.
 #[inline(always)]
 pub fn unwatch(cookie: u64) {
-    forget(cookie);
-}
-
-/// Stops reading a connection (and counts its entry out, if it had one).
-#[inline(always)]
-fn forget(cookie: u64) {
     if INSPECTED.remove(&cookie).is_ok() {
         add_inspecting(-1);
     }
@@ -92,10 +91,10 @@ fn forget(cookie: u64) {
 /// for as long as the LRU keeps its entry.
 #[inline(always)]
 pub fn released(ctx: &SockContext) {
-    if INSPECTING.get(0).is_none_or(|n| *n <= 0) {
+    if none_inspected() {
         return;
     }
-    forget(unsafe { bpf_get_socket_cookie(ctx.as_ptr()) });
+    unwatch(unsafe { bpf_get_socket_cookie(ctx.as_ptr()) });
 }
 
 /// `BPF_NOEXIST`: add only if the key is not there; `BPF_EXIST`: update only if it is.
@@ -104,7 +103,7 @@ const BPF_EXIST: u64 = 2;
 
 pub fn egress(ctx: &SkBuffContext) {
     // Cheapest test first: almost always no socket at all is being inspected.
-    if INSPECTING.get(0).is_none_or(|n| *n <= 0) {
+    if none_inspected() {
         return;
     }
     // Then whether this socket is.
@@ -133,7 +132,7 @@ pub fn egress(ctx: &SkBuffContext) {
     if payload_len == 0 && flags & request_flag::UNPARSED == 0 {
         // A bare ACK, SYN, FIN or RST.
         if closing {
-            forget(cookie);
+            unwatch(cookie);
         }
         return;
     }
@@ -152,7 +151,7 @@ pub fn egress(ctx: &SkBuffContext) {
     state.payloads += 1;
     let last = state.payloads >= state.limit || closing;
     if last {
-        forget(cookie);
+        unwatch(cookie);
     }
     let Some(rec) = REQUEST_SCRATCH.get_ptr_mut(0) else {
         return;

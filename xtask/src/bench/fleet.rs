@@ -14,7 +14,7 @@ use anyhow::{Context as _, Result, bail};
 
 use super::{
     load::{cpu_seconds, logged_agent_log, metric},
-    start_tracer, stop,
+    median, start_tracer, stop,
 };
 
 /// Running containers (busybox `sleep`, one secret each).
@@ -112,15 +112,9 @@ pub fn fleet(agent: &Path, fleet_bin: &Path, work: &Path) -> Result<()> {
     println!(
         "ratios (with {FLEET} / none): RSS {:.2}x, latency p50 {:.2}x",
         busy.rss_kib as f64 / quiet.rss_kib.max(1) as f64,
-        median(&busy.latencies_ms) / median(&quiet.latencies_ms).max(0.001)
+        median(&mut busy.latencies_ms.clone()) / median(&mut quiet.latencies_ms.clone()).max(0.001)
     );
     Ok(())
-}
-
-fn median(values: &[f64]) -> f64 {
-    let mut v = values.to_vec();
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
 }
 
 /// Record latency first (the opens cost the agent CPU), then idle CPU and RSS.
